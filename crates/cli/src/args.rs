@@ -1,0 +1,182 @@
+//! Command-line arguments. Flag names follow llama.cpp's where they exist.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use hearth_engine::{CacheType, FlashAttn};
+
+/// Overrides the log filter (tracing's syntax, e.g. `debug` or `hearth=debug,llama.cpp=info`).
+pub const ENV_LOG: &str = "HEARTH_LOG";
+
+#[derive(Debug, Parser)]
+#[command(name = "hearth", version, about = "Run large language models on hardware you own")]
+pub struct Cli {
+    /// More output on stderr: timings and logs (-v), debug logs (-vv)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Chat with a model, or answer one prompt and exit
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Path to a GGUF file (or the first shard of a split model)
+    pub model: PathBuf,
+    /// Answer this prompt and exit; without it, start an interactive chat
+    pub prompt: Option<String>,
+    /// Send the prompt as it is, without the chat template
+    #[arg(long)]
+    pub raw: bool,
+    /// A system prompt for the conversation
+    #[arg(long)]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// How the model is loaded and run (shared by the commands that load models).
+#[derive(Debug, Args, Clone)]
+pub struct LoadArgs {
+    /// Context size in tokens (0 = the model's training context)
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096, value_name = "N")]
+    pub ctx_size: u32,
+    /// Layers to offload to GPUs or RPC devices (-ngl; default: as many as llama.cpp decides)
+    #[arg(long = "gpu-layers", visible_alias = "n-gpu-layers", value_name = "N", allow_negative_numbers = true)]
+    pub gpu_layers: Option<i32>,
+    /// Flash attention (-fa): on, off or auto
+    #[arg(long = "flash-attn", default_value = "auto", value_name = "on|off|auto")]
+    pub flash_attn: FlashAttn,
+    /// Read the model into memory instead of memory-mapping it
+    #[arg(long = "no-mmap")]
+    pub no_mmap: bool,
+    /// Lock the model in RAM
+    #[arg(long)]
+    pub mlock: bool,
+    /// Threads for generation (default: physical cores)
+    #[arg(short = 't', long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Threads for prompt processing (-tb; default: --threads)
+    #[arg(long = "threads-batch", value_name = "N")]
+    pub threads_batch: Option<usize>,
+    /// Logical batch size: most tokens per decode step
+    #[arg(short = 'b', long = "batch-size", default_value_t = 2048, value_name = "N")]
+    pub batch_size: u32,
+    /// Physical batch size (-ub)
+    #[arg(long = "ubatch-size", default_value_t = 512, value_name = "N")]
+    pub ubatch_size: u32,
+    /// KV cache type for K (-ctk): f16, q8_0, q4_0, ...
+    #[arg(long = "cache-type-k", default_value = "f16", value_name = "TYPE")]
+    pub cache_type_k: CacheType,
+    /// KV cache type for V (-ctv)
+    #[arg(long = "cache-type-v", default_value = "f16", value_name = "TYPE")]
+    pub cache_type_v: CacheType,
+    /// RPC servers to offload to, comma-separated host:port
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT")]
+    pub rpc: Vec<String>,
+    /// Fraction of the model for each device, comma-separated (-ts)
+    #[arg(long = "tensor-split", value_delimiter = ',', value_name = "F,F,...")]
+    pub tensor_split: Vec<f32>,
+}
+
+/// How tokens are picked. Defaults are llama.cpp's.
+#[derive(Debug, Args, Clone)]
+pub struct SamplingArgs {
+    /// Temperature; 0 is greedy
+    #[arg(long, default_value_t = 0.8, value_name = "T")]
+    pub temp: f32,
+    /// Top-k sampling (0 = off)
+    #[arg(long = "top-k", default_value_t = 40, value_name = "N")]
+    pub top_k: i32,
+    /// Top-p sampling (1.0 = off)
+    #[arg(long = "top-p", default_value_t = 0.95, value_name = "P")]
+    pub top_p: f32,
+    /// Min-p sampling (0.0 = off)
+    #[arg(long = "min-p", default_value_t = 0.05, value_name = "P")]
+    pub min_p: f32,
+    /// Locally typical sampling (1.0 = off)
+    #[arg(long = "typical", default_value_t = 1.0, value_name = "P")]
+    pub typical_p: f32,
+    /// Penalty for repeated tokens (1.0 = off)
+    #[arg(long = "repeat-penalty", default_value_t = 1.0, value_name = "F")]
+    pub repeat_penalty: f32,
+    /// How many recent tokens the penalties consider (0 = off, -1 = the context)
+    #[arg(long = "repeat-last-n", default_value_t = 64, value_name = "N", allow_negative_numbers = true)]
+    pub repeat_last_n: i32,
+    /// Presence penalty (0.0 = off)
+    #[arg(long = "presence-penalty", default_value_t = 0.0, value_name = "F")]
+    pub presence_penalty: f32,
+    /// Frequency penalty (0.0 = off)
+    #[arg(long = "frequency-penalty", default_value_t = 0.0, value_name = "F")]
+    pub frequency_penalty: f32,
+    /// Random seed (default: random)
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u32>,
+    /// Most tokens to generate (-1 = until the model stops or the context is full)
+    #[arg(short = 'n', long = "predict", visible_alias = "n-predict", default_value_t = -1, value_name = "N", allow_negative_numbers = true)]
+    pub predict: i64,
+    /// Stop when this text appears (repeatable); it is not printed
+    #[arg(long, value_name = "TEXT")]
+    pub stop: Vec<String>,
+}
+
+/// llama.cpp's multi-letter short flags (`-ngl 99`), which clap cannot declare, become their
+/// long forms.
+pub fn normalize(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    const SHORTS: &[(&str, &str)] = &[
+        ("-ngl", "--gpu-layers"),
+        ("-fa", "--flash-attn"),
+        ("-tb", "--threads-batch"),
+        ("-ub", "--ubatch-size"),
+        ("-ctk", "--cache-type-k"),
+        ("-ctv", "--cache-type-v"),
+        ("-ts", "--tensor-split"),
+    ];
+    args.into_iter()
+        .map(|a| {
+            let Some(s) = a.to_str() else { return a };
+            for (short, long) in SHORTS {
+                if s == *short {
+                    return OsString::from(long);
+                }
+                if let Some(v) = s.strip_prefix(short).and_then(|r| r.strip_prefix('=')) {
+                    return OsString::from(format!("{long}={v}"));
+                }
+            }
+            a
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama_cpp_short_flags_are_accepted() {
+        let args = normalize(["hearth", "run", "m.gguf", "-ngl", "99", "-fa=on", "-c", "512"].map(OsString::from));
+        let cli = Cli::try_parse_from(args).unwrap();
+        let Command::Run(run) = cli.command;
+        assert_eq!(run.load.gpu_layers, Some(99));
+        assert_eq!(run.load.flash_attn, FlashAttn::On);
+        assert_eq!(run.load.ctx_size, 512);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for bad in [["-fa", "maybe"], ["-ctk", "q9"], ["--temp", "hot"]] {
+            let mut args = vec!["hearth", "run", "m.gguf"];
+            args.extend(bad);
+            let err = Cli::try_parse_from(normalize(args.into_iter().map(OsString::from))).unwrap_err();
+            assert!(err.use_stderr(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The `hearth` binary: command-line parsing, settings, printing and exit codes.
+//!
+//! This is glue: the work happens in the library crates. It is the only crate that uses
+//! `anyhow`, prints to the terminal or decides exit codes: 0 on success, 1 when the user's
+//! input was wrong (a bad file, a too-long prompt), 2 for command-line usage errors (as clap
+//! does) and for failures that are hearth's own fault, 130 after Ctrl-C.
+
+mod args;
+mod run;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse_from(args::normalize(std::env::args_os())) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors.
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Run(args) => run::run(args, cli.verbose),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "error: {err}");
+            for cause in err.chain().skip(1) {
+                let _ = writeln!(stderr, "  Caused by: {cause}");
+            }
+            if let Some(hint) = run::hint(&err) {
+                let _ = writeln!(stderr, "hint: {hint}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Logs go to stderr. Quiet by default (warnings from hearth, nothing from llama.cpp);
+/// `-v` shows hearth's and llama.cpp's info, `-vv` debug. `HEARTH_LOG` (tracing's filter
+/// syntax) overrides both.
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn,llama.cpp=off",
+        1 => "info,llama.cpp=info",
+        _ => "debug,llama.cpp=debug",
+    };
+    let filter = std::env::var(args::ENV_LOG)
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
+        .without_time()
+        .init();
+}

@@ -1,0 +1,290 @@
+//! `hearth run`: one answer, or an interactive chat, on a model loaded in this process.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use hearth_engine::{
+    Canceller, ChatMessage, ChatTemplate, Engine, EngineError, EngineOptions, Event, FinishReason,
+    GenerateRequest, ModelOptions, Prompt, SamplingParams, Timings,
+};
+
+use crate::args::{LoadArgs, RunArgs, SamplingArgs};
+
+pub fn run(args: RunArgs, verbose: u8) -> Result<ExitCode> {
+    let engine = Engine::start(engine_options(&args.model, &args.load))?;
+    let template = (!args.raw).then(|| ChatTemplate::for_model(engine.model().info()));
+    let session = Session {
+        engine,
+        template,
+        sampling: sampling(&args.sampling),
+        max_tokens: (args.sampling.predict >= 0).then(|| args.sampling.predict.min(u32::MAX as i64) as u32),
+        stop: args.sampling.stop.clone(),
+        verbose: verbose > 0,
+        current: Arc::new(Mutex::new(None)),
+    };
+    let interactive = args.prompt.is_none();
+    {
+        // Ctrl-C stops the answer being generated. Between answers it exits a one-shot run
+        // and, in a chat, says how to leave.
+        let current = session.current.clone();
+        ctrlc::set_handler(move || {
+            let running = current.lock().ok().and_then(|c| c.clone());
+            match running {
+                Some(c) => c.cancel(),
+                None if interactive => eprint!("\nuse Ctrl+D or /bye to exit\n>>> "),
+                None => std::process::exit(130),
+            }
+        })
+        .context("cannot install the Ctrl-C handler")?;
+    }
+    let mut history = Vec::new();
+    if let Some(system) = &args.system {
+        history.push(ChatMessage::new("system", system.clone()));
+    }
+    match args.prompt {
+        Some(prompt) => {
+            let reason = session.answer(&mut history, prompt)?;
+            Ok(if reason == FinishReason::Cancelled { ExitCode::from(130) } else { ExitCode::SUCCESS })
+        }
+        None => {
+            session.chat(history)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub fn engine_options(model: &std::path::Path, load: &LoadArgs) -> EngineOptions {
+    let mut m = ModelOptions::new(model);
+    m.gpu_layers = load.gpu_layers;
+    m.mmap = !load.no_mmap;
+    m.mlock = load.mlock;
+    m.rpc_servers = load.rpc.clone();
+    m.tensor_split = load.tensor_split.clone();
+    let mut o = EngineOptions::new(m);
+    o.ctx_size = load.ctx_size;
+    o.batch_size = load.batch_size;
+    o.ubatch_size = load.ubatch_size;
+    o.threads = load.threads;
+    o.threads_batch = load.threads_batch;
+    o.flash_attn = load.flash_attn;
+    o.cache_type_k = load.cache_type_k;
+    o.cache_type_v = load.cache_type_v;
+    o
+}
+
+fn sampling(s: &SamplingArgs) -> SamplingParams {
+    SamplingParams {
+        temperature: s.temp,
+        top_k: s.top_k,
+        top_p: s.top_p,
+        min_p: s.min_p,
+        typical_p: s.typical_p,
+        repeat_penalty: s.repeat_penalty,
+        presence_penalty: s.presence_penalty,
+        frequency_penalty: s.frequency_penalty,
+        repeat_last_n: s.repeat_last_n,
+        seed: s.seed,
+    }
+}
+
+struct Session {
+    engine: Engine,
+    /// `None` with `--raw`.
+    template: Option<ChatTemplate>,
+    sampling: SamplingParams,
+    max_tokens: Option<u32>,
+    stop: Vec<String>,
+    verbose: bool,
+    /// The generation running now, for the Ctrl-C handler.
+    current: Arc<Mutex<Option<Canceller>>>,
+}
+
+impl Session {
+    /// Generates the answer to `input`, streaming it to stdout, and records the turn.
+    fn answer(&self, history: &mut Vec<ChatMessage>, input: String) -> Result<FinishReason> {
+        let prompt = match &self.template {
+            Some(t) => {
+                history.push(ChatMessage::new("user", input));
+                t.render(history, true)?
+            }
+            None => {
+                history.push(ChatMessage::new("user", input.clone()));
+                input
+            }
+        };
+        let generation = self.engine.generate(GenerateRequest {
+            prompt: Prompt::Text(prompt),
+            sampling: self.sampling.clone(),
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+        });
+        let generation = match generation {
+            Ok(g) => g,
+            Err(e) => {
+                history.pop();
+                return Err(e.into());
+            }
+        };
+        *self.current.lock().expect("not poisoned") = Some(generation.canceller());
+        let mut out = std::io::stdout().lock();
+        let mut answer = String::new();
+        let mut result = Err(anyhow::anyhow!("the engine stopped without finishing the answer"));
+        for event in generation.events.iter() {
+            match event {
+                Event::Token { text, .. } => {
+                    out.write_all(text.as_bytes())?;
+                    out.flush()?;
+                    answer.push_str(&text);
+                }
+                Event::Done { text, reason, timings } => {
+                    out.write_all(text.as_bytes())?;
+                    answer.push_str(&text);
+                    if !answer.ends_with('\n') {
+                        out.write_all(b"\n")?;
+                    }
+                    out.flush()?;
+                    if self.verbose {
+                        print_timings(&timings);
+                    }
+                    result = Ok(reason);
+                    break;
+                }
+                Event::Error(e) => {
+                    result = Err(e.into());
+                    break;
+                }
+            }
+        }
+        *self.current.lock().expect("not poisoned") = None;
+        match &result {
+            Ok(_) => history.push(ChatMessage::new("assistant", answer)),
+            Err(_) => {
+                history.pop();
+            }
+        }
+        result
+    }
+
+    /// The interactive chat: `/bye` or end of input quits, `/clear` forgets the conversation,
+    /// `"""` starts and ends a multi-line message, a trailing `\` continues a line.
+    fn chat(&self, mut history: Vec<ChatMessage>) -> Result<()> {
+        let stdin = std::io::stdin();
+        let tty = stdin.is_terminal();
+        let keep = history.len();
+        if tty {
+            eprintln!("chatting with {} (/? for help, /bye or Ctrl+D to exit)", self.engine.model().info().path.display());
+        }
+        let mut lines = stdin.lock().lines();
+        loop {
+            eprint!(">>> ");
+            let Some(message) = read_message(&mut lines, tty)? else { break };
+            match message.trim() {
+                "" => continue,
+                "/bye" | "/exit" => break,
+                "/clear" => {
+                    history.truncate(keep);
+                    eprintln!("cleared the conversation");
+                    continue;
+                }
+                "/?" | "/help" => {
+                    eprintln!("/bye       exit\n/clear     forget the conversation\n\"\"\"        start or end a multi-line message\nline\\      continue on the next line\nCtrl+C     stop the answer");
+                    continue;
+                }
+                cmd if cmd.starts_with('/') && !cmd.contains(char::is_whitespace) => {
+                    eprintln!("unknown command {cmd} (/? for help)");
+                    continue;
+                }
+                _ => {}
+            }
+            match self.answer(&mut history, message) {
+                Ok(FinishReason::Cancelled) => eprintln!("(stopped)"),
+                Ok(_) => {}
+                // A prompt that does not fit is the user's to fix; the chat goes on.
+                Err(e) if e.downcast_ref::<EngineError>().is_some_and(|e| matches!(e, EngineError::PromptTooLong { .. })) => {
+                    eprintln!("error: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads one message: a line, lines joined by a trailing `\`, or a `"""` block.
+fn read_message(lines: &mut impl Iterator<Item = std::io::Result<String>>, tty: bool) -> Result<Option<String>> {
+    let Some(first) = lines.next().transpose()? else { return Ok(None) };
+    if let Some(rest) = first.trim_start().strip_prefix("\"\"\"") {
+        let mut text = String::new();
+        let mut line = rest.to_string();
+        loop {
+            if let Some(end) = line.find("\"\"\"") {
+                text.push_str(&line[..end]);
+                return Ok(Some(text.trim_end_matches('\n').to_string()));
+            }
+            text.push_str(&line);
+            text.push('\n');
+            if tty {
+                eprint!("... ");
+            }
+            match lines.next().transpose()? {
+                Some(next) => line = next,
+                None => return Ok(Some(text.trim_end_matches('\n').to_string())),
+            }
+        }
+    }
+    let mut text = first;
+    while text.ends_with('\\') {
+        text.pop();
+        text.push('\n');
+        if tty {
+            eprint!("... ");
+        }
+        match lines.next().transpose()? {
+            Some(next) => text.push_str(&next),
+            None => break,
+        }
+    }
+    Ok(Some(text))
+}
+
+fn print_timings(t: &Timings) {
+    let evaluated = t.prompt_tokens - t.cached_tokens;
+    eprintln!("load duration:        {:.2} ms", t.load_ms);
+    eprintln!("prompt eval count:    {} token(s) ({} cached)", t.prompt_tokens, t.cached_tokens);
+    eprintln!("prompt eval duration: {:.2} ms", t.prompt_ms);
+    eprintln!("prompt eval rate:     {:.2} tokens/s ({evaluated} evaluated)", t.prompt_per_second());
+    eprintln!("eval count:           {} token(s)", t.generated_tokens);
+    eprintln!("eval duration:        {:.2} ms", t.generation_ms);
+    eprintln!("eval rate:            {:.2} tokens/s", t.generation_per_second());
+}
+
+/// A hint for errors the user can fix.
+pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
+    match err.downcast_ref::<EngineError>()? {
+        EngineError::BadModel { .. } => Some("hearth runs GGUF files; check the path, or fetch the starter model with scripts/fetch-model.sh"),
+        EngineError::Load { .. } => Some("run with -v to see llama.cpp's log"),
+        EngineError::Context(_) => Some("try a smaller context (-c) or fewer GPU layers (-ngl)"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(s: &str) -> impl Iterator<Item = std::io::Result<String>> + '_ {
+        s.lines().map(|l| Ok(l.to_string()))
+    }
+
+    #[test]
+    fn multi_line_messages() {
+        let mut it = lines("one\n\"\"\"a\nb\n\"\"\"\nc\\\nd\n\"\"\"x\"\"\"");
+        assert_eq!(read_message(&mut it, false).unwrap().as_deref(), Some("one"));
+        assert_eq!(read_message(&mut it, false).unwrap().as_deref(), Some("a\nb"));
+        assert_eq!(read_message(&mut it, false).unwrap().as_deref(), Some("c\nd"));
+        assert_eq!(read_message(&mut it, false).unwrap().as_deref(), Some("x"));
+        assert_eq!(read_message(&mut it, false).unwrap(), None);
+    }
+}

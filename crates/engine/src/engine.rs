@@ -1,0 +1,1050 @@
+//! The engine: one llama.cpp context on its own OS thread, serving many sequences at once.
+//!
+//! Callers talk to it through [`Engine`], which sends [`Command`]s over a channel; the engine
+//! thread owns the context, the batch and the slots, and streams [`Event`]s back on a channel
+//! per request. Between two decode steps it takes new commands, so requests join a running
+//! batch (continuous batching): each step packs the next token of every generating sequence and
+//! chunks of pending prompts into one `llama_decode`.
+//!
+//! Each slot is a llama.cpp sequence id. A slot remembers which tokens its KV cells hold, so a
+//! new request goes to the free slot sharing the longest prefix with its prompt and evaluates
+//! only the rest (prompt-cache reuse).
+
+use std::collections::VecDeque;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::model::{Model, ModelOptions};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::text::{StopMatcher, StopOutcome, Utf8Stream};
+use crate::{sys, EngineError, Token};
+
+/// When flash attention is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlashAttn {
+    On,
+    Off,
+    /// llama.cpp decides per device (its default).
+    #[default]
+    Auto,
+}
+
+impl std::str::FromStr for FlashAttn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "on" | "1" | "true" => Ok(FlashAttn::On),
+            "off" | "0" | "false" => Ok(FlashAttn::Off),
+            "auto" => Ok(FlashAttn::Auto),
+            _ => Err(format!("{s:?} is not on, off or auto")),
+        }
+    }
+}
+
+/// The element type of the KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheType {
+    F32,
+    #[default]
+    F16,
+    Bf16,
+    Q8_0,
+    Q4_0,
+    Q4_1,
+    Iq4Nl,
+    Q5_0,
+    Q5_1,
+}
+
+impl CacheType {
+    fn ggml(self) -> sys::ggml_type {
+        match self {
+            CacheType::F32 => sys::GGML_TYPE_F32,
+            CacheType::F16 => sys::GGML_TYPE_F16,
+            CacheType::Bf16 => sys::GGML_TYPE_BF16,
+            CacheType::Q8_0 => sys::GGML_TYPE_Q8_0,
+            CacheType::Q4_0 => sys::GGML_TYPE_Q4_0,
+            CacheType::Q4_1 => sys::GGML_TYPE_Q4_1,
+            CacheType::Iq4Nl => sys::GGML_TYPE_IQ4_NL,
+            CacheType::Q5_0 => sys::GGML_TYPE_Q5_0,
+            CacheType::Q5_1 => sys::GGML_TYPE_Q5_1,
+        }
+    }
+}
+
+impl std::str::FromStr for CacheType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "f32" => CacheType::F32,
+            "f16" => CacheType::F16,
+            "bf16" => CacheType::Bf16,
+            "q8_0" => CacheType::Q8_0,
+            "q4_0" => CacheType::Q4_0,
+            "q4_1" => CacheType::Q4_1,
+            "iq4_nl" => CacheType::Iq4Nl,
+            "q5_0" => CacheType::Q5_0,
+            "q5_1" => CacheType::Q5_1,
+            _ => return Err(format!("{s:?} is not a KV cache type (f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1)")),
+        })
+    }
+}
+
+/// Everything needed to start an engine. Names and defaults follow llama.cpp's.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub model: ModelOptions,
+    /// Total context in tokens, shared by the parallel sequences; 0 = the model's training
+    /// context.
+    pub ctx_size: u32,
+    /// Logical batch: the most tokens one decode step takes.
+    pub batch_size: u32,
+    /// Physical batch.
+    pub ubatch_size: u32,
+    /// Sequences decoded together (llama.cpp's `--parallel`).
+    pub parallel: u32,
+    /// Threads for generation; `None` = physical cores.
+    pub threads: Option<usize>,
+    /// Threads for prompt processing; `None` = same as `threads`.
+    pub threads_batch: Option<usize>,
+    pub flash_attn: FlashAttn,
+    pub cache_type_k: CacheType,
+    pub cache_type_v: CacheType,
+}
+
+impl EngineOptions {
+    pub fn new(model: ModelOptions) -> Self {
+        Self {
+            model,
+            ctx_size: 4096,
+            batch_size: 2048,
+            ubatch_size: 512,
+            parallel: 1,
+            threads: None,
+            threads_batch: None,
+            flash_attn: FlashAttn::Auto,
+            cache_type_k: CacheType::F16,
+            cache_type_v: CacheType::F16,
+        }
+    }
+}
+
+/// What to generate from.
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    /// Text, tokenized with the model's BOS rule and with special-token text (`<|im_start|>`)
+    /// parsed into special tokens, as llama.cpp's server does.
+    Text(String),
+    /// Tokens, used as they are.
+    Tokens(Vec<Token>),
+}
+
+/// One generation request.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    pub sampling: SamplingParams,
+    /// Stop after this many tokens; `None` = until end of generation or a full context.
+    pub max_tokens: Option<u32>,
+    /// Stop when any of these appears in the output; it is not emitted.
+    pub stop: Vec<String>,
+}
+
+impl GenerateRequest {
+    pub fn new(prompt: Prompt) -> Self {
+        Self {
+            prompt,
+            sampling: SamplingParams::default(),
+            max_tokens: None,
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` reached, or the context is full.
+    Length,
+    /// The caller cancelled it (or went away).
+    Cancelled,
+}
+
+/// Per-request timings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Timings {
+    /// Tokens in the prompt, cached ones included.
+    pub prompt_tokens: u32,
+    /// Prompt tokens whose KV was reused from an earlier request.
+    pub cached_tokens: u32,
+    /// From the start of prompt processing to the first sampled token.
+    pub prompt_ms: f64,
+    pub generated_tokens: u32,
+    /// From the first sampled token to the end.
+    pub generation_ms: f64,
+    /// Time the request waited for a free slot.
+    pub queue_ms: f64,
+    /// Time it took to load the model (the same for every request of an engine).
+    pub load_ms: f64,
+}
+
+impl Timings {
+    /// Prompt tokens evaluated per second (cached ones excluded).
+    pub fn prompt_per_second(&self) -> f64 {
+        let n = self.prompt_tokens.saturating_sub(self.cached_tokens) as f64;
+        if self.prompt_ms > 0.0 { n * 1e3 / self.prompt_ms } else { 0.0 }
+    }
+
+    /// Generated tokens per second, counted from the first token.
+    pub fn generation_per_second(&self) -> f64 {
+        // The first token comes out of prompt processing; the rest each took a decode step.
+        let n = self.generated_tokens.saturating_sub(1) as f64;
+        if self.generation_ms > 0.0 { n * 1e3 / self.generation_ms } else { 0.0 }
+    }
+}
+
+/// What the engine streams back for a request.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A generated token and the text it releases: possibly empty (an incomplete character or
+    /// a possible stop string is held back), possibly more than its own piece.
+    Token { id: Token, text: String },
+    /// The end. `text` is what was still held back; `reason` says why it ended.
+    Done {
+        text: String,
+        reason: FinishReason,
+        timings: Timings,
+    },
+    /// The request failed after it was accepted.
+    Error(EngineError),
+}
+
+/// The result of a generation, collected.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub text: String,
+    pub tokens: Vec<Token>,
+    pub reason: FinishReason,
+    pub timings: Timings,
+}
+
+/// A running generation: read its events; drop it or call [`Generation::cancel`] to stop it.
+pub struct Generation {
+    pub events: Receiver<Event>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Generation {
+    /// Stops the generation at the next decode step; a `Done` with
+    /// [`FinishReason::Cancelled`] follows.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// A handle that cancels this generation from another thread.
+    pub fn canceller(&self) -> Canceller {
+        Canceller(self.cancel.clone())
+    }
+
+    /// Waits for the end and returns everything generated.
+    pub fn collect(self) -> Result<Output, EngineError> {
+        let mut text = String::new();
+        let mut tokens = Vec::new();
+        for event in self.events.iter() {
+            match event {
+                Event::Token { id, text: t } => {
+                    tokens.push(id);
+                    text.push_str(&t);
+                }
+                Event::Done { text: t, reason, timings } => {
+                    text.push_str(&t);
+                    return Ok(Output { text, tokens, reason, timings });
+                }
+                Event::Error(e) => return Err(e),
+            }
+        }
+        Err(EngineError::Stopped)
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Cancels a generation from anywhere (a Ctrl-C handler, another thread).
+#[derive(Clone)]
+pub struct Canceller(Arc<AtomicBool>);
+
+impl Canceller {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+enum Command {
+    Generate(Box<Job>),
+    Embed(EmbedJob),
+    Shutdown,
+}
+
+struct Job {
+    prompt: Vec<Token>,
+    sampling: SamplingParams,
+    max_tokens: Option<u32>,
+    stop: Vec<String>,
+    events: Sender<Event>,
+    cancel: Arc<AtomicBool>,
+    submitted: Instant,
+}
+
+struct EmbedJob {
+    inputs: Vec<Vec<Token>>,
+    normalize: bool,
+    reply: Sender<Result<Vec<Vec<f32>>, EngineError>>,
+}
+
+/// Read by llama.cpp's abort callback during a decode.
+struct AbortState {
+    /// The engine is shutting down: abort whatever runs.
+    shutdown: AtomicBool,
+    /// The cancel flags of the sequences in the running batch: when all are set, the decode
+    /// is pointless and is aborted.
+    batch: Mutex<Vec<Arc<AtomicBool>>>,
+}
+
+unsafe extern "C" fn abort_callback(data: *mut c_void) -> bool {
+    // SAFETY: `data` points to the AbortState that the engine thread keeps alive (in an Arc)
+    // for as long as the context exists.
+    let state = unsafe { &*(data as *const AbortState) };
+    if state.shutdown.load(Ordering::Relaxed) {
+        return true;
+    }
+    match state.batch.try_lock() {
+        Ok(flags) => !flags.is_empty() && flags.iter().all(|f| f.load(Ordering::Relaxed)),
+        Err(_) => false,
+    }
+}
+
+/// A handle to a running engine. Dropping it shuts the engine down.
+pub struct Engine {
+    model: Arc<Model>,
+    commands: Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+    abort: Arc<AbortState>,
+    n_ctx_seq: u32,
+    n_batch: u32,
+    n_ubatch: u32,
+    parallel: u32,
+}
+
+impl Engine {
+    /// Loads the model and starts the engine thread.
+    pub fn start(opts: EngineOptions) -> Result<Engine, EngineError> {
+        if opts.parallel == 0 {
+            return Err(EngineError::InvalidRequest("--parallel must be at least 1".into()));
+        }
+        if opts.batch_size == 0 || opts.ubatch_size == 0 {
+            return Err(EngineError::InvalidRequest("batch sizes must be at least 1".into()));
+        }
+        let model = Arc::new(Model::load(&opts.model)?);
+        let abort = Arc::new(AbortState {
+            shutdown: AtomicBool::new(false),
+            batch: Mutex::new(Vec::new()),
+        });
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let thread = {
+            let model = model.clone();
+            let abort = abort.clone();
+            std::thread::Builder::new()
+                .name("hearth-engine".into())
+                .spawn(move || match Worker::new(model, &opts, abort) {
+                    Ok(worker) => {
+                        let _ = ready_tx.send(Ok(worker.limits()));
+                        worker.run(rx);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                })
+                .map_err(|e| EngineError::Context(format!("cannot start the engine thread: {e}")))?
+        };
+        let (n_ctx_seq, n_batch, n_ubatch, parallel) = ready_rx.recv().map_err(|_| EngineError::Stopped)??;
+        Ok(Engine {
+            model,
+            commands: tx,
+            thread: Some(thread),
+            abort,
+            n_ctx_seq,
+            n_batch,
+            n_ubatch,
+            parallel,
+        })
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// The context each sequence has, in tokens.
+    pub fn n_ctx_seq(&self) -> u32 {
+        self.n_ctx_seq
+    }
+
+    /// How many sequences decode together.
+    pub fn parallel(&self) -> u32 {
+        self.parallel
+    }
+
+    /// Starts a generation. Errors that can be known up front (an empty prompt, a prompt
+    /// longer than the context, bad sampling values) come back here, not as events.
+    pub fn generate(&self, req: GenerateRequest) -> Result<Generation, EngineError> {
+        req.sampling.validate()?;
+        let prompt = match req.prompt {
+            Prompt::Text(text) => self.tokenize_prompt(&text)?,
+            Prompt::Tokens(tokens) => tokens,
+        };
+        if prompt.is_empty() {
+            return Err(EngineError::InvalidRequest("the prompt is empty".into()));
+        }
+        let n_vocab = self.model.n_vocab();
+        if let Some(bad) = prompt.iter().find(|&&t| t < 0 || t >= n_vocab) {
+            return Err(EngineError::InvalidRequest(format!(
+                "token {bad} is outside the vocabulary (0..{n_vocab})"
+            )));
+        }
+        if prompt.len() >= self.n_ctx_seq as usize {
+            return Err(EngineError::PromptTooLong {
+                tokens: prompt.len(),
+                n_ctx: self.n_ctx_seq,
+            });
+        }
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let job = Job {
+            prompt,
+            sampling: req.sampling,
+            max_tokens: req.max_tokens,
+            stop: req.stop,
+            events: tx,
+            cancel: cancel.clone(),
+            submitted: Instant::now(),
+        };
+        self.commands
+            .send(Command::Generate(Box::new(job)))
+            .map_err(|_| EngineError::Stopped)?;
+        Ok(Generation { events: rx, cancel })
+    }
+
+    /// Tokenizes a prompt as llama.cpp's server does: the model's BOS rule, special tokens
+    /// parsed, and no doubled BOS when the text (a chat template) already starts with one.
+    pub fn tokenize_prompt(&self, text: &str) -> Result<Vec<Token>, EngineError> {
+        let mut tokens = self.model.tokenize(text, true, true)?;
+        if tokens.len() >= 2 && self.model.info().add_bos && tokens[0] == tokens[1] {
+            let bos = self.model.tokenize("", true, false)?;
+            if bos.first() == Some(&tokens[0]) {
+                tokens.remove(0);
+            }
+        }
+        Ok(tokens)
+    }
+
+    /// Embeddings of each input: pooled as the model says (mean for models without a pooling
+    /// type), L2-normalised when `normalize`.
+    pub fn embed(&self, inputs: &[String], normalize: bool) -> Result<Vec<Vec<f32>>, EngineError> {
+        let mut tokenized = Vec::with_capacity(inputs.len());
+        for text in inputs {
+            let tokens = self.model.tokenize(text, true, true)?;
+            if tokens.is_empty() {
+                return Err(EngineError::InvalidRequest("an input to embed is empty".into()));
+            }
+            let limit = self.n_batch.min(self.n_ctx_seq) as usize;
+            if tokens.len() > limit {
+                return Err(EngineError::PromptTooLong { tokens: tokens.len(), n_ctx: limit as u32 });
+            }
+            tokenized.push(tokens);
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.commands
+            .send(Command::Embed(EmbedJob { inputs: tokenized, normalize, reply: tx }))
+            .map_err(|_| EngineError::Stopped)?;
+        rx.recv().map_err(|_| EngineError::Stopped)?
+    }
+
+    /// The physical batch size (embedding inputs of pooled models must fit in it).
+    pub fn n_ubatch(&self) -> u32 {
+        self.n_ubatch
+    }
+
+    /// Stops the engine: running generations end with an error, the thread is joined.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.abort.shutdown.store(true, Ordering::Relaxed);
+        let _ = self.commands.send(Command::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A request being served by a slot.
+struct Active {
+    job: Box<Job>,
+    sampler: Sampler,
+    utf8: Utf8Stream,
+    stop: StopMatcher,
+    /// The token sampled last, to be decoded in the next step; `None` while the prompt is
+    /// still being processed.
+    next: Option<Token>,
+    generated: u32,
+    cached: u32,
+    started: Instant,
+    first_token: Option<Instant>,
+}
+
+struct Slot {
+    seq: i32,
+    /// The tokens whose KV cells this sequence holds, at positions 0..len.
+    cache: Vec<Token>,
+    active: Option<Active>,
+    /// For choosing among equally good free slots: the least recently used goes first.
+    last_used: u64,
+}
+
+/// A llama_batch we own.
+struct Batch {
+    raw: sys::llama_batch,
+    capacity: usize,
+}
+
+impl Batch {
+    fn new(capacity: usize) -> Batch {
+        // SAFETY: allocates arrays for `capacity` tokens with one sequence id each.
+        let raw = unsafe { sys::llama_batch_init(capacity as i32, 0, 1) };
+        Batch { raw, capacity }
+    }
+
+    fn clear(&mut self) {
+        self.raw.n_tokens = 0;
+    }
+
+    fn len(&self) -> usize {
+        self.raw.n_tokens as usize
+    }
+
+    /// Adds a token; returns its index in the batch.
+    fn add(&mut self, token: Token, pos: i32, seq: i32, output: bool) -> i32 {
+        let i = self.raw.n_tokens as usize;
+        assert!(i < self.capacity, "batch overflow: the scheduler packs at most n_batch tokens");
+        // SAFETY: i < capacity, and llama_batch_init allocated every array for `capacity`.
+        unsafe {
+            *self.raw.token.add(i) = token;
+            *self.raw.pos.add(i) = pos;
+            *self.raw.n_seq_id.add(i) = 1;
+            *(*self.raw.seq_id.add(i)) = seq;
+            *self.raw.logits.add(i) = i8::from(output);
+        }
+        self.raw.n_tokens += 1;
+        i as i32
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        // SAFETY: allocated by llama_batch_init and freed once.
+        unsafe { sys::llama_batch_free(self.raw) }
+    }
+}
+
+/// The engine thread's state. Not Send: it is created on the thread that runs it.
+struct Worker {
+    // Field order matters for drop: the context goes before the model.
+    ctx: *mut sys::llama_context,
+    model: Arc<Model>,
+    abort: Arc<AbortState>,
+    batch: Batch,
+    slots: Vec<Slot>,
+    queue: VecDeque<Box<Job>>,
+    embeds: VecDeque<EmbedJob>,
+    n_ctx_seq: u32,
+    n_batch: u32,
+    n_ubatch: u32,
+    clock: u64,
+    pooling: sys::llama_pooling_type,
+}
+
+impl Worker {
+    fn new(model: Arc<Model>, opts: &EngineOptions, abort: Arc<AbortState>) -> Result<Worker, EngineError> {
+        let info = model.info();
+        let threads = opts.threads.unwrap_or_else(crate::model::default_threads).max(1);
+        let threads_batch = opts.threads_batch.unwrap_or(threads).max(1);
+        let ctx_size = if opts.ctx_size == 0 { info.n_ctx_train } else { opts.ctx_size };
+        // SAFETY: default params are plain data.
+        let mut cp = unsafe { sys::llama_context_default_params() };
+        cp.n_ctx = ctx_size;
+        cp.n_batch = opts.batch_size;
+        cp.n_ubatch = opts.ubatch_size.min(opts.batch_size);
+        cp.n_seq_max = opts.parallel;
+        cp.n_threads = threads as i32;
+        cp.n_threads_batch = threads_batch as i32;
+        cp.flash_attn_type = match opts.flash_attn {
+            FlashAttn::On => sys::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            FlashAttn::Off => sys::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+            FlashAttn::Auto => sys::LLAMA_FLASH_ATTN_TYPE_AUTO,
+        };
+        cp.type_k = opts.cache_type_k.ggml();
+        cp.type_v = opts.cache_type_v.ggml();
+        cp.no_perf = false;
+        // One KV stream per sequence: each gets ctx_size / parallel cells, and a long
+        // sequence cannot starve the others.
+        cp.kv_unified = opts.parallel == 1;
+        cp.abort_callback = Some(abort_callback);
+        cp.abort_callback_data = Arc::as_ptr(&abort) as *mut c_void;
+        crate::log::clear_last_error();
+        // SAFETY: the model outlives the context (the Worker holds an Arc and drops the
+        // context first); the abort state outlives it too (also held by the Worker).
+        let ctx = unsafe { sys::llama_init_from_model(model.as_ptr(), cp) };
+        if ctx.is_null() {
+            return Err(EngineError::Context(format!(
+                "cannot create a context of {ctx_size} tokens for {} sequences: {}",
+                opts.parallel,
+                crate::log::take_last_error().unwrap_or_else(|| "out of memory?".into())
+            )));
+        }
+        // SAFETY: plain queries on the new context.
+        let (n_ctx_seq, n_batch, n_ubatch, pooling) = unsafe {
+            (
+                sys::llama_n_ctx_seq(ctx),
+                sys::llama_n_batch(ctx),
+                sys::llama_n_ubatch(ctx),
+                sys::llama_pooling_type(ctx),
+            )
+        };
+        let slots = (0..opts.parallel as i32)
+            .map(|seq| Slot { seq, cache: Vec::new(), active: None, last_used: 0 })
+            .collect();
+        tracing::debug!(n_ctx_seq, n_batch, n_ubatch, parallel = opts.parallel, threads, "engine ready");
+        Ok(Worker {
+            ctx,
+            model,
+            abort,
+            batch: Batch::new(n_batch as usize),
+            slots,
+            queue: VecDeque::new(),
+            embeds: VecDeque::new(),
+            n_ctx_seq,
+            n_batch,
+            n_ubatch,
+            clock: 0,
+            pooling,
+        })
+    }
+
+    fn limits(&self) -> (u32, u32, u32, u32) {
+        (self.n_ctx_seq, self.n_batch, self.n_ubatch, self.slots.len() as u32)
+    }
+
+    fn memory(&self) -> sys::llama_memory_t {
+        // SAFETY: valid context.
+        unsafe { sys::llama_get_memory(self.ctx) }
+    }
+
+    fn run(mut self, rx: Receiver<Command>) {
+        loop {
+            let busy = self.slots.iter().any(|s| s.active.is_some()) || !self.queue.is_empty() || !self.embeds.is_empty();
+            if !busy {
+                match rx.recv() {
+                    Ok(cmd) => {
+                        if !self.handle(cmd) {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut running = true;
+            while let Ok(cmd) = rx.try_recv() {
+                if !self.handle(cmd) {
+                    running = false;
+                    break;
+                }
+            }
+            if !running || self.abort.shutdown.load(Ordering::Relaxed) {
+                break;
+            }
+            self.reap_cancelled();
+            self.assign();
+            self.run_embeds();
+            if self.slots.iter().any(|s| s.active.is_some()) {
+                self.step();
+            }
+        }
+        // Shutting down: whoever still waits gets an error.
+        for slot in &mut self.slots {
+            if let Some(a) = slot.active.take() {
+                let _ = a.job.events.send(Event::Error(EngineError::Stopped));
+            }
+        }
+        for job in self.queue.drain(..) {
+            let _ = job.events.send(Event::Error(EngineError::Stopped));
+        }
+        for e in self.embeds.drain(..) {
+            let _ = e.reply.send(Err(EngineError::Stopped));
+        }
+    }
+
+    /// Returns false on shutdown.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Generate(job) => self.queue.push_back(job),
+            Command::Embed(job) => self.embeds.push_back(job),
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    fn reap_cancelled(&mut self) {
+        for i in 0..self.slots.len() {
+            let cancelled = self.slots[i]
+                .active
+                .as_ref()
+                .is_some_and(|a| a.job.cancel.load(Ordering::Relaxed));
+            if cancelled {
+                self.finish(i, FinishReason::Cancelled);
+            }
+        }
+        self.queue.retain(|job| {
+            let cancelled = job.cancel.load(Ordering::Relaxed);
+            if cancelled {
+                let _ = job.events.send(Event::Done {
+                    text: String::new(),
+                    reason: FinishReason::Cancelled,
+                    timings: Timings::default(),
+                });
+            }
+            !cancelled
+        });
+    }
+
+    /// Gives queued jobs to free slots, each to the slot whose cache shares the longest
+    /// prefix with its prompt.
+    fn assign(&mut self) {
+        while !self.queue.is_empty() {
+            let Some(job) = self.queue.front() else { break };
+            let best = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.active.is_none())
+                .map(|(i, s)| (common_prefix(&s.cache, &job.prompt), std::cmp::Reverse(s.last_used), i))
+                .max();
+            let Some((lcp, _, i)) = best else { break };
+            let job = self.queue.pop_front().expect("front exists");
+            // Keep at least one prompt token to evaluate: its logits start the generation.
+            let mut keep = lcp.min(job.prompt.len() - 1);
+            let seq = self.slots[i].seq;
+            if keep < self.slots[i].cache.len() {
+                // SAFETY: valid memory handle and sequence id.
+                let ok = unsafe { sys::llama_memory_seq_rm(self.memory(), seq, keep as i32, -1) };
+                if !ok {
+                    // Some memories (recurrent, SWA) cannot drop a tail: start over.
+                    unsafe { sys::llama_memory_seq_rm(self.memory(), seq, -1, -1) };
+                    keep = 0;
+                }
+                self.slots[i].cache.truncate(keep);
+            }
+            let mut sampler = Sampler::new(&job.sampling, self.model.n_vocab(), self.n_ctx_seq);
+            let window = if job.sampling.repeat_last_n < 0 { job.prompt.len() } else { job.sampling.repeat_last_n as usize };
+            for &t in &job.prompt[job.prompt.len().saturating_sub(window)..] {
+                sampler.accept(t);
+            }
+            self.clock += 1;
+            let slot = &mut self.slots[i];
+            slot.last_used = self.clock;
+            tracing::debug!(seq, prompt = job.prompt.len(), cached = keep, "request assigned");
+            slot.active = Some(Active {
+                stop: StopMatcher::new(job.stop.clone()),
+                job,
+                sampler,
+                utf8: Utf8Stream::default(),
+                next: None,
+                generated: 0,
+                cached: keep as u32,
+                started: Instant::now(),
+                first_token: None,
+            });
+        }
+    }
+
+    /// One decode step over every active slot.
+    fn step(&mut self) {
+        self.batch.clear();
+        let budget = self.n_batch as usize;
+        // (slot index, cache length before this step, output index in the batch)
+        let mut members: Vec<(usize, usize, Option<i32>)> = Vec::new();
+        // Generating sequences first: one token each keeps their latency low.
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(a) = &slot.active else { continue };
+            let Some(tok) = a.next else { continue };
+            if self.batch.len() >= budget {
+                break;
+            }
+            let before = slot.cache.len();
+            let idx = self.batch.add(tok, before as i32, slot.seq, true);
+            slot.cache.push(tok);
+            members.push((i, before, Some(idx)));
+        }
+        // Then prompt chunks, in slot order, as much as the batch holds.
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(a) = &slot.active else { continue };
+            if a.next.is_some() {
+                continue;
+            }
+            let room = budget - self.batch.len();
+            if room == 0 {
+                break;
+            }
+            let before = slot.cache.len();
+            let remaining = a.job.prompt.len() - before;
+            let take = remaining.min(room);
+            let mut out = None;
+            for k in 0..take {
+                let pos = before + k;
+                let last = pos + 1 == a.job.prompt.len();
+                let idx = self.batch.add(a.job.prompt[pos], pos as i32, slot.seq, last);
+                if last {
+                    out = Some(idx);
+                }
+            }
+            slot.cache.extend_from_slice(&a.job.prompt[before..before + take]);
+            members.push((i, before, out));
+        }
+        if members.is_empty() {
+            return;
+        }
+        if let Ok(mut flags) = self.abort.batch.lock() {
+            flags.clear();
+            flags.extend(members.iter().filter_map(|&(i, _, _)| {
+                self.slots[i].active.as_ref().map(|a| a.job.cancel.clone())
+            }));
+        }
+        // SAFETY: valid context; the batch holds n_tokens valid entries.
+        let ret = unsafe { sys::llama_decode(self.ctx, self.batch.raw) };
+        if let Ok(mut flags) = self.abort.batch.lock() {
+            flags.clear();
+        }
+        if ret != 0 {
+            // Undo what this step added: the KV of a failed or aborted decode is not trusted.
+            for &(i, before, _) in &members {
+                let seq = self.slots[i].seq;
+                // SAFETY: valid memory and sequence.
+                unsafe { sys::llama_memory_seq_rm(self.memory(), seq, before as i32, -1) };
+                self.slots[i].cache.truncate(before);
+                let cancelled = self.slots[i]
+                    .active
+                    .as_ref()
+                    .is_some_and(|a| a.job.cancel.load(Ordering::Relaxed));
+                if cancelled {
+                    self.finish(i, FinishReason::Cancelled);
+                } else if ret != 2 {
+                    self.fail(i, EngineError::Decode(ret));
+                }
+            }
+            return;
+        }
+        for (i, _, out) in members {
+            let Some(idx) = out else { continue };
+            self.after_output(i, idx);
+        }
+    }
+
+    /// Samples from output `idx` for slot `i` and sends what it releases.
+    fn after_output(&mut self, i: usize, idx: i32) {
+        let ctx = self.ctx;
+        let n_ctx_seq = self.n_ctx_seq as usize;
+        let Some(a) = self.slots[i].active.as_mut() else { return };
+        if a.first_token.is_none() {
+            a.first_token = Some(Instant::now());
+            if a.job.max_tokens == Some(0) {
+                self.finish(i, FinishReason::Length);
+                return;
+            }
+        }
+        let token = a.sampler.sample(ctx, idx);
+        if self.model.is_eog(token) {
+            self.finish(i, FinishReason::Stop);
+            return;
+        }
+        a.generated += 1;
+        let piece = self.model.token_piece(token, false);
+        let text = a.utf8.push(&piece);
+        let (text, stopped) = match a.stop.push(&text) {
+            StopOutcome::Continue(t) => (t, false),
+            StopOutcome::Stopped(t) => (t, true),
+        };
+        if a.job.events.send(Event::Token { id: token, text }).is_err() {
+            // Nobody listens any more.
+            self.finish(i, FinishReason::Cancelled);
+            return;
+        }
+        if stopped {
+            a.stop = StopMatcher::new(Vec::new());
+            a.utf8 = Utf8Stream::default();
+            self.finish(i, FinishReason::Stop);
+        } else if a.job.max_tokens.is_some_and(|m| a.generated >= m) {
+            self.finish(i, FinishReason::Length);
+        } else if self.slots[i].cache.len() + 1 >= n_ctx_seq {
+            // No cell left to decode this token into.
+            self.finish(i, FinishReason::Length);
+        } else if let Some(a) = self.slots[i].active.as_mut() {
+            a.next = Some(token);
+        }
+    }
+
+    fn finish(&mut self, i: usize, reason: FinishReason) {
+        let Some(mut a) = self.slots[i].active.take() else { return };
+        let tail = a.utf8.finish();
+        let text = match a.stop.push(&tail) {
+            StopOutcome::Continue(t) => t + &a.stop.finish(),
+            StopOutcome::Stopped(t) => t,
+        };
+        let now = Instant::now();
+        let first = a.first_token.unwrap_or(now);
+        let timings = Timings {
+            prompt_tokens: a.job.prompt.len() as u32,
+            cached_tokens: a.cached,
+            prompt_ms: ms(first - a.started),
+            generated_tokens: a.generated,
+            generation_ms: ms(now - first),
+            queue_ms: ms(a.started - a.job.submitted),
+            load_ms: self.model.info().load_ms,
+        };
+        tracing::debug!(seq = self.slots[i].seq, ?reason, ?timings, "request finished");
+        let _ = a.job.events.send(Event::Done { text, reason, timings });
+    }
+
+    fn fail(&mut self, i: usize, err: EngineError) {
+        if let Some(a) = self.slots[i].active.take() {
+            let _ = a.job.events.send(Event::Error(err));
+        }
+    }
+
+    /// Runs queued embedding jobs on a free slot (whose cache they overwrite).
+    fn run_embeds(&mut self) {
+        while !self.embeds.is_empty() {
+            let Some(i) = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.active.is_none())
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(i, _)| i)
+            else {
+                return;
+            };
+            let job = self.embeds.pop_front().expect("not empty");
+            let result = job
+                .inputs
+                .iter()
+                .map(|tokens| self.embed_one(i, tokens, job.normalize))
+                .collect();
+            let _ = job.reply.send(result);
+        }
+    }
+
+    fn embed_one(&mut self, i: usize, tokens: &[Token], normalize: bool) -> Result<Vec<f32>, EngineError> {
+        let seq = self.slots[i].seq;
+        let mem = self.memory();
+        if self.pooling != sys::LLAMA_POOLING_TYPE_NONE && tokens.len() > self.n_ubatch as usize {
+            return Err(EngineError::PromptTooLong { tokens: tokens.len(), n_ctx: self.n_ubatch });
+        }
+        // SAFETY: valid memory and sequence; the slot is free.
+        unsafe { sys::llama_memory_seq_rm(mem, seq, -1, -1) };
+        self.slots[i].cache.clear();
+        self.batch.clear();
+        for (pos, &t) in tokens.iter().enumerate() {
+            self.batch.add(t, pos as i32, seq, true);
+        }
+        let n_embd = self.model.info().n_embd as usize;
+        // SAFETY: valid context and batch; embeddings are read right after the decode, before
+        // anything else touches the context.
+        let result = unsafe {
+            sys::llama_set_embeddings(self.ctx, true);
+            let ret = sys::llama_decode(self.ctx, self.batch.raw);
+            let out = if ret != 0 {
+                Err(EngineError::Decode(ret))
+            } else if self.pooling == sys::LLAMA_POOLING_TYPE_NONE {
+                let mut sum = vec![0f32; n_embd];
+                let mut ok = true;
+                for k in 0..tokens.len() {
+                    let p = sys::llama_get_embeddings_ith(self.ctx, k as i32);
+                    if p.is_null() {
+                        ok = false;
+                        break;
+                    }
+                    for (s, v) in sum.iter_mut().zip(std::slice::from_raw_parts(p, n_embd)) {
+                        *s += v;
+                    }
+                }
+                if ok {
+                    sum.iter_mut().for_each(|s| *s /= tokens.len() as f32);
+                    Ok(sum)
+                } else {
+                    Err(EngineError::Embedding("llama.cpp returned no embeddings".into()))
+                }
+            } else {
+                let p = sys::llama_get_embeddings_seq(self.ctx, seq);
+                if p.is_null() {
+                    Err(EngineError::Embedding("llama.cpp returned no pooled embedding".into()))
+                } else {
+                    Ok(std::slice::from_raw_parts(p, n_embd).to_vec())
+                }
+            };
+            sys::llama_set_embeddings(self.ctx, false);
+            sys::llama_memory_seq_rm(mem, seq, -1, -1);
+            out
+        };
+        result.map(|mut v| {
+            if normalize {
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                if norm > 0.0 {
+                    v.iter_mut().for_each(|x| *x /= norm);
+                }
+            }
+            v
+        })
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // SAFETY: the context is ours and freed once, before the model (held by `model`).
+        unsafe { sys::llama_free(self.ctx) }
+    }
+}
+
+fn common_prefix(a: &[Token], b: &[Token]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

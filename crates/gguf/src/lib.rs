@@ -1,0 +1,646 @@
+//! A GGUF reader in pure Rust: header, metadata of every type, tensor infos, alignment.
+//!
+//! It reads only the header (metadata and tensor infos), never the tensor data, so it is cheap on
+//! a 100 GB file and safe on hostile input: every length and count is checked against the bytes
+//! that remain before anything is allocated, and every error names the byte offset and what was
+//! expected there.
+//!
+//! This crate knows nothing of llama.cpp: the engine uses it to reject bad files with a precise
+//! message before handing them to llama.cpp, and the store and `fit` use it to describe models.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+
+/// The four bytes every GGUF file starts with.
+pub const MAGIC: &[u8; 4] = b"GGUF";
+/// Tensor data starts at a multiple of this unless `general.alignment` says otherwise.
+pub const DEFAULT_ALIGNMENT: u64 = 32;
+
+/// Why a file could not be read as GGUF.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not a GGUF file: it starts with {found:?} instead of the magic \"GGUF\"")]
+    NotGguf { found: String },
+    #[error("unsupported GGUF version {0} (versions 2 and 3 are supported)")]
+    Version(u32),
+    #[error("truncated GGUF: needed {needed} more bytes at offset {offset} for {what}, but the file ends there")]
+    Truncated {
+        offset: u64,
+        needed: u64,
+        what: String,
+    },
+    #[error("malformed GGUF at offset {offset}: {message}")]
+    Malformed { offset: u64, message: String },
+}
+
+/// A metadata value, of any of the GGUF value types.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    F32(f32),
+    Bool(bool),
+    String(String),
+    Array(Vec<Value>),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+}
+
+impl Value {
+    /// The value as an unsigned integer, if it is a non-negative integer of any width.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Value::U8(v) => Some(v.into()),
+            Value::U16(v) => Some(v.into()),
+            Value::U32(v) => Some(v.into()),
+            Value::U64(v) => Some(v),
+            Value::I8(v) => u64::try_from(v).ok(),
+            Value::I16(v) => u64::try_from(v).ok(),
+            Value::I32(v) => u64::try_from(v).ok(),
+            Value::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::U8(v) => write!(f, "{v}"),
+            Value::I8(v) => write!(f, "{v}"),
+            Value::U16(v) => write!(f, "{v}"),
+            Value::I16(v) => write!(f, "{v}"),
+            Value::U32(v) => write!(f, "{v}"),
+            Value::I32(v) => write!(f, "{v}"),
+            Value::F32(v) => write!(f, "{v}"),
+            Value::Bool(v) => write!(f, "{v}"),
+            Value::String(v) => write!(f, "{v:?}"),
+            Value::U64(v) => write!(f, "{v}"),
+            Value::I64(v) => write!(f, "{v}"),
+            Value::F64(v) => write!(f, "{v}"),
+            Value::Array(a) => write!(f, "[{} items]", a.len()),
+        }
+    }
+}
+
+/// One tensor's description from the header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dims: Vec<u64>,
+    /// The ggml type id (0 = F32, 1 = F16, 2 = Q4_0, ...).
+    pub ggml_type: u32,
+    /// Offset of the data relative to the start of the tensor data section.
+    pub offset: u64,
+}
+
+impl TensorInfo {
+    pub fn n_elements(&self) -> u64 {
+        self.dims.iter().product()
+    }
+
+    /// Size of the tensor's data in bytes, when its type is known.
+    pub fn n_bytes(&self) -> Option<u64> {
+        let (block, bytes) = type_block_size(self.ggml_type)?;
+        Some(self.n_elements() / block * bytes)
+    }
+}
+
+/// The parsed header of a GGUF file.
+#[derive(Debug, Clone)]
+pub struct Gguf {
+    pub version: u32,
+    /// Metadata in file order is not needed by anyone; sorted keys make output stable.
+    pub metadata: BTreeMap<String, Value>,
+    pub tensors: Vec<TensorInfo>,
+    pub alignment: u64,
+    /// Absolute offset where the tensor data section starts.
+    pub data_offset: u64,
+}
+
+impl Gguf {
+    /// Reads the header of the file at `path` and checks that the tensor data it describes
+    /// fits inside the file.
+    pub fn open(path: &Path) -> Result<Gguf, GgufError> {
+        let io = |source| GgufError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let gguf = Gguf::read(std::io::BufReader::new(file), Some(file_len))?;
+        gguf.check_data_fits(file_len)?;
+        Ok(gguf)
+    }
+
+    /// Reads a header from any reader. `limit` bounds every allocation by the bytes that can
+    /// possibly remain (the file length); without it, counts are bounded by a fixed cap.
+    pub fn read<R: Read>(reader: R, limit: Option<u64>) -> Result<Gguf, GgufError> {
+        let mut r = Reader {
+            inner: reader,
+            offset: 0,
+            limit: limit.unwrap_or(u64::MAX),
+        };
+        let mut magic = [0u8; 4];
+        r.fill(&mut magic, "the magic \"GGUF\"")?;
+        if &magic != MAGIC {
+            if magic == *b"FUGG" {
+                return Err(GgufError::Malformed {
+                    offset: 0,
+                    message: "this is a big-endian GGUF file; only little-endian files are supported".into(),
+                });
+            }
+            return Err(GgufError::NotGguf {
+                found: String::from_utf8_lossy(&magic).into_owned(),
+            });
+        }
+        let version = r.u32("the version")?;
+        if version.swap_bytes() == 2 || version.swap_bytes() == 3 {
+            return Err(GgufError::Malformed {
+                offset: 4,
+                message: "this is a big-endian GGUF file; only little-endian files are supported".into(),
+            });
+        }
+        if version != 2 && version != 3 {
+            return Err(GgufError::Version(version));
+        }
+        let n_tensors = r.u64("the tensor count")?;
+        let n_kv = r.u64("the metadata count")?;
+        // Each key-value pair is at least 12 bytes, each tensor info at least 24.
+        r.check_count(n_kv, 12, "metadata entries")?;
+        r.check_count(n_tensors, 24, "tensor infos")?;
+
+        let mut metadata = BTreeMap::new();
+        for _ in 0..n_kv {
+            let key_offset = r.offset;
+            let key = r.string("a metadata key")?;
+            let ty = r.u32("a value type")?;
+            let value = r.value(ty, 0)?;
+            if metadata.insert(key.clone(), value).is_some() {
+                return Err(GgufError::Malformed {
+                    offset: key_offset,
+                    message: format!("duplicate metadata key {key:?}"),
+                });
+            }
+        }
+        // Capacity grows with the data actually read, never from a count alone.
+        let mut tensors = Vec::with_capacity(n_tensors.min(PREALLOC) as usize);
+        for _ in 0..n_tensors {
+            let name = r.string("a tensor name")?;
+            let dims_offset = r.offset;
+            let n_dims = r.u32("the tensor's dimension count")?;
+            if n_dims == 0 || n_dims > 4 {
+                return Err(GgufError::Malformed {
+                    offset: dims_offset,
+                    message: format!("tensor {name:?} has {n_dims} dimensions (1 to 4 expected)"),
+                });
+            }
+            let mut dims = Vec::with_capacity(n_dims as usize);
+            for _ in 0..n_dims {
+                dims.push(r.u64("a tensor dimension")?);
+            }
+            if dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).is_none() {
+                return Err(GgufError::Malformed {
+                    offset: dims_offset,
+                    message: format!("tensor {name:?} has dimensions {dims:?} whose product overflows"),
+                });
+            }
+            let ggml_type = r.u32("the tensor type")?;
+            let offset = r.u64("the tensor data offset")?;
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ggml_type,
+                offset,
+            });
+        }
+        let alignment = match metadata.get("general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some(v) => match v.as_u64() {
+                Some(a) if a > 0 && a.is_power_of_two() => a,
+                _ => {
+                    return Err(GgufError::Malformed {
+                        offset: r.offset,
+                        message: format!("general.alignment is {v}, not a power of two"),
+                    })
+                }
+            },
+        };
+        let data_offset = r.offset.div_ceil(alignment) * alignment;
+        Ok(Gguf {
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset,
+        })
+    }
+
+    /// Checks that every tensor of a known type lies inside a file of `file_len` bytes.
+    pub fn check_data_fits(&self, file_len: u64) -> Result<(), GgufError> {
+        for t in &self.tensors {
+            let Some(n_bytes) = t.n_bytes() else { continue };
+            let end = self
+                .data_offset
+                .checked_add(t.offset)
+                .and_then(|s| s.checked_add(n_bytes));
+            match end {
+                Some(end) if end <= file_len => {}
+                _ => {
+                    let start = self.data_offset.saturating_add(t.offset);
+                    return Err(GgufError::Truncated {
+                        offset: file_len.min(start),
+                        needed: start.saturating_add(n_bytes).saturating_sub(file_len),
+                        what: format!("the data of tensor {:?}", t.name),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.metadata.get(key)
+    }
+
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(Value::as_str)
+    }
+
+    pub fn get_u64(&self, key: &str) -> Option<u64> {
+        self.get(key).and_then(Value::as_u64)
+    }
+
+    /// `general.architecture`, e.g. "llama".
+    pub fn architecture(&self) -> Option<&str> {
+        self.get_str("general.architecture")
+    }
+
+    /// An architecture-scoped key such as `{arch}.context_length`.
+    pub fn arch_u64(&self, suffix: &str) -> Option<u64> {
+        let arch = self.architecture()?;
+        self.get_u64(&format!("{arch}.{suffix}"))
+    }
+
+    /// `split.count` when this file is one shard of a split model.
+    pub fn split_count(&self) -> Option<u64> {
+        self.get_u64("split.count")
+    }
+}
+
+/// (elements per block, bytes per block) for the ggml types we know, from ggml's type traits.
+pub fn type_block_size(ggml_type: u32) -> Option<(u64, u64)> {
+    Some(match ggml_type {
+        0 => (1, 4),       // F32
+        1 => (1, 2),       // F16
+        2 => (32, 18),     // Q4_0
+        3 => (32, 20),     // Q4_1
+        6 => (32, 22),     // Q5_0
+        7 => (32, 24),     // Q5_1
+        8 => (32, 34),     // Q8_0
+        9 => (32, 36),     // Q8_1
+        10 => (256, 84),   // Q2_K
+        11 => (256, 110),  // Q3_K
+        12 => (256, 144),  // Q4_K
+        13 => (256, 176),  // Q5_K
+        14 => (256, 210),  // Q6_K
+        15 => (256, 292),  // Q8_K
+        16 => (256, 66),   // IQ2_XXS
+        17 => (256, 74),   // IQ2_XS
+        18 => (256, 98),   // IQ3_XXS
+        19 => (256, 50),   // IQ1_S
+        20 => (32, 18),    // IQ4_NL
+        21 => (256, 110),  // IQ3_S
+        22 => (256, 82),   // IQ2_S
+        23 => (256, 136),  // IQ4_XS
+        24 => (1, 1),      // I8
+        25 => (1, 2),      // I16
+        26 => (1, 4),      // I32
+        27 => (1, 8),      // I64
+        28 => (1, 8),      // F64
+        29 => (256, 56),   // IQ1_M
+        30 => (1, 2),      // BF16
+        34 => (256, 54),   // TQ1_0
+        35 => (256, 66),   // TQ2_0
+        39 => (32, 17),    // MXFP4
+        _ => return None,
+    })
+}
+
+/// The name ggml gives a type id, e.g. "Q4_K".
+pub fn type_name(ggml_type: u32) -> &'static str {
+    match ggml_type {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        6 => "Q5_0",
+        7 => "Q5_1",
+        8 => "Q8_0",
+        9 => "Q8_1",
+        10 => "Q2_K",
+        11 => "Q3_K",
+        12 => "Q4_K",
+        13 => "Q5_K",
+        14 => "Q6_K",
+        15 => "Q8_K",
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        30 => "BF16",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => "unknown",
+    }
+}
+
+/// Any count above this is corrupt input, whatever the file length.
+const MAX_COUNT: u64 = 1 << 40;
+
+/// The most items allocated ahead of reading them.
+const PREALLOC: u64 = 4096;
+
+/// Arrays nest at most this deep; deeper input is rejected instead of recursing without bound.
+const MAX_DEPTH: u32 = 8;
+
+struct Reader<R> {
+    inner: R,
+    offset: u64,
+    /// No read may go past this offset (the file length, when known).
+    limit: u64,
+}
+
+impl<R: Read> Reader<R> {
+    fn fill(&mut self, buf: &mut [u8], what: &str) -> Result<(), GgufError> {
+        let want = buf.len() as u64;
+        if self.offset.saturating_add(want) > self.limit {
+            return Err(self.truncated(want, what));
+        }
+        let mut done = 0;
+        while done < buf.len() {
+            match self.inner.read(&mut buf[done..]) {
+                Ok(0) => return Err(self.truncated(want - done as u64, what)),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(GgufError::Io {
+                        path: format!("<offset {}>", self.offset),
+                        source: e,
+                    })
+                }
+            }
+        }
+        self.offset += want;
+        Ok(())
+    }
+
+    fn truncated(&self, needed: u64, what: &str) -> GgufError {
+        GgufError::Truncated {
+            offset: self.offset,
+            needed,
+            what: what.to_string(),
+        }
+    }
+
+    /// Rejects a count of items that cannot fit in the bytes that remain, before allocating.
+    fn check_count(&self, count: u64, min_item_size: u64, what: &str) -> Result<(), GgufError> {
+        // No real file has more than 2^40 of anything: such a count is corruption.
+        if count > MAX_COUNT {
+            return Err(GgufError::Malformed {
+                offset: self.offset,
+                message: format!("implausible count of {count} {what}"),
+            });
+        }
+        let remaining = self.limit.saturating_sub(self.offset);
+        let needed = count * min_item_size;
+        if needed > remaining {
+            return Err(GgufError::Truncated {
+                offset: self.offset,
+                needed: needed - remaining,
+                what: format!("{count} {what}"),
+            });
+        }
+        Ok(())
+    }
+
+    fn bytes<const N: usize>(&mut self, what: &str) -> Result<[u8; N], GgufError> {
+        let mut b = [0u8; N];
+        self.fill(&mut b, what)?;
+        Ok(b)
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, GgufError> {
+        Ok(u32::from_le_bytes(self.bytes(what)?))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, GgufError> {
+        Ok(u64::from_le_bytes(self.bytes(what)?))
+    }
+
+    fn string(&mut self, what: &str) -> Result<String, GgufError> {
+        let at = self.offset;
+        let len = self.u64(what)?;
+        self.check_count(len, 1, "string bytes")?;
+        let mut buf = Vec::with_capacity(len.min(PREALLOC) as usize);
+        let mut chunk = [0u8; 4096];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            self.fill(&mut chunk[..n], what)?;
+            buf.extend_from_slice(&chunk[..n]);
+            left -= n as u64;
+        }
+        String::from_utf8(buf).map_err(|_| GgufError::Malformed {
+            offset: at,
+            message: format!("{what} is not valid UTF-8"),
+        })
+    }
+
+    fn value(&mut self, ty: u32, depth: u32) -> Result<Value, GgufError> {
+        Ok(match ty {
+            0 => Value::U8(u8::from_le_bytes(self.bytes("a u8 value")?)),
+            1 => Value::I8(i8::from_le_bytes(self.bytes("an i8 value")?)),
+            2 => Value::U16(u16::from_le_bytes(self.bytes("a u16 value")?)),
+            3 => Value::I16(i16::from_le_bytes(self.bytes("an i16 value")?)),
+            4 => Value::U32(self.u32("a u32 value")?),
+            5 => Value::I32(i32::from_le_bytes(self.bytes("an i32 value")?)),
+            6 => Value::F32(f32::from_le_bytes(self.bytes("an f32 value")?)),
+            7 => {
+                let at = self.offset;
+                match u8::from_le_bytes(self.bytes("a bool value")?) {
+                    0 => Value::Bool(false),
+                    1 => Value::Bool(true),
+                    b => {
+                        return Err(GgufError::Malformed {
+                            offset: at,
+                            message: format!("bool value {b} is neither 0 nor 1"),
+                        })
+                    }
+                }
+            }
+            8 => Value::String(self.string("a string value")?),
+            9 => {
+                let at = self.offset;
+                if depth >= MAX_DEPTH {
+                    return Err(GgufError::Malformed {
+                        offset: at,
+                        message: format!("arrays nested deeper than {MAX_DEPTH}"),
+                    });
+                }
+                let elem_ty = self.u32("an array's element type")?;
+                let n = self.u64("an array's length")?;
+                let min = match elem_ty {
+                    0 | 1 | 7 => 1,
+                    2 | 3 => 2,
+                    4..=6 => 4,
+                    8..=12 => 8,
+                    _ => {
+                        return Err(GgufError::Malformed {
+                            offset: at,
+                            message: format!("unknown array element type {elem_ty}"),
+                        })
+                    }
+                };
+                self.check_count(n, min, "array elements")?;
+                let mut items = Vec::with_capacity(n.min(PREALLOC) as usize);
+                for _ in 0..n {
+                    items.push(self.value(elem_ty, depth + 1)?);
+                }
+                Value::Array(items)
+            }
+            10 => Value::U64(self.u64("a u64 value")?),
+            11 => Value::I64(i64::from_le_bytes(self.bytes("an i64 value")?)),
+            12 => Value::F64(f64::from_le_bytes(self.bytes("an f64 value")?)),
+            _ => {
+                return Err(GgufError::Malformed {
+                    offset: self.offset - 4,
+                    message: format!("unknown value type {ty}"),
+                })
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(n_tensors: u64, n_kv: u64) -> Vec<u8> {
+        let mut b = MAGIC.to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(n_tensors.to_le_bytes());
+        b.extend(n_kv.to_le_bytes());
+        b
+    }
+
+    fn string(b: &mut Vec<u8>, s: &str) {
+        b.extend((s.len() as u64).to_le_bytes());
+        b.extend(s.as_bytes());
+    }
+
+    #[test]
+    fn reads_metadata_of_every_kind_and_a_tensor() {
+        let mut b = header(1, 3);
+        string(&mut b, "general.architecture");
+        b.extend(8u32.to_le_bytes());
+        string(&mut b, "llama");
+        string(&mut b, "llama.context_length");
+        b.extend(4u32.to_le_bytes());
+        b.extend(2048u32.to_le_bytes());
+        string(&mut b, "nested");
+        b.extend(9u32.to_le_bytes());
+        b.extend(9u32.to_le_bytes()); // array of arrays
+        b.extend(1u64.to_le_bytes());
+        b.extend(0u32.to_le_bytes()); // inner: u8
+        b.extend(2u64.to_le_bytes());
+        b.extend([7u8, 9]);
+        string(&mut b, "tok");
+        b.extend(1u32.to_le_bytes());
+        b.extend(64u64.to_le_bytes());
+        b.extend(0u32.to_le_bytes()); // F32
+        b.extend(0u64.to_le_bytes());
+        let data_start = b.len().div_ceil(32) * 32;
+        b.resize(data_start + 256, 0);
+        let g = Gguf::read(&b[..], Some(b.len() as u64)).unwrap();
+        assert_eq!(g.architecture(), Some("llama"));
+        assert_eq!(g.arch_u64("context_length"), Some(2048));
+        assert_eq!(
+            g.get("nested"),
+            Some(&Value::Array(vec![Value::Array(vec![Value::U8(7), Value::U8(9)])]))
+        );
+        assert_eq!(g.data_offset, data_start as u64);
+        assert_eq!(g.tensors[0].n_bytes(), Some(256));
+        g.check_data_fits(b.len() as u64).unwrap();
+        let err = g.check_data_fits(b.len() as u64 - 1).unwrap_err();
+        assert!(err.to_string().contains("tensor \"tok\""), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_input_precisely() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"\x7fELF rest".to_vec(), "not a GGUF file"),
+            (b"GG".to_vec(), "truncated GGUF"),
+            ({ let mut b = MAGIC.to_vec(); b.extend(7u32.to_le_bytes()); b }, "version 7"),
+            (header(0, 1 << 60), "implausible count"),
+            (header(1 << 60, 0), "implausible count"),
+            (header(0, 1000), "truncated GGUF: needed 12000 more bytes at offset 24 for 1000 metadata entries"),
+            ({ let mut b = header(0, 1); string(&mut b, "k"); b.extend(99u32.to_le_bytes()); b }, "unknown value type 99"),
+            ({ let mut b = header(0, 1); b.extend(u64::MAX.to_le_bytes()); b }, "implausible count"),
+            ({ let mut b = b"FUGG".to_vec(); b.extend([0, 0, 0, 3]); b }, "big-endian"),
+        ];
+        for (bytes, want) in cases {
+            let err = Gguf::read(&bytes[..], Some(bytes.len() as u64)).unwrap_err();
+            assert!(err.to_string().contains(want), "{want}: got {err}");
+        }
+    }
+
+    #[test]
+    fn huge_counts_without_a_length_do_not_allocate() {
+        let b = header(0, 1u64 << 60);
+        let err = Gguf::read(&b[..], None).unwrap_err();
+        assert!(err.to_string().contains("implausible count"), "{err}");
+        // Within the cap but beyond the data: the reader fails on the missing bytes.
+        let b = header(0, 1u64 << 30);
+        let err = Gguf::read(&b[..], None).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
+}
