@@ -119,6 +119,7 @@ impl Session {
             sampling: self.sampling.clone(),
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
+            ignore_eos: false,
         });
         let generation = match generation {
             Ok(g) => g,

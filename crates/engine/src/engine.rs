@@ -153,6 +153,8 @@ pub struct GenerateRequest {
     pub max_tokens: Option<u32>,
     /// Stop when any of these appears in the output; it is not emitted.
     pub stop: Vec<String>,
+    /// Keep generating past end-of-generation tokens (benchmarks, as llama.cpp's `ignore_eos`).
+    pub ignore_eos: bool,
 }
 
 impl GenerateRequest {
@@ -162,6 +164,7 @@ impl GenerateRequest {
             sampling: SamplingParams::default(),
             max_tokens: None,
             stop: Vec::new(),
+            ignore_eos: false,
         }
     }
 }
@@ -301,6 +304,7 @@ struct Job {
     sampling: SamplingParams,
     max_tokens: Option<u32>,
     stop: Vec<String>,
+    ignore_eos: bool,
     events: Sender<Event>,
     cancel: Arc<AtomicBool>,
     submitted: Instant,
@@ -435,6 +439,7 @@ impl Engine {
             sampling: req.sampling,
             max_tokens: req.max_tokens,
             stop: req.stop,
+            ignore_eos: req.ignore_eos,
             events: tx,
             cancel: cancel.clone(),
             submitted: Instant::now(),
@@ -889,7 +894,7 @@ impl Worker {
             }
         }
         let token = a.sampler.sample(ctx, idx);
-        if self.model.is_eog(token) {
+        if !a.job.ignore_eos && self.model.is_eog(token) {
             self.finish(i, FinishReason::Stop);
             return;
         }

@@ -25,6 +25,28 @@ unsafe extern "C" {
     );
 }
 
+/// ggml aborts the whole process when it cannot reach an RPC server, so every call that talks
+/// to one first checks here that it answers.
+fn check_reachable(endpoint: &str) -> Result<(), EngineError> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let unreachable = |reason: String| EngineError::Rpc { endpoint: endpoint.to_string(), reason };
+    let addrs: Vec<_> = endpoint
+        .to_socket_addrs()
+        .map_err(|e| unreachable(format!("not a host:port address ({e})")))?
+        .collect();
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(unreachable(match last {
+        Some(e) => format!("cannot connect ({e}); is `hearth worker` or rpc-server running there?"),
+        None => "the name resolves to no address".into(),
+    }))
+}
+
 /// Registers the RPC server at `endpoint` (`host:port`) so that models loaded afterwards can
 /// offload layers to it. Registering the same endpoint twice is harmless.
 pub(crate) fn add_server(endpoint: &str) -> Result<(), EngineError> {
@@ -32,6 +54,7 @@ pub(crate) fn add_server(endpoint: &str) -> Result<(), EngineError> {
         endpoint: endpoint.to_string(),
         reason: "the address contains a NUL byte".into(),
     })?;
+    check_reachable(endpoint)?;
     crate::model::backend_init();
     // SAFETY: `c` is a valid C string; the returned registry is owned by ggml for the program.
     let reg = unsafe { ggml_backend_rpc_add_server(c.as_ptr()) };
@@ -52,6 +75,7 @@ pub fn device_memory(endpoint: &str) -> Result<(u64, u64), EngineError> {
         endpoint: endpoint.to_string(),
         reason: "the address contains a NUL byte".into(),
     })?;
+    check_reachable(endpoint)?;
     crate::model::backend_init();
     let (mut free, mut total) = (0usize, 0usize);
     // SAFETY: valid C string and out-pointers to locals.

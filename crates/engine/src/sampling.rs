@@ -88,6 +88,9 @@ const RANDOM_SEED: u32 = 0xFFFF_FFFF;
 /// An owned llama.cpp sampler chain.
 pub(crate) struct Sampler {
     chain: NonNull<sys::llama_sampler>,
+    /// Plain greedy with no penalties: the chain would copy every logit into a candidate
+    /// array each step only to take the maximum, so take it straight from the logits.
+    argmax: Option<i32>,
 }
 
 impl Sampler {
@@ -101,9 +104,9 @@ impl Sampler {
             let chain = sys::llama_sampler_chain_init(cp);
             let add = |s: *mut sys::llama_sampler| sys::llama_sampler_chain_add(chain, s);
             let last_n = if p.repeat_last_n == -1 { n_ctx as i32 } else { p.repeat_last_n };
-            if last_n != 0
-                && (p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0)
-            {
+            let penalties = last_n != 0
+                && (p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0);
+            if penalties {
                 add(sys::llama_sampler_init_penalties(
                     n_vocab,
                     last_n,
@@ -132,6 +135,7 @@ impl Sampler {
             }
             Sampler {
                 chain: NonNull::new(chain).expect("llama_sampler_chain_init returned null"),
+                argmax: (p.temperature <= 0.0 && !penalties).then_some(n_vocab),
             }
         }
     }
@@ -144,6 +148,22 @@ impl Sampler {
 
     /// Samples (and accepts) a token from output `idx` of the last decode.
     pub(crate) fn sample(&mut self, ctx: *mut sys::llama_context, idx: i32) -> Token {
+        if let Some(n_vocab) = self.argmax {
+            // SAFETY: `ctx` is the live context whose last decode produced output `idx`, whose
+            // logits row holds n_vocab floats.
+            let logits = unsafe { sys::llama_get_logits_ith(ctx, idx) };
+            if !logits.is_null() {
+                let row = unsafe { std::slice::from_raw_parts(logits, n_vocab as usize) };
+                // The first maximum wins, as in llama.cpp's greedy sampler.
+                let mut best = 0;
+                for (i, &v) in row.iter().enumerate() {
+                    if v > row[best] {
+                        best = i;
+                    }
+                }
+                return best as Token;
+            }
+        }
         // SAFETY: `ctx` is the live context whose last decode produced output `idx`.
         unsafe { sys::llama_sampler_sample(self.chain.as_ptr(), ctx, idx) }
     }

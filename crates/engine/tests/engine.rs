@@ -17,6 +17,7 @@ fn greedy(prompt: &str, max_tokens: u32) -> GenerateRequest {
         sampling: SamplingParams::greedy(),
         max_tokens: Some(max_tokens),
         stop: Vec::new(),
+        ignore_eos: false,
     }
 }
 

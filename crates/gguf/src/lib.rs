@@ -624,7 +624,7 @@ mod tests {
             (header(1 << 60, 0), "implausible count"),
             (header(0, 1000), "truncated GGUF: needed 12000 more bytes at offset 24 for 1000 metadata entries"),
             ({ let mut b = header(0, 1); string(&mut b, "k"); b.extend(99u32.to_le_bytes()); b }, "unknown value type 99"),
-            ({ let mut b = header(0, 1); b.extend(u64::MAX.to_le_bytes()); b }, "implausible count"),
+            ({ let mut b = header(0, 1); b.extend(u64::MAX.to_le_bytes()); b.extend([0u8; 16]); b }, "implausible count"),
             ({ let mut b = b"FUGG".to_vec(); b.extend([0, 0, 0, 3]); b }, "big-endian"),
         ];
         for (bytes, want) in cases {
