@@ -23,12 +23,125 @@ pub struct Cli {
 pub enum Command {
     /// Chat with a model, or answer one prompt and exit
     Run(RunArgs),
+    /// Download a model from Hugging Face, an Ollama registry or a URL
+    Pull(PullArgs),
+    /// Add a GGUF file from this machine (hardlinked when possible)
+    Add(AddArgs),
+    /// List the models in the store
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+    /// Describe a model: architecture, size, context, template, whether llama.cpp supports it
+    Show(ShowArgs),
+    /// Remove models (and the files no other model uses)
+    Rm(RmArgs),
+    /// Copy a model under another name (no bytes are copied)
+    Cp(CpArgs),
+    /// Make another tool's models usable by hearth, by hardlink
+    Import(ImportArgs),
+    /// Make a hearth model usable by another tool, by hardlink
+    Export(ExportArgs),
+}
+
+/// Settings read from the environment (flags win over them).
+pub const ENV_STALL_TIMEOUT: &str = "HEARTH_STALL_TIMEOUT";
+pub const ENV_CONNECTIONS: &str = "HEARTH_PULL_CONNECTIONS";
+pub const ENV_RETRIES: &str = "HEARTH_PULL_RETRIES";
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// hf.co/USER/REPO[:QUANT], hf.co/USER/REPO/FILE.gguf, NAME[:TAG] (Ollama library),
+    /// HOST/NAMESPACE/NAME[:TAG] (another registry) or an https:// URL of a .gguf
+    pub reference: String,
+    /// Store it under this name instead
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Allow plain http to a registry
+    #[arg(long)]
+    pub insecure: bool,
+    /// Parallel connections per file [env: HEARTH_PULL_CONNECTIONS] [default: 4]
+    #[arg(long, value_name = "N")]
+    pub connections: Option<usize>,
+    /// Seconds without data before a connection is dropped and resumed [env: HEARTH_STALL_TIMEOUT] [default: 30]
+    #[arg(long = "stall-timeout", value_name = "SECONDS")]
+    pub stall_timeout: Option<f64>,
+    /// Failures in a row (without progress) before giving up [env: HEARTH_PULL_RETRIES] [default: 6]
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
+    /// No progress bars (notes and errors still print)
+    #[arg(long = "no-progress")]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// A .gguf file (the first shard of a split model brings the others)
+    pub path: PathBuf,
+    /// The model's name [default: from the file name]
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long = "no-progress")]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// A model name or a path to a .gguf
+    pub model: String,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    #[arg(required = true)]
+    pub models: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    pub source: String,
+    pub destination: String,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Tool {
+    Ollama,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    pub tool: Tool,
+    /// Ollama's models directory [default: $OLLAMA_MODELS or ~/.ollama/models]
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+    #[arg(long = "no-progress")]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    pub tool: Tool,
+    /// The model to export
+    pub model: String,
+    /// Ollama's models directory [default: $OLLAMA_MODELS or ~/.ollama/models]
+    #[arg(long)]
+    pub to: Option<PathBuf>,
+    #[arg(long = "no-progress")]
+    pub no_progress: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Path to a GGUF file (or the first shard of a split model)
-    pub model: PathBuf,
+    /// A model name from the store (`hearth list`) or a path to a GGUF file
+    pub model: String,
     /// Answer this prompt and exit; without it, start an interactive chat
     pub prompt: Option<String>,
     /// Send the prompt as it is, without the chat template
@@ -164,7 +277,7 @@ mod tests {
     fn llama_cpp_short_flags_are_accepted() {
         let args = normalize(["hearth", "run", "m.gguf", "-ngl", "99", "-fa=on", "-c", "512"].map(OsString::from));
         let cli = Cli::try_parse_from(args).unwrap();
-        let Command::Run(run) = cli.command;
+        let Command::Run(run) = cli.command else { panic!("run") };
         assert_eq!(run.load.gpu_layers, Some(99));
         assert_eq!(run.load.flash_attn, FlashAttn::On);
         assert_eq!(run.load.ctx_size, 512);

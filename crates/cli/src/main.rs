@@ -6,6 +6,8 @@
 //! does) and for failures that are hearth's own fault, 130 after Ctrl-C.
 
 mod args;
+mod models;
+mod progress;
 mod run;
 
 use std::io::Write;
@@ -28,6 +30,14 @@ fn main() -> ExitCode {
     init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Run(args) => run::run(args, cli.verbose),
+        Command::Pull(a) => models::pull(a).map(|_| ExitCode::SUCCESS),
+        Command::Add(a) => models::add(a).map(|_| ExitCode::SUCCESS),
+        Command::List(a) => models::list(a).map(|_| ExitCode::SUCCESS),
+        Command::Show(a) => models::show(a).map(|_| ExitCode::SUCCESS),
+        Command::Rm(a) => models::rm(a).map(|_| ExitCode::SUCCESS),
+        Command::Cp(a) => models::cp(a).map(|_| ExitCode::SUCCESS),
+        Command::Import(a) => models::import(a).map(|_| ExitCode::SUCCESS),
+        Command::Export(a) => models::export(a).map(|_| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
+use hearth_store::LayerKind;
 use hearth_engine::{
     Canceller, ChatMessage, ChatTemplate, Engine, EngineError, EngineOptions, Event, FinishReason,
     GenerateRequest, ModelOptions, Prompt, SamplingParams, Timings,
@@ -13,14 +14,35 @@ use hearth_engine::{
 use crate::args::{LoadArgs, RunArgs, SamplingArgs};
 
 pub fn run(args: RunArgs, verbose: u8) -> Result<ExitCode> {
-    let engine = Engine::start(engine_options(&args.model, &args.load))?;
-    let template = (!args.raw).then(|| ChatTemplate::for_model(engine.model().info()));
+    let model = crate::models::resolve(&args.model)?;
+    let engine = Engine::start(engine_options(&model.path, &args.load))?;
+    let info = engine.model().info();
+    let template = (!args.raw).then(|| {
+        // The GGUF's own Jinja template first; an Ollama Go template only picks a family.
+        let go = model.layer_text(LayerKind::Template);
+        match (&info.chat_template, go.as_deref().and_then(ChatTemplate::from_go_template)) {
+            (None, Some(t)) => t,
+            _ => ChatTemplate::for_model(info),
+        }
+    });
+    let mut stop = args.sampling.stop.clone();
+    if let Some(params) = model.layer_text(LayerKind::Params) {
+        // Ollama's params layer: its stop strings apply (flags add to them).
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&params) {
+            match &v["stop"] {
+                serde_json::Value::Array(a) => stop.extend(a.iter().filter_map(|s| s.as_str().map(str::to_string))),
+                serde_json::Value::String(s) => stop.push(s.clone()),
+                _ => {}
+            }
+        }
+    }
+    let system = args.system.clone().or_else(|| model.layer_text(LayerKind::System));
     let session = Session {
         engine,
         template,
         sampling: sampling(&args.sampling),
         max_tokens: (args.sampling.predict >= 0).then(|| args.sampling.predict.min(u32::MAX as i64) as u32),
-        stop: args.sampling.stop.clone(),
+        stop,
         verbose: verbose > 0,
         current: Arc::new(Mutex::new(None)),
     };
@@ -40,8 +62,8 @@ pub fn run(args: RunArgs, verbose: u8) -> Result<ExitCode> {
         .context("cannot install the Ctrl-C handler")?;
     }
     let mut history = Vec::new();
-    if let Some(system) = &args.system {
-        history.push(ChatMessage::new("system", system.clone()));
+    if let Some(system) = system {
+        history.push(ChatMessage::new("system", system));
     }
     match args.prompt {
         Some(prompt) => {
@@ -263,6 +285,14 @@ fn print_timings(t: &Timings) {
 
 /// A hint for errors the user can fix.
 pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
+    if let Some(e) = err.downcast_ref::<hearth_store::StoreError>() {
+        return match e {
+            hearth_store::StoreError::NotFound { .. } => Some("give a path to a .gguf file, or a name from `hearth list`"),
+            hearth_store::StoreError::DownloadFailed { .. } => Some("the partial download is kept: the same `hearth pull` resumes it"),
+            hearth_store::StoreError::Unauthorized { .. } => Some("set HF_TOKEN (or HUGGING_FACE_HUB_TOKEN) for private or gated Hugging Face repos"),
+            _ => None,
+        };
+    }
     match err.downcast_ref::<EngineError>()? {
         EngineError::BadModel { .. } => Some("hearth runs GGUF files; check the path, or fetch the starter model with scripts/fetch-model.sh"),
         EngineError::Load { .. } => Some("run with -v to see llama.cpp's log"),

@@ -25,6 +25,8 @@ pub struct ModelOptions {
     pub tensor_split: Vec<f32>,
     /// The device for the whole model when it is not split.
     pub main_gpu: i32,
+    /// Load only the vocabulary (and check the architecture), not the weights.
+    pub vocab_only: bool,
 }
 
 impl ModelOptions {
@@ -37,6 +39,7 @@ impl ModelOptions {
             rpc_servers: Vec::new(),
             tensor_split: Vec::new(),
             main_gpu: 0,
+            vocab_only: false,
         }
     }
 }
@@ -110,6 +113,7 @@ impl Model {
             (false, false) => sys::LLAMA_LOAD_MODE_NONE,
         };
         params.main_gpu = opts.main_gpu;
+        params.vocab_only = opts.vocab_only;
         // SAFETY: plain query.
         let max_devices = unsafe { sys::llama_max_devices() };
         let mut split = vec![0f32; max_devices.max(1)];
@@ -202,6 +206,14 @@ impl Model {
                 load_ms,
             }
         }
+    }
+
+    /// Whether this build of llama.cpp can load the model at `path`: its architecture is known
+    /// and its vocabulary loads. Reads no weights.
+    pub fn probe(path: &Path) -> Result<(), EngineError> {
+        let mut o = ModelOptions::new(path);
+        o.vocab_only = true;
+        Model::load(&o).map(drop)
     }
 
     /// A metadata value as a string.

@@ -68,6 +68,26 @@ impl ChatTemplate {
         }
     }
 
+    /// The built-in template of the family an Ollama Go template belongs to (Ollama's template
+    /// language is not Jinja; models pulled from its registry that carry no Jinja template in
+    /// their GGUF are rendered by the llama.cpp template of the same family).
+    pub fn from_go_template(go: &str) -> Option<ChatTemplate> {
+        let name = if go.contains("<|im_start|>") {
+            "chatml"
+        } else if go.contains("<start_of_turn>") {
+            "gemma"
+        } else if go.contains("<|start_header_id|>") {
+            "llama3"
+        } else if go.contains("<|user|>") && go.contains("<|end|>") {
+            "phi3"
+        } else if go.contains("[INST]") {
+            "mistral-v7"
+        } else {
+            return None;
+        };
+        Some(ChatTemplate::Builtin(name.into()))
+    }
+
     /// Renders a conversation. With `add_generation_prompt` the text ends where the
     /// assistant's answer starts.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, EngineError> {

@@ -1,0 +1,364 @@
+//! The store commands: pull, add, list, show, rm, cp, import, export; and resolving a model
+//! argument (a store name or a path) for `run`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use hearth_gguf::Gguf;
+use hearth_store::download::DownloadOptions;
+use hearth_store::{interop, LayerKind, Manifest, PullOptions, Store};
+use serde::Serialize;
+
+use crate::args::{self, AddArgs, CpArgs, ExportArgs, ImportArgs, ListArgs, PullArgs, RmArgs, ShowArgs, Tool};
+use crate::progress::Progress;
+
+pub fn store() -> Result<Store> {
+    let root = Store::default_root();
+    Store::open(&root).with_context(|| format!("cannot open the model store at {}", root.display()))
+}
+
+fn env_parse<T: std::str::FromStr>(var: &str) -> Result<Option<T>> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().map(Some).map_err(|_| anyhow::anyhow!("{var}={v:?} is not a valid number")),
+        _ => Ok(None),
+    }
+}
+
+/// Flag, then environment, then default.
+fn download_options(a: &PullArgs) -> Result<DownloadOptions> {
+    let mut o = DownloadOptions::default();
+    if let Some(n) = a.connections.or(env_parse(args::ENV_CONNECTIONS)?) {
+        if n == 0 || n > 64 {
+            bail!("--connections must be between 1 and 64, not {n}");
+        }
+        o.connections = n;
+    }
+    if let Some(s) = a.stall_timeout.or(env_parse(args::ENV_STALL_TIMEOUT)?) {
+        if !(s > 0.0 && s.is_finite()) {
+            bail!("--stall-timeout must be a positive number of seconds, not {s}");
+        }
+        o.stall_timeout = Duration::from_secs_f64(s);
+        // Short stall timeouts (tests, fast local mirrors) get short backoffs too.
+        o.backoff = o.backoff.min(o.stall_timeout / 4);
+    }
+    if let Some(n) = a.retries.or(env_parse(args::ENV_RETRIES)?) {
+        o.max_attempts = n.max(1);
+    }
+    Ok(o)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+pub fn pull(a: PullArgs) -> Result<()> {
+    let store = store()?;
+    let opts = PullOptions { download: download_options(&a)?, insecure: a.insecure, name: a.name.clone() };
+    let progress = Progress::new(a.no_progress);
+    let manifest = runtime()?.block_on(hearth_store::pull(&store, &a.reference, &opts, &progress))?;
+    eprintln!("pulled {} ({})", manifest.name, indicatif::HumanBytes(manifest.size()));
+    Ok(())
+}
+
+pub fn add(a: AddArgs) -> Result<()> {
+    let store = store()?;
+    let progress = Progress::new(a.no_progress);
+    let m = hearth_store::pull::add_local(&store, &a.path, a.name.as_deref(), &progress)?;
+    eprintln!("added {} ({})", m.name, indicatif::HumanBytes(m.size()));
+    Ok(())
+}
+
+/// What `list` and `show` say about a model, from its GGUF header.
+#[derive(Debug, Serialize)]
+pub struct Details {
+    pub architecture: String,
+    pub parameters: u64,
+    pub parameter_size: String,
+    pub quantization: String,
+    pub context_length: Option<u64>,
+    pub embedding_length: Option<u64>,
+    pub block_count: Option<u64>,
+    pub head_count: Option<u64>,
+    pub head_count_kv: Option<u64>,
+}
+
+pub fn details(g: &Gguf) -> Details {
+    let parameters: u64 = g.tensors.iter().map(|t| t.n_elements()).sum();
+    let quantization = g
+        .get_u64("general.file_type")
+        .map(file_type_name)
+        .map(str::to_string)
+        .unwrap_or_else(|| dominant_type(g));
+    Details {
+        architecture: g.architecture().unwrap_or("unknown").to_string(),
+        parameters,
+        parameter_size: human_count(parameters),
+        quantization,
+        context_length: g.arch_u64("context_length"),
+        embedding_length: g.arch_u64("embedding_length"),
+        block_count: g.arch_u64("block_count"),
+        head_count: g.arch_u64("attention.head_count"),
+        head_count_kv: g.arch_u64("attention.head_count_kv"),
+    }
+}
+
+fn dominant_type(g: &Gguf) -> String {
+    let mut counts = std::collections::HashMap::new();
+    for t in &g.tensors {
+        *counts.entry(t.ggml_type).or_insert(0u64) += t.n_elements();
+    }
+    counts.into_iter().max_by_key(|(_, n)| *n).map_or("unknown".into(), |(t, _)| hearth_gguf::type_name(t).to_string())
+}
+
+fn file_type_name(t: u64) -> &'static str {
+    match t {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        19 => "IQ2_XXS",
+        20 => "IQ2_XS",
+        21 => "Q2_K_S",
+        22 => "IQ3_XS",
+        23 => "IQ3_XXS",
+        24 => "IQ1_S",
+        25 => "IQ4_NL",
+        26 => "IQ3_S",
+        27 => "IQ3_M",
+        28 => "IQ2_S",
+        29 => "IQ2_M",
+        30 => "IQ4_XS",
+        31 => "IQ1_M",
+        32 => "BF16",
+        36 => "TQ1_0",
+        37 => "TQ2_0",
+        38 => "MXFP4",
+        _ => "unknown",
+    }
+}
+
+/// 134515008 → "134.52M", like Ollama's parameter_size.
+fn human_count(n: u64) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.2}B", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.2}M", n / 1e6)
+    } else if n >= 1e3 {
+        format!("{:.2}K", n / 1e3)
+    } else {
+        format!("{n}")
+    }
+}
+
+fn ago(t: SystemTime) -> String {
+    let s = SystemTime::now().duration_since(t).map_or(0, |d| d.as_secs());
+    match s {
+        0..=59 => "just now".into(),
+        60..=3599 => format!("{} minutes ago", s / 60),
+        3600..=86399 => format!("{} hours ago", s / 3600),
+        _ => format!("{} days ago", s / 86400),
+    }
+}
+
+pub fn list(a: ListArgs) -> Result<()> {
+    let store = store()?;
+    let entries = store.list()?;
+    #[derive(Serialize)]
+    struct Row {
+        name: String,
+        id: String,
+        size: u64,
+        modified: u64,
+        source: String,
+        details: Option<Details>,
+    }
+    let mut rows = Vec::new();
+    for e in entries {
+        let m = &e.manifest;
+        let first = m.model_layers().next();
+        let details = first
+            .and_then(|l| store.blob_path(&l.digest).ok())
+            .and_then(|p| Gguf::open(&p).ok())
+            .map(|g| details(&g));
+        rows.push(Row {
+            name: m.name.clone(),
+            id: first.map(|l| l.digest.trim_start_matches("sha256:")[..12].to_string()).unwrap_or_default(),
+            size: m.size(),
+            modified: e.modified.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            source: m.source.reference.clone(),
+            details,
+        });
+    }
+    let mut out = std::io::stdout().lock();
+    use std::io::Write;
+    if a.json {
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    writeln!(out, "{:width$}  {:12}  {:>9}  {:8}  {:>8}  MODIFIED", "NAME", "ID", "SIZE", "QUANT", "PARAMS")?;
+    for r in rows {
+        let (q, p) = r.details.as_ref().map_or(("?".into(), "?".into()), |d| (d.quantization.clone(), d.parameter_size.clone()));
+        let modified = ago(SystemTime::UNIX_EPOCH + Duration::from_secs(r.modified));
+        writeln!(out, "{:width$}  {:12}  {:>9}  {:8}  {:>8}  {}", r.name, r.id, indicatif::HumanBytes(r.size).to_string(), q, p, modified)?;
+    }
+    Ok(())
+}
+
+/// What `hearth run` and `hearth show` load: a path as given, else a model of the store.
+pub struct Resolved {
+    pub path: PathBuf,
+    pub manifest: Option<Manifest>,
+    pub store: Option<Store>,
+}
+
+pub fn resolve(model: &str) -> Result<Resolved> {
+    let p = Path::new(model);
+    if p.exists() || model.ends_with(".gguf") || model.starts_with('/') || model.starts_with("./") {
+        return Ok(Resolved { path: p.to_path_buf(), manifest: None, store: None });
+    }
+    let store = store()?;
+    let manifest = store.get(model)?;
+    let path = store.model_file(&manifest)?;
+    Ok(Resolved { path, manifest: Some(manifest), store: Some(store) })
+}
+
+impl Resolved {
+    /// The text of a layer of the model's manifest (Ollama's template, system, params).
+    pub fn layer_text(&self, kind: LayerKind) -> Option<String> {
+        let m = self.manifest.as_ref()?;
+        let l = m.layer(kind)?;
+        self.store.as_ref()?.read_text(l).ok()
+    }
+}
+
+pub fn show(a: ShowArgs) -> Result<()> {
+    let r = resolve(&a.model)?;
+    let g = Gguf::open(&r.path).with_context(|| format!("cannot read {}", r.path.display()))?;
+    let d = details(&g);
+    let supported = hearth_engine::Model::probe(&r.path);
+    let template = g.get_str("tokenizer.chat_template").map(str::to_string).or_else(|| r.layer_text(LayerKind::Template));
+    let license = g.get_str("general.license").map(str::to_string).or_else(|| r.layer_text(LayerKind::License));
+    let embedding_only = matches!(d.architecture.as_str(), "bert" | "nomic-bert" | "jina-bert-v2" | "t5encoder" | "modern-bert")
+        || g.arch_u64("pooling_type").is_some_and(|p| p > 0);
+    let mut capabilities = vec![if embedding_only { "embedding" } else { "completion" }];
+    if !embedding_only {
+        capabilities.push("embedding");
+    }
+    if template.as_deref().is_some_and(|t| t.contains("tools")) {
+        capabilities.push("tools");
+    }
+    if a.json {
+        let v = serde_json::json!({
+            "name": r.manifest.as_ref().map(|m| m.name.clone()),
+            "path": r.path,
+            "details": d,
+            "template": template,
+            "license": license,
+            "capabilities": capabilities,
+            "split_count": g.split_count(),
+            "supported": supported.is_ok(),
+            "unsupported_reason": supported.as_ref().err().map(|e| e.to_string()),
+            "metadata": g.metadata.iter().filter(|(_, v)| !matches!(v, hearth_gguf::Value::Array(a) if a.len() > 16)).map(|(k, v)| (k.clone(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let opt = |v: Option<u64>| v.map_or("?".into(), |x| x.to_string());
+    println!("  Model");
+    println!("    architecture        {}", d.architecture);
+    println!("    parameters          {}", d.parameter_size);
+    println!("    context length      {}", opt(d.context_length));
+    println!("    embedding length    {}", opt(d.embedding_length));
+    println!("    layers              {}", opt(d.block_count));
+    println!("    heads               {} (kv {})", opt(d.head_count), opt(d.head_count_kv));
+    println!("    quantization        {}", d.quantization);
+    if let Some(n) = g.split_count() {
+        println!("    split into          {n} files");
+    }
+    println!("    llama.cpp           {}", match &supported {
+        Ok(()) => "supported by this build".to_string(),
+        Err(e) => format!("NOT supported by this build: {e}"),
+    });
+    println!();
+    println!("  Capabilities");
+    for c in &capabilities {
+        println!("    {c}");
+    }
+    if let Some(t) = &template {
+        println!();
+        println!("  Template");
+        for line in t.lines().take(12) {
+            println!("    {line}");
+        }
+        if t.lines().count() > 12 {
+            println!("    ...");
+        }
+    }
+    if let Some(l) = &license {
+        println!();
+        println!("  License");
+        for line in l.lines().take(4) {
+            println!("    {line}");
+        }
+    }
+    Ok(())
+}
+
+pub fn rm(a: RmArgs) -> Result<()> {
+    let store = store()?;
+    for m in &a.models {
+        let freed = store.remove(m)?;
+        eprintln!("deleted {m} (freed {})", indicatif::HumanBytes(freed));
+    }
+    Ok(())
+}
+
+pub fn cp(a: CpArgs) -> Result<()> {
+    let store = store()?;
+    store.copy(&a.source, &a.destination)?;
+    eprintln!("copied {} to {}", a.source, a.destination);
+    Ok(())
+}
+
+pub fn import(a: ImportArgs) -> Result<()> {
+    let store = store()?;
+    let Tool::Ollama = a.tool;
+    let from = a.from.unwrap_or_else(interop::ollama_dir);
+    let progress = Progress::new(a.no_progress);
+    let names = interop::import_ollama(&store, &from, &progress)?;
+    for n in &names {
+        println!("{n}");
+    }
+    eprintln!("imported {} model(s) from {}", names.len(), from.display());
+    Ok(())
+}
+
+pub fn export(a: ExportArgs) -> Result<()> {
+    let store = store()?;
+    let Tool::Ollama = a.tool;
+    let to = a.to.unwrap_or_else(interop::ollama_dir);
+    let progress = Progress::new(a.no_progress);
+    let path = interop::export_ollama(&store, &a.model, &to, &progress)?;
+    eprintln!("exported {} to {}", a.model, path.display());
+    Ok(())
+}
