@@ -7,16 +7,35 @@
 //!
 //! This crate knows nothing of llama.cpp: the engine uses it to reject bad files with a precise
 //! message before handing them to llama.cpp, and the store and `fit` use it to describe models.
+//! Its [`writer`] module writes GGUF files (whole or split into shards) for tests and for
+//! synthetic models. The reader is fuzzed (`fuzz/`, see its README); inputs that once broke it
+//! live in `tests/regressions/`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::io::Read;
 use std::path::Path;
+
+pub mod writer;
+
+pub use writer::{split_path, GgufWriter, Layout, TensorData, TensorSpec, WriteError};
 
 /// The four bytes every GGUF file starts with.
 pub const MAGIC: &[u8; 4] = b"GGUF";
 /// Tensor data starts at a multiple of this unless `general.alignment` says otherwise.
 pub const DEFAULT_ALIGNMENT: u64 = 32;
+/// The key that overrides [`DEFAULT_ALIGNMENT`] (llama.cpp wants it as a u32).
+pub const KEY_ALIGNMENT: &str = "general.alignment";
+/// In a split model: this shard's index, 0-based (u16).
+pub const KEY_SPLIT_NO: &str = "split.no";
+/// In a split model: how many shards there are (u16).
+pub const KEY_SPLIT_COUNT: &str = "split.count";
+/// In a split model: how many tensors the whole model has, over all shards (i32).
+pub const KEY_SPLIT_TENSORS_COUNT: &str = "split.tensors.count";
+/// ggml's tensor names are at most this many bytes (`GGML_MAX_NAME` less the NUL).
+pub const MAX_TENSOR_NAME: usize = 63;
+/// ggml tensors have one to this many dimensions (`GGML_MAX_DIMS`).
+pub const MAX_DIMS: u32 = 4;
 
 /// Why a file could not be read as GGUF.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +79,30 @@ pub enum Value {
 }
 
 impl Value {
+    /// The GGUF type id of this value (0 = u8 ... 8 = string, 9 = array, ... 12 = f64).
+    pub fn gguf_type(&self) -> u32 {
+        match self {
+            Value::U8(_) => 0,
+            Value::I8(_) => 1,
+            Value::U16(_) => 2,
+            Value::I16(_) => 3,
+            Value::U32(_) => 4,
+            Value::I32(_) => 5,
+            Value::F32(_) => 6,
+            Value::Bool(_) => 7,
+            Value::String(_) => 8,
+            Value::Array(_) => 9,
+            Value::U64(_) => 10,
+            Value::I64(_) => 11,
+            Value::F64(_) => 12,
+        }
+    }
+
+    /// An array of anything that converts to a value, e.g. `Value::array(["a", "b"])`.
+    pub fn array<T: Into<Value>>(items: impl IntoIterator<Item = T>) -> Value {
+        Value::Array(items.into_iter().map(Into::into).collect())
+    }
+
     /// The value as an unsigned integer, if it is a non-negative integer of any width.
     pub fn as_u64(&self) -> Option<u64> {
         match *self {
@@ -89,6 +132,22 @@ impl Value {
         }
     }
 }
+
+macro_rules! value_from {
+    ($($t:ty => $v:ident),* $(,)?) => {
+        $(impl From<$t> for Value {
+            fn from(v: $t) -> Value {
+                Value::$v(v.into())
+            }
+        })*
+    };
+}
+
+value_from!(
+    u8 => U8, i8 => I8, u16 => U16, i16 => I16, u32 => U32, i32 => I32, f32 => F32,
+    bool => Bool, String => String, &str => String, Vec<Value> => Array,
+    u64 => U64, i64 => I64, f64 => F64,
+);
 
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -122,15 +181,53 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    pub fn n_elements(&self) -> u64 {
-        self.dims.iter().product()
+    /// The number of elements, or `None` when the product of the dimensions overflows a u64.
+    /// [`Gguf::read`] rejects such tensors, but a `TensorInfo` can be built by hand.
+    pub fn checked_n_elements(&self) -> Option<u64> {
+        checked_product(&self.dims)
     }
 
-    /// Size of the tensor's data in bytes, when its type is known.
-    pub fn n_bytes(&self) -> Option<u64> {
-        let (block, bytes) = type_block_size(self.ggml_type)?;
-        Some(self.n_elements() / block * bytes)
+    /// The number of elements, saturating at `u64::MAX` (see [`Self::checked_n_elements`]).
+    pub fn n_elements(&self) -> u64 {
+        self.checked_n_elements().unwrap_or(u64::MAX)
     }
+
+    /// Size of the tensor's data in bytes, when its type is known and its shape is valid for it
+    /// (see [`tensor_n_bytes`]).
+    pub fn n_bytes(&self) -> Option<u64> {
+        tensor_n_bytes(&self.dims, self.ggml_type).ok().flatten()
+    }
+}
+
+/// The product of `dims`, or `None` when it overflows a u64.
+fn checked_product(dims: &[u64]) -> Option<u64> {
+    dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
+}
+
+/// The element count of a tensor of these dimensions, or `None` when it does not fit ggml's
+/// `int64_t` count.
+fn ggml_element_count(dims: &[u64]) -> Option<u64> {
+    checked_product(dims).filter(|&n| n <= i64::MAX as u64)
+}
+
+/// Size in bytes of a tensor of this shape and type, as ggml computes it: `Ok(None)` when the
+/// type is unknown; an error saying why when the shape is impossible for the type: the first
+/// dimension (a row) is not a whole number of blocks, or the size overflows a u64.
+pub fn tensor_n_bytes(dims: &[u64], ggml_type: u32) -> Result<Option<u64>, String> {
+    let Some((block, bytes)) = type_block_size(ggml_type) else {
+        return Ok(None);
+    };
+    let row = dims.first().copied().unwrap_or(1);
+    if row % block != 0 {
+        return Err(format!(
+            "{row} elements per row is not a multiple of the block size {block} of type {}",
+            type_name(ggml_type)
+        ));
+    }
+    checked_product(dims)
+        .and_then(|n| (n / block).checked_mul(bytes))
+        .map(Some)
+        .ok_or_else(|| format!("the size in bytes of dimensions {dims:?} overflows"))
 }
 
 /// The parsed header of a GGUF file.
@@ -174,7 +271,9 @@ impl Gguf {
             if magic == *b"FUGG" {
                 return Err(GgufError::Malformed {
                     offset: 0,
-                    message: "this is a big-endian GGUF file; only little-endian files are supported".into(),
+                    message:
+                        "this is a big-endian GGUF file; only little-endian files are supported"
+                            .into(),
                 });
             }
             return Err(GgufError::NotGguf {
@@ -185,7 +284,8 @@ impl Gguf {
         if version.swap_bytes() == 2 || version.swap_bytes() == 3 {
             return Err(GgufError::Malformed {
                 offset: 4,
-                message: "this is a big-endian GGUF file; only little-endian files are supported".into(),
+                message: "this is a big-endian GGUF file; only little-endian files are supported"
+                    .into(),
             });
         }
         if version != 2 && version != 3 {
@@ -198,11 +298,17 @@ impl Gguf {
         r.check_count(n_tensors, 24, "tensor infos")?;
 
         let mut metadata = BTreeMap::new();
+        // Where general.alignment's value is, for an error about it.
+        let mut alignment_offset = 0;
         for _ in 0..n_kv {
             let key_offset = r.offset;
             let key = r.string("a metadata key")?;
+            let type_offset = r.offset;
             let ty = r.u32("a value type")?;
-            let value = r.value(ty, 0)?;
+            if key == KEY_ALIGNMENT {
+                alignment_offset = r.offset;
+            }
+            let value = r.value(ty, type_offset, 0)?;
             if metadata.insert(key.clone(), value).is_some() {
                 return Err(GgufError::Malformed {
                     offset: key_offset,
@@ -212,27 +318,52 @@ impl Gguf {
         }
         // Capacity grows with the data actually read, never from a count alone.
         let mut tensors = Vec::with_capacity(n_tensors.min(PREALLOC) as usize);
+        let mut names = HashSet::new();
+        // Where each tensor's data offset is, for an error about its alignment.
+        let mut offset_fields = Vec::with_capacity(n_tensors.min(PREALLOC) as usize);
         for _ in 0..n_tensors {
+            let name_offset = r.offset;
             let name = r.string("a tensor name")?;
+            if !names.insert(name.clone()) {
+                return Err(GgufError::Malformed {
+                    offset: name_offset,
+                    message: format!("duplicate tensor name {name:?}"),
+                });
+            }
             let dims_offset = r.offset;
             let n_dims = r.u32("the tensor's dimension count")?;
-            if n_dims == 0 || n_dims > 4 {
+            if n_dims == 0 || n_dims > MAX_DIMS {
                 return Err(GgufError::Malformed {
                     offset: dims_offset,
-                    message: format!("tensor {name:?} has {n_dims} dimensions (1 to 4 expected)"),
+                    message: format!(
+                        "tensor {name:?} has {n_dims} dimensions (1 to {MAX_DIMS} expected)"
+                    ),
                 });
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
                 dims.push(r.u64("a tensor dimension")?);
             }
-            if dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).is_none() {
+            // ggml counts elements in an i64.
+            if ggml_element_count(&dims).is_none() {
                 return Err(GgufError::Malformed {
                     offset: dims_offset,
-                    message: format!("tensor {name:?} has dimensions {dims:?} whose product overflows"),
+                    message: format!(
+                        "tensor {name:?} has dimensions {dims:?} whose product overflows \
+                         ggml's element count (at most {})",
+                        i64::MAX
+                    ),
                 });
             }
+            let type_offset = r.offset;
             let ggml_type = r.u32("the tensor type")?;
+            if let Err(why) = tensor_n_bytes(&dims, ggml_type) {
+                return Err(GgufError::Malformed {
+                    offset: type_offset,
+                    message: format!("tensor {name:?}: {why}"),
+                });
+            }
+            offset_fields.push(r.offset);
             let offset = r.u64("the tensor data offset")?;
             tensors.push(TensorInfo {
                 name,
@@ -247,13 +378,32 @@ impl Gguf {
                 Some(a) if a > 0 && a.is_power_of_two() => a,
                 _ => {
                     return Err(GgufError::Malformed {
-                        offset: r.offset,
-                        message: format!("general.alignment is {v}, not a power of two"),
+                        offset: alignment_offset,
+                        message: format!("{KEY_ALIGNMENT} is {v}, not a power of two"),
                     })
                 }
             },
         };
-        let data_offset = r.offset.div_ceil(alignment) * alignment;
+        for (t, &at) in tensors.iter().zip(&offset_fields) {
+            if t.offset % alignment != 0 {
+                return Err(GgufError::Malformed {
+                    offset: at,
+                    message: format!(
+                        "tensor {:?} has data offset {}, not a multiple of the alignment {alignment}",
+                        t.name, t.offset
+                    ),
+                });
+            }
+        }
+        let data_offset = r
+            .offset
+            .checked_next_multiple_of(alignment)
+            .ok_or_else(|| GgufError::Malformed {
+                offset: alignment_offset,
+                message: format!(
+                    "{KEY_ALIGNMENT} {alignment} puts the tensor data past the largest offset"
+                ),
+            })?;
         Ok(Gguf {
             version,
             metadata,
@@ -266,14 +416,34 @@ impl Gguf {
     /// Checks that every tensor of a known type lies inside a file of `file_len` bytes.
     pub fn check_data_fits(&self, file_len: u64) -> Result<(), GgufError> {
         for t in &self.tensors {
-            let Some(n_bytes) = t.n_bytes() else { continue };
+            let n_bytes = match tensor_n_bytes(&t.dims, t.ggml_type) {
+                Ok(Some(n)) => n,
+                Ok(None) => continue,
+                // Only a hand-built header gets here: `read` rejects such shapes.
+                Err(why) => {
+                    return Err(GgufError::Malformed {
+                        offset: self.data_offset.saturating_add(t.offset),
+                        message: format!("tensor {:?}: {why}", t.name),
+                    })
+                }
+            };
             let end = self
                 .data_offset
                 .checked_add(t.offset)
                 .and_then(|s| s.checked_add(n_bytes));
             match end {
                 Some(end) if end <= file_len => {}
-                _ => {
+                None => {
+                    return Err(GgufError::Malformed {
+                        offset: self.data_offset.saturating_add(t.offset),
+                        message: format!(
+                            "the {n_bytes} bytes of tensor {:?} at data offset {} would end past \
+                             the largest possible file offset",
+                            t.name, t.offset
+                        ),
+                    })
+                }
+                Some(_) => {
                     let start = self.data_offset.saturating_add(t.offset);
                     return Err(GgufError::Truncated {
                         offset: file_len.min(start),
@@ -311,45 +481,50 @@ impl Gguf {
 
     /// `split.count` when this file is one shard of a split model.
     pub fn split_count(&self) -> Option<u64> {
-        self.get_u64("split.count")
+        self.get_u64(KEY_SPLIT_COUNT)
+    }
+
+    /// `split.no`, this shard's 0-based index, when this file is one shard of a split model.
+    pub fn split_no(&self) -> Option<u64> {
+        self.get_u64(KEY_SPLIT_NO)
     }
 }
 
 /// (elements per block, bytes per block) for the ggml types we know, from ggml's type traits.
 pub fn type_block_size(ggml_type: u32) -> Option<(u64, u64)> {
     Some(match ggml_type {
-        0 => (1, 4),       // F32
-        1 => (1, 2),       // F16
-        2 => (32, 18),     // Q4_0
-        3 => (32, 20),     // Q4_1
-        6 => (32, 22),     // Q5_0
-        7 => (32, 24),     // Q5_1
-        8 => (32, 34),     // Q8_0
-        9 => (32, 36),     // Q8_1
-        10 => (256, 84),   // Q2_K
-        11 => (256, 110),  // Q3_K
-        12 => (256, 144),  // Q4_K
-        13 => (256, 176),  // Q5_K
-        14 => (256, 210),  // Q6_K
-        15 => (256, 292),  // Q8_K
-        16 => (256, 66),   // IQ2_XXS
-        17 => (256, 74),   // IQ2_XS
-        18 => (256, 98),   // IQ3_XXS
-        19 => (256, 50),   // IQ1_S
-        20 => (32, 18),    // IQ4_NL
-        21 => (256, 110),  // IQ3_S
-        22 => (256, 82),   // IQ2_S
-        23 => (256, 136),  // IQ4_XS
-        24 => (1, 1),      // I8
-        25 => (1, 2),      // I16
-        26 => (1, 4),      // I32
-        27 => (1, 8),      // I64
-        28 => (1, 8),      // F64
-        29 => (256, 56),   // IQ1_M
-        30 => (1, 2),      // BF16
-        34 => (256, 54),   // TQ1_0
-        35 => (256, 66),   // TQ2_0
-        39 => (32, 17),    // MXFP4
+        0 => (1, 4),      // F32
+        1 => (1, 2),      // F16
+        2 => (32, 18),    // Q4_0
+        3 => (32, 20),    // Q4_1
+        6 => (32, 22),    // Q5_0
+        7 => (32, 24),    // Q5_1
+        8 => (32, 34),    // Q8_0
+        9 => (32, 36),    // Q8_1
+        10 => (256, 84),  // Q2_K
+        11 => (256, 110), // Q3_K
+        12 => (256, 144), // Q4_K
+        13 => (256, 176), // Q5_K
+        14 => (256, 210), // Q6_K
+        15 => (256, 292), // Q8_K
+        16 => (256, 66),  // IQ2_XXS
+        17 => (256, 74),  // IQ2_XS
+        18 => (256, 98),  // IQ3_XXS
+        19 => (256, 50),  // IQ1_S
+        20 => (32, 18),   // IQ4_NL
+        21 => (256, 110), // IQ3_S
+        22 => (256, 82),  // IQ2_S
+        23 => (256, 136), // IQ4_XS
+        24 => (1, 1),     // I8
+        25 => (1, 2),     // I16
+        26 => (1, 4),     // I32
+        27 => (1, 8),     // I64
+        28 => (1, 8),     // F64
+        29 => (256, 56),  // IQ1_M
+        30 => (1, 2),     // BF16
+        34 => (256, 54),  // TQ1_0
+        35 => (256, 66),  // TQ2_0
+        39 => (32, 17),   // MXFP4
         _ => return None,
     })
 }
@@ -451,7 +626,15 @@ impl<R: Read> Reader<R> {
             });
         }
         let remaining = self.limit.saturating_sub(self.offset);
-        let needed = count * min_item_size;
+        // Cannot overflow under MAX_COUNT today, but nothing here should rely on that.
+        let Some(needed) = count.checked_mul(min_item_size) else {
+            return Err(GgufError::Malformed {
+                offset: self.offset,
+                message: format!(
+                    "{count} {what} of at least {min_item_size} bytes each overflow a u64"
+                ),
+            });
+        };
         if needed > remaining {
             return Err(GgufError::Truncated {
                 offset: self.offset,
@@ -495,7 +678,8 @@ impl<R: Read> Reader<R> {
         })
     }
 
-    fn value(&mut self, ty: u32, depth: u32) -> Result<Value, GgufError> {
+    /// Reads a value of type `ty`, whose type id was read at `type_offset`.
+    fn value(&mut self, ty: u32, type_offset: u64, depth: u32) -> Result<Value, GgufError> {
         Ok(match ty {
             0 => Value::U8(u8::from_le_bytes(self.bytes("a u8 value")?)),
             1 => Value::I8(i8::from_le_bytes(self.bytes("an i8 value")?)),
@@ -526,6 +710,7 @@ impl<R: Read> Reader<R> {
                         message: format!("arrays nested deeper than {MAX_DEPTH}"),
                     });
                 }
+                let elem_type_offset = self.offset;
                 let elem_ty = self.u32("an array's element type")?;
                 let n = self.u64("an array's length")?;
                 let min = match elem_ty {
@@ -535,7 +720,7 @@ impl<R: Read> Reader<R> {
                     8..=12 => 8,
                     _ => {
                         return Err(GgufError::Malformed {
-                            offset: at,
+                            offset: elem_type_offset,
                             message: format!("unknown array element type {elem_ty}"),
                         })
                     }
@@ -543,7 +728,7 @@ impl<R: Read> Reader<R> {
                 self.check_count(n, min, "array elements")?;
                 let mut items = Vec::with_capacity(n.min(PREALLOC) as usize);
                 for _ in 0..n {
-                    items.push(self.value(elem_ty, depth + 1)?);
+                    items.push(self.value(elem_ty, elem_type_offset, depth + 1)?);
                 }
                 Value::Array(items)
             }
@@ -552,7 +737,7 @@ impl<R: Read> Reader<R> {
             12 => Value::F64(f64::from_le_bytes(self.bytes("an f64 value")?)),
             _ => {
                 return Err(GgufError::Malformed {
-                    offset: self.offset - 4,
+                    offset: type_offset,
                     message: format!("unknown value type {ty}"),
                 })
             }
@@ -605,7 +790,10 @@ mod tests {
         assert_eq!(g.arch_u64("context_length"), Some(2048));
         assert_eq!(
             g.get("nested"),
-            Some(&Value::Array(vec![Value::Array(vec![Value::U8(7), Value::U8(9)])]))
+            Some(&Value::Array(vec![Value::Array(vec![
+                Value::U8(7),
+                Value::U8(9)
+            ])]))
         );
         assert_eq!(g.data_offset, data_start as u64);
         assert_eq!(g.tensors[0].n_bytes(), Some(256));
@@ -619,18 +807,139 @@ mod tests {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (b"\x7fELF rest".to_vec(), "not a GGUF file"),
             (b"GG".to_vec(), "truncated GGUF"),
-            ({ let mut b = MAGIC.to_vec(); b.extend(7u32.to_le_bytes()); b }, "version 7"),
+            (
+                {
+                    let mut b = MAGIC.to_vec();
+                    b.extend(7u32.to_le_bytes());
+                    b
+                },
+                "version 7",
+            ),
             (header(0, 1 << 60), "implausible count"),
             (header(1 << 60, 0), "implausible count"),
-            (header(0, 1000), "truncated GGUF: needed 12000 more bytes at offset 24 for 1000 metadata entries"),
-            ({ let mut b = header(0, 1); string(&mut b, "k"); b.extend(99u32.to_le_bytes()); b }, "unknown value type 99"),
-            ({ let mut b = header(0, 1); b.extend(u64::MAX.to_le_bytes()); b.extend([0u8; 16]); b }, "implausible count"),
-            ({ let mut b = b"FUGG".to_vec(); b.extend([0, 0, 0, 3]); b }, "big-endian"),
+            (
+                header(0, 1000),
+                "truncated GGUF: needed 12000 more bytes at offset 24 for 1000 metadata entries",
+            ),
+            (
+                {
+                    let mut b = header(0, 1);
+                    string(&mut b, "k");
+                    b.extend(99u32.to_le_bytes());
+                    b
+                },
+                "unknown value type 99",
+            ),
+            (
+                {
+                    let mut b = header(0, 1);
+                    b.extend(u64::MAX.to_le_bytes());
+                    b.extend([0u8; 16]);
+                    b
+                },
+                "implausible count",
+            ),
+            (
+                {
+                    let mut b = b"FUGG".to_vec();
+                    b.extend([0, 0, 0, 3]);
+                    b
+                },
+                "big-endian",
+            ),
+            (tensor_file("t", &[16], 2), "offset 45: tensor \"t\": 16 elements per row is not a multiple of the block size 32 of type Q4_0"),
+            (tensor_file("t", &[u64::MAX], 0), "offset 33: tensor \"t\" has dimensions [18446744073709551615] whose product overflows"),
+            (tensor_file("t", &[1 << 63], 24), "whose product overflows ggml's element count"),
+            (tensor_file("t", &[1 << 32, 1 << 32], 0), "whose product overflows"),
+            (tensor_file("t", &[(1 << 62) + 1], 0), "the size in bytes of dimensions [4611686018427387905] overflows"),
+            (tensor_file("t", &[], 0), "offset 33: tensor \"t\" has 0 dimensions"),
+            (tensor_file("t", &[1; 5], 0), "5 dimensions"),
+            ({ let mut b = tensor_file("t", &[1], 0); let n = b.len(); b[n - 8] = 4; b }, "offset 49: tensor \"t\" has data offset 4, not a multiple of the alignment 32"),
+            ([header(2, 0), tensor_file("t", &[1], 0)[24..].repeat(2)].concat(), "offset 57: duplicate tensor name \"t\""),
+            (kv_file("general.alignment", 4, &48u32.to_le_bytes()), "offset 53: general.alignment is 48, not a power of two"),
+            (kv_file("general.alignment", 10, &0u64.to_le_bytes()), "offset 53: general.alignment is 0, not a power of two"),
+            (kv_file("general.alignment", 8, &[1, 0, 0, 0, 0, 0, 0, 0, b'x']), "offset 53: general.alignment is \"x\", not a power of two"),
+            (kv_file("k", 9, &[13, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), "offset 37: unknown array element type 13"),
+            (kv_file("k", 7, &[2]), "offset 37: bool value 2"),
+            (kv_file("k", 9, &[[9, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]; 9].concat()), "offset 133: arrays nested deeper than 8"),
+            (kv_file("k", 8, &[1, 0, 0, 0, 0, 0, 0, 0, 0xff]), "offset 37: a string value is not valid UTF-8"),
         ];
         for (bytes, want) in cases {
             let err = Gguf::read(&bytes[..], Some(bytes.len() as u64)).unwrap_err();
             assert!(err.to_string().contains(want), "{want}: got {err}");
         }
+    }
+
+    /// A file with one metadata entry: `key`, the type id `ty`, then `value` as it is.
+    fn kv_file(key: &str, ty: u32, value: &[u8]) -> Vec<u8> {
+        let mut b = header(0, 1);
+        string(&mut b, key);
+        b.extend(ty.to_le_bytes());
+        b.extend(value);
+        b
+    }
+
+    /// A file with one tensor info and no data.
+    fn tensor_file(name: &str, dims: &[u64], ggml_type: u32) -> Vec<u8> {
+        let mut b = header(1, 0);
+        string(&mut b, name);
+        b.extend((dims.len() as u32).to_le_bytes());
+        for d in dims {
+            b.extend(d.to_le_bytes());
+        }
+        b.extend(ggml_type.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn sizes_use_checked_math() {
+        let t = |dims: &[u64], ggml_type| TensorInfo {
+            name: "t".into(),
+            dims: dims.to_vec(),
+            ggml_type,
+            offset: 0,
+        };
+        // (tensor, n_elements, n_bytes)
+        let cases = [
+            (t(&[3, 2], 0), 6, Some(24)),
+            (t(&[0, 5], 1), 0, Some(0)),
+            (t(&[256, 2], 12), 512, Some(288)),
+            (t(&[64], 39), 64, Some(34)),
+            (t(&[16], 2), 16, None),      // half a Q4_0 block per row
+            (t(&[32, 3], 999), 96, None), // unknown type
+            (t(&[u64::MAX, 2], 0), u64::MAX, None), // saturates, no panic
+            (t(&[u64::MAX], 0), u64::MAX, None), // the bytes overflow
+            (t(&[], 0), 1, Some(4)),
+        ];
+        for (tensor, n_elements, n_bytes) in cases {
+            assert_eq!(tensor.n_elements(), n_elements, "{tensor:?}");
+            assert_eq!(tensor.n_bytes(), n_bytes, "{tensor:?}");
+        }
+        // A hand-built header whose tensor size overflows is an error, not a skipped tensor.
+        let g = Gguf {
+            version: 3,
+            metadata: BTreeMap::new(),
+            tensors: vec![t(&[u64::MAX], 0)],
+            alignment: 32,
+            data_offset: 64,
+        };
+        let err = g.check_data_fits(u64::MAX).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("offset 64: tensor \"t\": the size in bytes"),
+            "{err}"
+        );
+        // One whose end overflows says so instead of asking for 2^64 more bytes.
+        let mut g = g;
+        g.tensors = vec![TensorInfo {
+            offset: u64::MAX - 63,
+            ..t(&[8], 0)
+        }];
+        let err = g.check_data_fits(u64::MAX).unwrap_err().to_string();
+        let want =
+            "the 32 bytes of tensor \"t\" at data offset 18446744073709551552 would end past";
+        assert!(err.contains(want), "{err}");
     }
 
     #[test]

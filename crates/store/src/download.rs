@@ -248,15 +248,23 @@ pub async fn download(client: &Client, t: &Target, opts: &DownloadOptions, repor
 
 async fn download_locked(client: &Client, t: &Target, opts: &DownloadOptions, reporter: &dyn Reporter) -> Result<(String, u64), StoreError> {
     let mut restarts = 0;
+    let mut single_stream = false;
     loop {
-        match attempt_download(client, t, opts, reporter).await {
-            Err(Restart(reason)) if restarts < 2 => {
+        match attempt_download(client, t, opts, reporter, single_stream).await {
+            Err(Restart::NoRanges) if !single_stream => {
+                single_stream = true;
+                reporter.note(&t.id, "the server ignores byte ranges; downloading as one stream");
+            }
+            Err(Restart::NoRanges) => {
+                return Err(StoreError::Http { url: t.url.clone(), reason: "the server ignores byte ranges".into() })
+            }
+            Err(Restart::Changed(reason)) if restarts < 2 => {
                 restarts += 1;
                 reporter.note(&t.id, &format!("{reason}; starting over"));
                 let _ = fs::remove_file(partial_path(&t.dest));
                 let _ = fs::remove_file(state_path(&t.dest));
             }
-            Err(Restart(reason)) => {
+            Err(Restart::Changed(reason)) => {
                 return Err(StoreError::DownloadFailed {
                     url: t.url.clone(),
                     attempts: restarts + 1,
@@ -270,8 +278,13 @@ async fn download_locked(client: &Client, t: &Target, opts: &DownloadOptions, re
     }
 }
 
-/// The download must start over from nothing (the file changed on the server).
-struct Restart(String);
+/// The download must start over from nothing.
+enum Restart {
+    /// The file changed on the server.
+    Changed(String),
+    /// The server answered a range request with the whole file.
+    NoRanges,
+}
 
 struct Probe {
     final_url: String,
@@ -282,22 +295,34 @@ struct Probe {
 
 async fn probe(client: &Client, t: &Target, opts: &DownloadOptions, reporter: &dyn Reporter) -> Result<Probe, StoreError> {
     let mut attempt = 0;
+    // HEAD first (it carries no body, so it costs nothing); a server or presigned URL that
+    // refuses HEAD, or does not say the size, gets a GET of the first byte instead.
+    let mut use_get = false;
     loop {
-        let req = client.get(&t.url).headers(t.headers.clone()).header(RANGE, HeaderValue::from_static("bytes=0-0"));
+        let req = if use_get {
+            client.get(&t.url).headers(t.headers.clone()).header(RANGE, HeaderValue::from_static("bytes=0-0"))
+        } else {
+            client.head(&t.url).headers(t.headers.clone())
+        };
         let failure = match tokio::time::timeout(opts.stall_timeout, req.send()).await {
             Err(_) => format!("no answer within {:?}", opts.stall_timeout),
             Ok(Err(e)) => describe(&e),
             Ok(Ok(resp)) => {
                 let h = resp.headers();
-                let reply = classify(
-                    resp.status().as_u16(),
-                    header_str(h, CONTENT_RANGE),
-                    header_str(h, CONTENT_LENGTH).and_then(|v| v.parse().ok()),
-                    header_str(h, RETRY_AFTER),
-                );
+                let status = resp.status().as_u16();
+                let length = header_str(h, CONTENT_LENGTH).and_then(|v| v.parse().ok());
+                let reply = classify(status, header_str(h, CONTENT_RANGE), length, header_str(h, RETRY_AFTER));
                 let final_url = resp.url().to_string();
                 let etag = etag_of(h);
+                let accepts_ranges = header_str(h, reqwest::header::ACCEPT_RANGES).is_some_and(|v| v.contains("bytes"));
                 match reply {
+                    Reply::Full { total: Some(total) } if !use_get => {
+                        return Ok(Probe { final_url, total: Some(total), etag, ranges: accepts_ranges })
+                    }
+                    Reply::Full { .. } | Reply::Denied(403 | 405) | Reply::Fatal(405) | Reply::Fatal(501) if !use_get => {
+                        use_get = true;
+                        continue;
+                    }
                     Reply::Partial { total, .. } => return Ok(Probe { final_url, total, etag, ranges: total.is_some() }),
                     Reply::Full { total } => return Ok(Probe { final_url, total, etag, ranges: false }),
                     Reply::NotSatisfiable { total: Some(0) } => return Ok(Probe { final_url, total: Some(0), etag, ranges: false }),
@@ -313,7 +338,19 @@ async fn probe(client: &Client, t: &Target, opts: &DownloadOptions, reporter: &d
                     }
                     Reply::Retry { after } => {
                         let wait = backoff(opts, attempt, after);
-                        format!("server answered {} (retrying in {wait:?})", resp.status())
+                        reporter.note(&t.id, &format!("server answered {} (retrying in {wait:.1?})", resp.status()));
+                        attempt += 1;
+                        if attempt >= opts.max_attempts {
+                            return Err(StoreError::DownloadFailed {
+                                url: t.url.clone(),
+                                attempts: attempt,
+                                done: 0,
+                                total: t.size.map_or("?".into(), |s| s.to_string()),
+                                reason: format!("the server answered {}", resp.status()),
+                            });
+                        }
+                        tokio::time::sleep(wait).await;
+                        continue;
                     }
                     Reply::NotSatisfiable { .. } | Reply::Fatal(_) => {
                         return Err(StoreError::Http { url: t.url.clone(), reason: format!("unexpected answer {}", resp.status()) })
@@ -352,11 +389,15 @@ async fn attempt_download(
     t: &Target,
     opts: &DownloadOptions,
     reporter: &dyn Reporter,
+    single_stream: bool,
 ) -> Result<Result<(String, u64), StoreError>, Restart> {
-    let p = match probe(client, t, opts, reporter).await {
+    let mut p = match probe(client, t, opts, reporter).await {
         Ok(p) => p,
         Err(e) => return Ok(Err(e)),
     };
+    if single_stream {
+        p.ranges = false;
+    }
     if let (Some(want), Some(got)) = (t.size, p.total) {
         if want != got {
             return Ok(Err(StoreError::Http {
@@ -446,7 +487,7 @@ async fn single(client: &Client, t: &Target, opts: &DownloadOptions, reporter: &
             Ok(Ok(resp)) if resp.status() != StatusCode::OK => format!("server answered {}", resp.status()),
             Ok(Ok(resp)) => {
                 if p.etag.is_some() && etag_of(resp.headers()) != p.etag {
-                    return Err(Restart("the file changed on the server (its ETag changed)".into()));
+                    return Err(Restart::Changed("the file changed on the server (its ETag changed)".into()));
                 }
                 let mut stream = resp.bytes_stream();
                 loop {
@@ -586,8 +627,8 @@ async fn ranged(
         match end {
             RangeEnd::Done => {}
             RangeEnd::Failed(e) => return Ok(Err(e)),
-            RangeEnd::Restart(why) => return Err(Restart(why)),
-            RangeEnd::NoRanges => return Err(Restart("the server stopped honouring byte ranges".into())),
+            RangeEnd::Restart(why) => return Err(Restart::Changed(why)),
+            RangeEnd::NoRanges => return Err(Restart::NoRanges),
         }
     }
     if let Err(e) = file.sync_all() {
