@@ -399,3 +399,46 @@ fn two_pulls_of_the_same_model_share_one_download() {
     assert!(env.fx.bytes_served(&sha) < size + size / 4, "served {} for {size}", env.fx.bytes_served(&sha));
     assert_eq!(sha256_hex(&std::fs::read(env.blob(&sha)).unwrap()), sha);
 }
+
+/// The real model rewritten as a split GGUF of `n` shards by our GGUF writer.
+fn split_model(dir: &Path, n: u16) -> Vec<PathBuf> {
+    use hearth_gguf::{Gguf, GgufWriter, TensorData};
+    let bytes = model_bytes();
+    let g = Gguf::read(bytes, Some(bytes.len() as u64)).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in &g.metadata {
+        w.set(k.clone(), v.clone());
+    }
+    for t in &g.tensors {
+        let start = (g.data_offset + t.offset) as usize;
+        let len = t.n_bytes().unwrap() as usize;
+        w.tensor(t.name.clone(), t.dims.clone(), t.ggml_type, TensorData::Bytes(bytes[start..start + len].to_vec()));
+    }
+    w.write_split(&dir.join("SmolLM2-135M-Instruct-Q4_1"), n).unwrap()
+}
+
+#[test]
+fn a_split_model_is_pulled_whole_and_runs_from_its_first_shard() {
+    let env = Env::new();
+    let shards = split_model(env.dir.path(), 3);
+    assert_eq!(shards.len(), 3);
+    for s in &shards {
+        let name = s.file_name().unwrap().to_str().unwrap();
+        env.fx.add_hf_file(REPO, &format!("split/{name}"), std::fs::read(s).unwrap());
+    }
+    env.ok(&["pull", &format!("hf.co/{REPO}:Q4_1"), "--no-progress"]);
+    let show = text(&env.ok(&["show", &format!("hf.co/{REPO}:Q4_1"), "--json"]).stdout);
+    let v: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(v["split_count"], 3);
+    assert_eq!(greedy_answer(&env, &format!("hf.co/{REPO}:Q4_1")), UPSTREAM_GREEDY.trim_end());
+
+    // `hearth add` of the first shard brings the others, and a path to it runs too.
+    env.ok(&["add", shards[0].to_str().unwrap(), "--name", "local-split", "--no-progress"]);
+    assert_eq!(greedy_answer(&env, "local-split"), UPSTREAM_GREEDY.trim_end());
+    assert_eq!(greedy_answer(&env, shards[0].to_str().unwrap()), UPSTREAM_GREEDY.trim_end());
+    // A missing shard is named.
+    std::fs::remove_file(&shards[2]).unwrap();
+    let out = env.run(&["add", shards[0].to_str().unwrap(), "--name", "broken"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("00003-of-00003.gguf"), "{}", text(&out.stderr));
+}

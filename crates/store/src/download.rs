@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::progress::Reporter;
-use crate::store::write_atomic;
+use crate::store::write_replace;
 use crate::StoreError;
 
 /// How downloads behave. Defaults suit real networks; tests shorten the times.
@@ -407,21 +407,20 @@ async fn attempt_download(
         }
     }
     let partial = partial_path(&t.dest);
+    // Both paths hash the bytes while they arrive (in file order), so verifying costs nothing
+    // extra at the end.
     let result = if p.ranges {
         let total = p.total.expect("ranges imply a known total");
         ranged(client, t, opts, reporter, &p, total).await?
     } else {
         single(client, t, opts, reporter, &p).await?
     };
-    if let Err(e) = result {
-        return Ok(Err(e));
-    }
-    // Verify, re-check ranges on a mismatch, then move into place.
-    reporter.status("verifying sha256 digest");
-    let hash = match hash_file(&partial).await {
+    let hash = match result {
         Ok(h) => h,
         Err(e) => return Ok(Err(e)),
     };
+    // Verify, re-check ranges on a mismatch, then move into place.
+    reporter.status("verifying sha256 digest");
     let hash = match &t.sha256 {
         Some(want) if *want != hash => {
             if !p.ranges {
@@ -454,6 +453,10 @@ async fn attempt_download(
         Ok(m) => m.len(),
         Err(e) => return Ok(Err(StoreError::io(&partial, e))),
     };
+    // The blob must be on disk before its name says it is complete.
+    if let Err(e) = File::open(&partial).and_then(|f| f.sync_all()) {
+        return Ok(Err(StoreError::io(&partial, e)));
+    }
     if let Err(e) = fs::rename(&partial, &t.dest) {
         return Ok(Err(StoreError::io(&t.dest, e)));
     }
@@ -470,7 +473,7 @@ async fn hash_file(path: &Path) -> Result<String, StoreError> {
 }
 
 /// A server without ranges: one stream from the start; a failure starts it over.
-async fn single(client: &Client, t: &Target, opts: &DownloadOptions, reporter: &dyn Reporter, p: &Probe) -> Result<Result<(), StoreError>, Restart> {
+async fn single(client: &Client, t: &Target, opts: &DownloadOptions, reporter: &dyn Reporter, p: &Probe) -> Result<Result<String, StoreError>, Restart> {
     let partial = partial_path(&t.dest);
     let _ = fs::remove_file(state_path(&t.dest));
     reporter.start(&t.id, p.total, 0);
@@ -481,6 +484,7 @@ async fn single(client: &Client, t: &Target, opts: &DownloadOptions, reporter: &
             Err(e) => return Ok(Err(StoreError::io(&partial, e))),
         };
         let mut written = 0u64;
+        let mut hasher = Sha256::new();
         let failure = match tokio::time::timeout(opts.stall_timeout, client.get(&p.final_url).send()).await {
             Err(_) => format!("no answer within {:?}", opts.stall_timeout),
             Ok(Err(e)) => describe(&e),
@@ -495,7 +499,7 @@ async fn single(client: &Client, t: &Target, opts: &DownloadOptions, reporter: &
                         Err(_) => break format!("no data for {:?}", opts.stall_timeout),
                         Ok(None) => {
                             if p.total.is_none_or(|t| t == written) {
-                                return Ok(Ok(()));
+                                return Ok(Ok(hex::encode(hasher.finalize())));
                             }
                             break format!("the connection closed after {written} bytes");
                         }
@@ -504,6 +508,7 @@ async fn single(client: &Client, t: &Target, opts: &DownloadOptions, reporter: &
                             if let Err(e) = file.write_all_at(&chunk, written) {
                                 return Ok(Err(StoreError::io(&partial, e)));
                             }
+                            hasher.update(&chunk);
                             written += chunk.len() as u64;
                             reporter.advance(&t.id, chunk.len() as u64);
                         }
@@ -533,6 +538,8 @@ struct Shared {
     saved: Mutex<Instant>,
     /// Set when one worker failed: the others stop.
     failed: AtomicBool,
+    /// Set when every worker has returned.
+    finished: AtomicBool,
     /// The URL range requests go to; refreshed when a presigned URL expires.
     url: Mutex<String>,
 }
@@ -543,7 +550,9 @@ impl Shared {
         if force || saved.elapsed() > Duration::from_millis(200) {
             let state = self.state.lock().expect("not poisoned").clone();
             let text = serde_json::to_vec(&state).expect("state serializes");
-            if let Err(e) = write_atomic(path, &text) {
+            // Not fsynced: after a power loss a stale state only costs bytes fetched again, as
+            // the sha256 check at the end catches anything wrong.
+            if let Err(e) = write_replace(path, &text, false) {
                 tracing::warn!("cannot save download state {}: {e}", path.display());
             }
             *saved = Instant::now();
@@ -566,7 +575,7 @@ async fn ranged(
     reporter: &dyn Reporter,
     p: &Probe,
     total: u64,
-) -> Result<Result<(), StoreError>, Restart> {
+) -> Result<Result<String, StoreError>, Restart> {
     let partial = partial_path(&t.dest);
     let spath = state_path(&t.dest);
     let previous: Option<State> = fs::read(&spath).ok().and_then(|b| serde_json::from_slice(&b).ok());
@@ -578,7 +587,7 @@ async fn ranged(
         }
         None => State { url: t.url.clone(), total, etag: p.etag.clone(), ranges: split_ranges(total, opts) },
     };
-    let file = match fs::OpenOptions::new().create(true).write(true).truncate(false).open(&partial) {
+    let file = match fs::OpenOptions::new().create(true).read(true).write(true).truncate(false).open(&partial) {
         Ok(f) => f,
         Err(e) => return Ok(Err(StoreError::io(&partial, e))),
     };
@@ -595,11 +604,17 @@ async fn ranged(
         state: Mutex::new(state),
         saved: Mutex::new(Instant::now()),
         failed: AtomicBool::new(false),
+        finished: AtomicBool::new(false),
         url: Mutex::new(p.final_url.clone()),
     });
     shared.save(&spath, true);
     let queue = Arc::new(Mutex::new(queue));
     let file = Arc::new(file);
+    let hasher = {
+        let shared = shared.clone();
+        let file = file.clone();
+        std::thread::spawn(move || hash_prefix(&shared, &file, total))
+    };
     let workers = (0..opts.connections.max(1)).map(|_| {
         let shared = shared.clone();
         let queue = queue.clone();
@@ -623,18 +638,76 @@ async fn ranged(
     });
     let ends = futures_util::future::join_all(workers).await;
     shared.save(&spath, true);
+    let mut outcome = Ok(());
     for end in ends {
         match end {
             RangeEnd::Done => {}
-            RangeEnd::Failed(e) => return Ok(Err(e)),
-            RangeEnd::Restart(why) => return Err(Restart::Changed(why)),
-            RangeEnd::NoRanges => return Err(Restart::NoRanges),
+            RangeEnd::Failed(e) => {
+                outcome = Err(Ok(e));
+                break;
+            }
+            RangeEnd::Restart(why) => {
+                outcome = Err(Err(Restart::Changed(why)));
+                break;
+            }
+            RangeEnd::NoRanges => {
+                outcome = Err(Err(Restart::NoRanges));
+                break;
+            }
         }
     }
-    if let Err(e) = file.sync_all() {
-        return Ok(Err(StoreError::io(&partial, e)));
+    shared.finished.store(true, Ordering::Relaxed);
+    let hash = tokio::task::spawn_blocking(move || hasher.join()).await;
+    match outcome {
+        Err(Ok(e)) => Ok(Err(e)),
+        Err(Err(restart)) => Err(restart),
+        Ok(()) => match hash {
+            Ok(Ok(Ok(h))) => Ok(Ok(h)),
+            Ok(Ok(Err(e))) => Ok(Err(StoreError::io(&partial, e))),
+            _ => Ok(Err(StoreError::Invalid("the hashing thread failed".into()))),
+        },
     }
-    Ok(Ok(()))
+}
+
+/// Hashes the file in order while the ranges arrive: whenever the contiguous prefix of
+/// complete bytes grows, the new part is read back (from the page cache) and hashed. Returns
+/// the sha256 once the whole file is hashed, or an error when the download stopped first.
+fn hash_prefix(shared: &Shared, file: &File, total: u64) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut hashed = 0u64;
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let prefix = {
+            let s = shared.state.lock().expect("not poisoned");
+            let mut end = 0;
+            for r in &s.ranges {
+                if r.start != end {
+                    break;
+                }
+                end = r.start + r.done.min(r.len());
+                if !r.complete() {
+                    break;
+                }
+            }
+            end
+        };
+        if prefix > hashed {
+            while hashed < prefix {
+                let n = ((prefix - hashed) as usize).min(buf.len());
+                file.read_exact_at(&mut buf[..n], hashed)?;
+                hasher.update(&buf[..n]);
+                hashed += n as u64;
+            }
+            continue;
+        }
+        if hashed >= total {
+            return Ok(hex::encode(hasher.finalize()));
+        }
+        if shared.finished.load(Ordering::Relaxed) || shared.failed.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("the download stopped before the file was complete"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -459,12 +459,21 @@ pub fn link_or_copy(src: &Path, dest: &Path, reporter: Option<&dyn Reporter>) ->
     fs::rename(&tmp, dest).map_err(|e| StoreError::io(dest, e))
 }
 
-/// Writes a file so that readers see the old content or the new, never a part.
+/// Writes a file so that readers see the old content or the new, never a part, and so that
+/// it survives a power loss (fsync before the rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    write_replace(path, bytes, true)
+}
+
+/// As [`write_atomic`]; without `durable` the data is not forced to disk (for state that is
+/// rewritten many times a second and checked by other means).
+pub fn write_replace(path: &Path, bytes: &[u8], durable: bool) -> Result<(), StoreError> {
     let tmp = temp_beside(path);
     let mut f = fs::File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
     f.write_all(bytes).map_err(|e| StoreError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| StoreError::io(&tmp, e))?;
+    if durable {
+        f.sync_all().map_err(|e| StoreError::io(&tmp, e))?;
+    }
     fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))
 }
 
