@@ -62,7 +62,17 @@ pub fn pull(a: PullArgs) -> Result<()> {
     let progress = Progress::new(a.no_progress);
     let manifest = runtime()?.block_on(hearth_store::pull(&store, &a.reference, &opts, &progress))?;
     eprintln!("pulled {} ({})", manifest.name, indicatif::HumanBytes(manifest.size()));
+    warn_if_unsupported(&store, &manifest);
     Ok(())
+}
+
+/// Says so when this build's llama.cpp cannot load the model (an unknown architecture), before
+/// anyone tries to run it.
+fn warn_if_unsupported(store: &Store, manifest: &Manifest) {
+    let Ok(path) = store.model_file(manifest) else { return };
+    if let Err(e) = hearth_engine::Model::probe(&path) {
+        eprintln!("warning: the llama.cpp in this build cannot load {}: {e}", manifest.name);
+    }
 }
 
 pub fn add(a: AddArgs) -> Result<()> {
@@ -70,6 +80,7 @@ pub fn add(a: AddArgs) -> Result<()> {
     let progress = Progress::new(a.no_progress);
     let m = hearth_store::pull::add_local(&store, &a.path, a.name.as_deref(), &progress)?;
     eprintln!("added {} ({})", m.name, indicatif::HumanBytes(m.size()));
+    warn_if_unsupported(&store, &m);
     Ok(())
 }
 
