@@ -40,6 +40,73 @@ pub enum Command {
     Import(ImportArgs),
     /// Make a hearth model usable by another tool, by hardlink
     Export(ExportArgs),
+    /// Serve the Ollama and OpenAI APIs on one port
+    Serve(ServeArgs),
+    /// Runs one model for `hearth serve` (internal)
+    #[command(hide = true)]
+    Runner(RunnerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunnerArgs {
+    #[arg(long)]
+    pub spec: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on: HOST:PORT, HOST, or http://HOST:PORT
+    #[arg(long, env = "HEARTH_HOST", default_value = "127.0.0.1:11434")]
+    pub host: String,
+    /// Sequences decoded together per model (continuous batching)
+    #[arg(long, env = "HEARTH_NUM_PARALLEL", default_value_t = 4, value_name = "N")]
+    pub parallel: u32,
+    /// Requests waiting per model beyond the running ones; past it the answer is 503
+    #[arg(long = "max-queue", env = "HEARTH_MAX_QUEUE", default_value_t = 64, value_name = "N")]
+    pub max_queue: usize,
+    /// Models loaded at once
+    #[arg(long = "max-loaded-models", env = "HEARTH_MAX_LOADED_MODELS", default_value_t = 3, value_name = "N")]
+    pub max_loaded_models: usize,
+    /// Memory all loaded models may use together, e.g. 12G or 800M [default: 80% of RAM]
+    #[arg(long = "memory-budget", env = "HEARTH_MEMORY_BUDGET", value_name = "BYTES")]
+    pub memory_budget: Option<String>,
+    /// How long a model stays loaded after its last request (e.g. 5m, 1h, 0, -1 for ever)
+    #[arg(long = "keep-alive", env = "HEARTH_KEEP_ALIVE", default_value = "5m", value_name = "DURATION")]
+    pub keep_alive: String,
+    /// Require `Authorization: Bearer KEY` on every route except / and /health
+    #[arg(long = "api-key", env = "HEARTH_API_KEY", value_name = "KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Allow browser requests from this origin (repeatable; localhost is always allowed)
+    #[arg(long = "cors-origin", env = "HEARTH_ORIGINS", value_delimiter = ',', value_name = "ORIGIN")]
+    pub cors_origin: Vec<String>,
+    /// Largest request body, in bytes (model uploads to /api/blobs are not limited)
+    #[arg(long = "max-body", default_value_t = 64 << 20, value_name = "BYTES")]
+    pub max_body: usize,
+    /// Seconds a model may take to load
+    #[arg(long = "load-timeout", default_value_t = 600, value_name = "SECONDS")]
+    pub load_timeout: u64,
+    /// Context per sequence in tokens, unless a request sets num_ctx
+    #[arg(short = 'c', long = "ctx-size", env = "HEARTH_CONTEXT_LENGTH", default_value_t = 4096, value_name = "N")]
+    pub ctx_size: u32,
+    /// Layers to offload to GPUs or RPC devices (-ngl)
+    #[arg(long = "gpu-layers", value_name = "N", allow_negative_numbers = true)]
+    pub gpu_layers: Option<i32>,
+    /// Flash attention (-fa): on, off or auto
+    #[arg(long = "flash-attn", default_value = "auto", value_name = "on|off|auto")]
+    pub flash_attn: FlashAttn,
+    /// Read models into memory instead of memory-mapping them
+    #[arg(long = "no-mmap")]
+    pub no_mmap: bool,
+    /// Threads per model (default: physical cores)
+    #[arg(short = 't', long, value_name = "N")]
+    pub threads: Option<usize>,
+    #[arg(short = 'b', long = "batch-size", default_value_t = 2048, value_name = "N")]
+    pub batch_size: u32,
+    #[arg(long = "ubatch-size", default_value_t = 512, value_name = "N")]
+    pub ubatch_size: u32,
+    /// RPC servers to offload to, comma-separated host:port
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT")]
+    pub rpc: Vec<String>,
 }
 
 /// Settings read from the environment (flags win over them).

@@ -9,6 +9,7 @@ mod args;
 mod models;
 mod progress;
 mod run;
+mod serve;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ fn main() -> ExitCode {
         Command::Cp(a) => models::cp(a).map(|_| ExitCode::SUCCESS),
         Command::Import(a) => models::import(a).map(|_| ExitCode::SUCCESS),
         Command::Export(a) => models::export(a).map(|_| ExitCode::SUCCESS),
+        Command::Serve(a) => serve::serve(a).map(|_| ExitCode::SUCCESS),
+        Command::Runner(a) => serve::runner(&a.spec).map(|_| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

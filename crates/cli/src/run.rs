@@ -142,6 +142,8 @@ impl Session {
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
             ignore_eos: false,
+            grammar: None,
+            logprobs: None,
         });
         let generation = match generation {
             Ok(g) => g,

@@ -16,7 +16,10 @@ use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
+mod summary;
 pub mod writer;
+
+pub use summary::{file_type_name, human_count, Summary};
 
 pub use writer::{split_path, GgufWriter, Layout, TensorData, TensorSpec, WriteError};
 

@@ -159,7 +159,7 @@ pub fn export_ollama(store: &Store, name: &str, to: &Path, reporter: &dyn Report
         "model_family": arch,
         "model_families": [arch],
         "model_type": gguf.get_str("general.size_label").unwrap_or(""),
-        "file_type": gguf.get_u64("general.file_type").map(file_type_name).unwrap_or("unknown"),
+        "file_type": gguf.get_u64("general.file_type").map(hearth_gguf::file_type_name).unwrap_or("unknown"),
         "architecture": "amd64",
         "os": "linux",
         "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>()},
@@ -181,30 +181,6 @@ pub fn export_ollama(store: &Store, name: &str, to: &Path, reporter: &dyn Report
     fs::create_dir_all(path.parent().expect("has a parent")).map_err(|e| StoreError::io(&path, e))?;
     write_atomic(&path, &serde_json::to_vec(&om).expect("manifest serializes"))?;
     Ok(path)
-}
-
-/// Ollama's name for `general.file_type`.
-fn file_type_name(t: u64) -> &'static str {
-    match t {
-        0 => "F32",
-        1 => "F16",
-        2 => "Q4_0",
-        3 => "Q4_1",
-        7 => "Q8_0",
-        8 => "Q5_0",
-        9 => "Q5_1",
-        10 => "Q2_K",
-        11 => "Q3_K_S",
-        12 => "Q3_K_M",
-        13 => "Q3_K_L",
-        14 => "Q4_K_S",
-        15 => "Q4_K_M",
-        16 => "Q5_K_S",
-        17 => "Q5_K_M",
-        18 => "Q6_K",
-        32 => "BF16",
-        _ => "unknown",
-    }
 }
 
 /// The Ollama Go template (and params with stop strings) for a Jinja template's family, when

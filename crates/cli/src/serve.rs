@@ -1,0 +1,155 @@
+//! `hearth serve` (the server) and `hearth runner` (the child process that holds one model).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hearth_server::{AppState, KeepAlive, Scheduler, SchedulerConfig, ServerConfig};
+
+use crate::args::ServeArgs;
+
+/// `HOST:PORT`, `HOST` (port 11434) or `http://HOST:PORT`.
+pub fn parse_host(s: &str) -> Result<SocketAddr> {
+    let s = s.trim().trim_start_matches("http://").trim_end_matches('/');
+    let with_port = if s.parse::<SocketAddr>().is_ok() || s.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        s.to_string()
+    } else {
+        format!("{s}:11434")
+    };
+    use std::net::ToSocketAddrs;
+    with_port
+        .to_socket_addrs()
+        .with_context(|| format!("{s:?} is not an address (expected HOST:PORT)"))?
+        .next()
+        .with_context(|| format!("{s:?} resolves to no address"))
+}
+
+/// `12G`, `800M`, `1.5G`, or a number of bytes.
+pub fn parse_bytes(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = s[i..].to_ascii_uppercase();
+            let m: f64 = match unit.trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1.0,
+                "K" => 1024.0,
+                "M" => 1024.0 * 1024.0,
+                "G" => 1024.0 * 1024.0 * 1024.0,
+                "T" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+                _ => bail!("{s:?} is not a size (use e.g. 800M or 12G)"),
+            };
+            (&s[..i], m)
+        }
+        None => (s, 1.0),
+    };
+    let n: f64 = num.trim().parse().with_context(|| format!("{s:?} is not a size (use e.g. 800M or 12G)"))?;
+    Ok((n * mult) as u64)
+}
+
+fn total_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(8 << 30, |kb| kb * 1024)
+}
+
+pub fn serve(a: ServeArgs) -> Result<()> {
+    let addr = parse_host(&a.host)?;
+    let keep_alive = KeepAlive::parse_str(&a.keep_alive).map_err(|e| anyhow::anyhow!("--keep-alive: {e}"))?;
+    let memory_budget = match &a.memory_budget {
+        Some(b) => parse_bytes(b)?,
+        None => total_memory() / 10 * 8,
+    };
+    let store = crate::models::store()?;
+    let exe = std::env::current_exe().context("cannot find the hearth binary to start runners")?;
+    let socket_dir = std::env::temp_dir().join(format!("hearth-{}", std::process::id()));
+    let sched = Scheduler::new(
+        SchedulerConfig {
+            exe,
+            socket_dir: socket_dir.clone(),
+            parallel: a.parallel.max(1),
+            ctx_size: a.ctx_size,
+            batch_size: a.batch_size,
+            ubatch_size: a.ubatch_size,
+            threads: a.threads,
+            gpu_layers: a.gpu_layers,
+            flash_attn: match a.flash_attn {
+                hearth_engine::FlashAttn::On => "on",
+                hearth_engine::FlashAttn::Off => "off",
+                hearth_engine::FlashAttn::Auto => "auto",
+            }
+            .into(),
+            mmap: !a.no_mmap,
+            max_loaded: a.max_loaded_models.max(1),
+            max_queue: a.max_queue,
+            memory_budget,
+            keep_alive,
+            load_timeout: Duration::from_secs(a.load_timeout),
+            rpc_servers: a.rpc.clone(),
+        },
+        store.clone(),
+    );
+    let state = Arc::new(AppState {
+        sched,
+        store,
+        config: ServerConfig { api_key: a.api_key.clone(), cors_origins: a.cors_origin.clone(), max_body: a.max_body },
+        metrics: hearth_server::metrics::Metrics::new(),
+        started: Instant::now(),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let result = rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                let next = SocketAddr::new(addr.ip(), addr.port().wrapping_add(1));
+                bail!("{addr} is already in use (is Ollama or another hearth serving there?); try --host {next}");
+            }
+            Err(e) => bail!("cannot listen on {addr}: {e}"),
+        };
+        if !addr.ip().is_loopback() && a.api_key.is_none() {
+            tracing::warn!("listening on {addr}, reachable from other machines, without --api-key");
+        }
+        eprintln!("hearth {} listening on http://{} (Ollama and OpenAI APIs)", env!("CARGO_PKG_VERSION"), listener.local_addr()?);
+        hearth_server::run(listener, state, shutdown_signal()).await.context("the server failed")
+    });
+    let _ = std::fs::remove_dir_all(&socket_dir);
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("shutting down");
+}
+
+pub fn runner(spec: &str) -> Result<()> {
+    hearth_server::runner::child::main(spec).map_err(|e| anyhow::anyhow!(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_sizes() {
+        assert_eq!(parse_host("127.0.0.1:8080").unwrap().port(), 8080);
+        assert_eq!(parse_host("http://127.0.0.1:9/").unwrap().port(), 9);
+        assert_eq!(parse_host("127.0.0.1").unwrap().port(), 11434);
+        assert!(parse_host("no such host:x").is_err());
+        assert_eq!(parse_bytes("800M").unwrap(), 800 << 20);
+        assert_eq!(parse_bytes("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_bytes("12GiB").unwrap(), 12 << 30);
+        assert_eq!(parse_bytes("1000").unwrap(), 1000);
+        assert!(parse_bytes("lots").is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! The HTTP server: the Ollama API and the OpenAI API on one port, over one store and one
+//! scheduler of runner processes.
+//!
+//! - [`ollama`] and [`openai`]: the two APIs. Siblings that never import each other: each
+//!   parses its own request shapes into [`core::Job`] and renders [`core::Event`]s back in its
+//!   own format, errors included.
+//! - [`core`]: what both share: parsing request bodies with the failing field named, running a
+//!   job on a runner, timings.
+//! - [`scheduler`]: which model is loaded where, memory budget, keep-alive, queue bounds.
+//! - [`runner`]: the child processes that hold the engines.
+//! - [`metrics`]: Prometheus counters and histograms.
+//!
+//! Invariants: no llama.cpp in the server process (engines live in runners); the server
+//! survives any runner's death; `run` takes its shutdown signal as an argument.
+
+pub mod core;
+pub mod metrics;
+pub mod ollama;
+pub mod openai;
+pub mod runner;
+pub mod scheduler;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hearth_store::Store;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use scheduler::{Config as SchedulerConfig, KeepAlive, Scheduler};
+
+/// Server settings beyond the scheduler's.
+#[derive(Debug, Clone, Default)]
+pub struct ServerConfig {
+    /// Required as `Authorization: Bearer <key>` on every route but `/` and `/health`.
+    pub api_key: Option<String>,
+    /// Origins allowed by CORS besides localhost.
+    pub cors_origins: Vec<String>,
+    /// Largest JSON body accepted.
+    pub max_body: usize,
+}
+
+/// Shared by every handler.
+pub struct AppState {
+    pub sched: Arc<Scheduler>,
+    pub store: Store,
+    pub config: ServerConfig,
+    pub metrics: metrics::Metrics,
+    pub started: Instant,
+}
+
+pub type Shared = Arc<AppState>;
+
+/// The application: every route, with auth, CORS, body limits and metrics around them.
+pub fn router(state: Shared) -> Router {
+    let api = Router::new()
+        .merge(ollama::routes())
+        .merge(openai::routes())
+        .route("/health", get(health))
+        .route("/v1/health", get(health))
+        .route("/metrics", get(metrics_route))
+        .layer(axum::extract::DefaultBodyLimit::max(state.config.max_body.max(1 << 20)))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests));
+    let extra: Vec<HeaderValue> = state.config.cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            let o = origin.to_str().unwrap_or("");
+            let local = ["http://localhost", "https://localhost", "http://127.0.0.1", "https://127.0.0.1", "http://[::1]"]
+                .iter()
+                .any(|l| o == *l || o.strip_prefix(l).is_some_and(|rest| rest.starts_with(':')));
+            local || extra.iter().any(|e| e == origin)
+        }))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::HEAD, Method::OPTIONS])
+        .allow_headers(tower_http::cors::AllowHeaders::mirror_request());
+    api.layer(cors).with_state(state)
+}
+
+/// Serves on `listener` until `shutdown` resolves; then stops accepting, lets running
+/// requests finish (up to a grace period) and stops every runner.
+pub async fn run(listener: tokio::net::TcpListener, state: Shared, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let sched = state.sched.clone();
+    let reaper = {
+        let sched = sched.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                sched.reap().await;
+            }
+        })
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let app = router(state);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = tx.send(());
+    });
+    let grace = async {
+        let _ = rx.await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    };
+    tokio::select! {
+        r = server => r?,
+        _ = grace => tracing::warn!("requests still running after 10 s; stopping anyway"),
+    }
+    reaper.abort();
+    sched.shutdown().await;
+    Ok(())
+}
+
+async fn health(State(s): State<Shared>) -> Response {
+    if s.sched.is_loading() {
+        let body = serde_json::json!({"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}});
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    } else {
+        axum::Json(serde_json::json!({"status": "ok"})).into_response()
+    }
+}
+
+async fn metrics_route(State(s): State<Shared>) -> Response {
+    let loaded = s.sched.loaded();
+    let text = s.metrics.render(&loaded);
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
+
+/// `Authorization: Bearer <key>` when a key is set; `/` and `/health` stay open.
+async fn auth(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    let Some(key) = &s.config.api_key else { return next.run(req).await };
+    let path = req.uri().path();
+    if path == "/" || path == "/health" || req.method() == Method::OPTIONS {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if given == Some(key.as_str()) {
+        return next.run(req).await;
+    }
+    let msg = "missing or wrong API key: send Authorization: Bearer <key>";
+    if path.starts_with("/v1/") {
+        core::openai_error(StatusCode::UNAUTHORIZED, msg, "invalid_request_error", Some("invalid_api_key"))
+    } else {
+        core::ollama_error(StatusCode::UNAUTHORIZED, msg)
+    }
+}
+
+async fn count_requests(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    let route = core::route_label(req.uri().path());
+    let resp = next.run(req).await;
+    s.metrics.request(&route, resp.status().as_u16());
+    resp
+}
+
+/// A body for NDJSON / SSE streams fed from a channel.
+pub(crate) fn stream_body(rx: tokio::sync::mpsc::Receiver<Result<String, std::io::Error>>) -> Body {
+    Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+}

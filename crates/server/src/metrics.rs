@@ -1,0 +1,117 @@
+//! Prometheus metrics at `/metrics`: requests by route and status, tokens, time to first token
+//! and per-token latency, loaded models and their memory, requests in flight.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::scheduler::Loaded;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+}
+
+/// Cheap to clone; every clone updates the same metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Mutex<Registry>,
+    requests: Family<RouteLabels, Counter>,
+    prompt_tokens: Counter,
+    generated_tokens: Counter,
+    ttft: Histogram,
+    token_latency: Histogram,
+    loaded: Gauge,
+    memory: Family<ModelLabels, Gauge>,
+    in_flight: Family<ModelLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("hearth");
+        let requests = Family::<RouteLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests by route and status", requests.clone());
+        let prompt_tokens = Counter::default();
+        registry.register("prompt_tokens", "Prompt tokens processed", prompt_tokens.clone());
+        let generated_tokens = Counter::default();
+        registry.register("generated_tokens", "Tokens generated", generated_tokens.clone());
+        let ttft = Histogram::new(exponential_buckets(0.005, 2.0, 16));
+        registry.register("time_to_first_token_seconds", "Time from request to first token", ttft.clone());
+        let token_latency = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register("token_latency_seconds", "Time between generated tokens", token_latency.clone());
+        let loaded = Gauge::default();
+        registry.register("loaded_models", "Models loaded in runners", loaded.clone());
+        let memory = Family::<ModelLabels, Gauge>::default();
+        registry.register("model_memory_bytes", "Estimated memory of each loaded model", memory.clone());
+        let in_flight = Family::<ModelLabels, Gauge>::default();
+        registry.register("queue_depth", "Requests running or waiting, per loaded model", in_flight.clone());
+        Metrics {
+            inner: Arc::new(Inner {
+                registry: Mutex::new(registry),
+                requests,
+                prompt_tokens,
+                generated_tokens,
+                ttft,
+                token_latency,
+                loaded,
+                memory,
+                in_flight,
+            }),
+        }
+    }
+
+    pub fn request(&self, route: &str, status: u16) {
+        self.inner.requests.get_or_create(&RouteLabels { route: route.to_string(), status }).inc();
+    }
+
+    pub fn tokens(&self, prompt: u64, generated: u64) {
+        self.inner.prompt_tokens.inc_by(prompt);
+        self.inner.generated_tokens.inc_by(generated);
+    }
+
+    pub fn ttft(&self, d: Duration) {
+        self.inner.ttft.observe(d.as_secs_f64());
+    }
+
+    pub fn token_latency(&self, d: Duration) {
+        self.inner.token_latency.observe(d.as_secs_f64());
+    }
+
+    /// The text exposition, with the model gauges refreshed from `loaded`.
+    pub fn render(&self, loaded: &[Arc<Loaded>]) -> String {
+        self.inner.loaded.set(loaded.len() as i64);
+        self.inner.memory.clear();
+        self.inner.in_flight.clear();
+        for m in loaded {
+            let l = ModelLabels { model: m.name.clone() };
+            self.inner.memory.get_or_create(&l).set(m.estimate as i64);
+            self.inner.in_flight.get_or_create(&l).set(m.in_flight() as i64);
+        }
+        let mut out = String::new();
+        let registry = self.inner.registry.lock().expect("not poisoned");
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}

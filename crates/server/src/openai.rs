@@ -1,0 +1,404 @@
+//! The OpenAI API (`/v1/*`), as the `openai` SDKs and Open WebUI call it, with llama-server's
+//! `timings` added.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::core::{self, ApiError, Event};
+use crate::runner::{Message, PromptSpec, Reply, Request, Sampling, Timings};
+use crate::scheduler::LoadOptions;
+use crate::Shared;
+
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/models/{*id}", get(model))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+}
+
+fn owner(name: &str) -> String {
+    let path = name.rsplit_once(':').map_or(name, |x| x.0);
+    match path.rsplit_once('/') {
+        Some((ns, _)) => ns.rsplit('/').next().unwrap_or("library").to_string(),
+        None => "library".into(),
+    }
+}
+
+fn model_object(name: &str, created: u64) -> Value {
+    json!({"id": name, "object": "model", "created": created, "owned_by": owner(name)})
+}
+
+async fn models(State(s): State<Shared>) -> Response {
+    match s.store.list() {
+        Ok(list) => {
+            let data: Vec<Value> = list
+                .iter()
+                .map(|e| model_object(&e.manifest.name, e.modified.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())))
+                .collect();
+            axum::Json(json!({"object": "list", "data": data})).into_response()
+        }
+        Err(e) => ApiError::internal(e.to_string()).openai(),
+    }
+}
+
+async fn model(State(s): State<Shared>, Path(id): Path<String>) -> Response {
+    match s.store.get(&id) {
+        Ok(m) => axum::Json(model_object(&m.name, core::unix_secs())).into_response(),
+        Err(_) => ApiError::not_found(format!("model '{id}' not found")).openai(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Deserialize)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChatMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<Content>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Stop {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Stop::One(s) => vec![s],
+            Stop::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Deserialize)]
+struct ResponseFormat {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// Fields shared by chat and completions.
+#[derive(Deserialize)]
+struct Common {
+    model: String,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(default)]
+    seed: Option<i64>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    presence_penalty: Option<f32>,
+    #[serde(default)]
+    frequency_penalty: Option<f32>,
+    #[serde(default)]
+    response_format: Option<ResponseFormat>,
+    #[serde(default)]
+    n: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct ChatBody {
+    #[serde(flatten)]
+    common: Common,
+    messages: Vec<ChatMessage>,
+}
+
+#[derive(Deserialize)]
+struct CompletionBody {
+    #[serde(flatten)]
+    common: Common,
+    prompt: Value,
+}
+
+impl Common {
+    fn sampling(&self) -> Result<Sampling, ApiError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::bad_request("invalid field `n`: only 1 choice is supported"));
+        }
+        let t = self.temperature.unwrap_or(1.0);
+        if !(0.0..=2.0).contains(&t) {
+            return Err(ApiError::bad_request(format!("invalid field `temperature`: {t} is not between 0 and 2")));
+        }
+        Ok(Sampling {
+            temperature: t,
+            // OpenAI's semantics: no top-k or min-p unless asked.
+            top_k: 0,
+            top_p: self.top_p.unwrap_or(1.0),
+            min_p: 0.0,
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            seed: self.seed.and_then(|s| u32::try_from(s.rem_euclid(1 << 32)).ok()),
+            ..Sampling::default()
+        })
+    }
+
+    fn json(&self) -> Result<bool, ApiError> {
+        match self.response_format.as_ref().map(|r| r.kind.as_str()) {
+            None | Some("text") => Ok(false),
+            Some("json_object") | Some("json_schema") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(format!("invalid field `response_format.type`: {other:?} is not text, json_object or json_schema"))),
+        }
+    }
+}
+
+fn text_of(c: &Option<Content>) -> String {
+    match c {
+        None => String::new(),
+        Some(Content::Text(t)) => t.clone(),
+        Some(Content::Parts(parts)) => parts.iter().filter(|p| p.kind == "text").filter_map(|p| p.text.clone()).collect::<Vec<_>>().join(""),
+    }
+}
+
+fn usage(t: &Timings) -> Value {
+    json!({
+        "prompt_tokens": t.prompt_tokens,
+        "completion_tokens": t.generated_tokens,
+        "total_tokens": t.prompt_tokens + t.generated_tokens,
+        "prompt_tokens_details": {"cached_tokens": t.cached_tokens},
+    })
+}
+
+/// llama-server's `timings` object.
+fn timings(t: &Timings) -> Value {
+    let evaluated = t.prompt_tokens.saturating_sub(t.cached_tokens);
+    json!({
+        "cache_n": t.cached_tokens,
+        "prompt_n": evaluated,
+        "prompt_ms": t.prompt_ms,
+        "prompt_per_second": if t.prompt_ms > 0.0 { evaluated as f64 * 1e3 / t.prompt_ms } else { 0.0 },
+        "predicted_n": t.generated_tokens,
+        "predicted_ms": t.generation_ms,
+        "predicted_per_second": if t.generation_ms > 0.0 { t.generated_tokens.saturating_sub(1) as f64 * 1e3 / t.generation_ms } else { 0.0 },
+    })
+}
+
+fn finish_reason(r: &str) -> &'static str {
+    match r {
+        "length" => "length",
+        _ => "stop",
+    }
+}
+
+async fn chat(State(s): State<Shared>, body: Bytes) -> Response {
+    let b: ChatBody = match core::parse(&body) {
+        Ok(b) => b,
+        Err(e) => return e.openai(),
+    };
+    if b.messages.is_empty() {
+        return ApiError::bad_request("invalid field `messages`: at least one message is needed").openai();
+    }
+    let messages = b.messages.iter().map(|m| Message { role: m.role.clone(), content: text_of(&m.content) }).collect();
+    run(s, b.common, PromptSpec::Messages(messages), true).await
+}
+
+async fn completions(State(s): State<Shared>, body: Bytes) -> Response {
+    let b: CompletionBody = match core::parse(&body) {
+        Ok(b) => b,
+        Err(e) => return e.openai(),
+    };
+    let prompt = match &b.prompt {
+        Value::String(p) => p.clone(),
+        Value::Array(a) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or_default().to_string(),
+        _ => return ApiError::bad_request("invalid field `prompt`: expected a string (or a list of one string)").openai(),
+    };
+    let mut common = b.common;
+    // OpenAI's default for completions.
+    if common.max_tokens.is_none() && common.max_completion_tokens.is_none() {
+        common.max_tokens = Some(16);
+    }
+    run(s, common, PromptSpec::Text(prompt), false).await
+}
+
+async fn run(s: Shared, c: Common, prompt: PromptSpec, is_chat: bool) -> Response {
+    let sampling = match c.sampling() {
+        Ok(x) => x,
+        Err(e) => return e.openai(),
+    };
+    let json_mode = match c.json() {
+        Ok(j) => j,
+        Err(e) => return e.openai(),
+    };
+    let name = hearth_store::reference::normalize_name(&c.model).unwrap_or(c.model.clone());
+    let request = Request::Generate {
+        prompt,
+        sampling,
+        max_tokens: c.max_completion_tokens.or(c.max_tokens),
+        stop: c.stop.map(Stop::into_vec).unwrap_or_default(),
+        json: json_mode,
+    };
+    let mut running = match core::start(&s, &c.model, &LoadOptions::default(), request).await {
+        Ok(r) => r,
+        Err(e) => return e.openai(),
+    };
+    let id = format!("{}-{:x}", if is_chat { "chatcmpl" } else { "cmpl" }, rand_id());
+    let created = core::unix_secs();
+    let object = if is_chat { "chat.completion" } else { "text_completion" };
+    if !c.stream {
+        let mut text = String::new();
+        while let Some(e) = running.events.recv().await {
+            match e {
+                Event::Text(t) => text.push_str(&t),
+                Event::Done { reason, timings: t } => {
+                    let choice = if is_chat {
+                        json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason(&reason), "logprobs": null})
+                    } else {
+                        json!({"index": 0, "text": text, "finish_reason": finish_reason(&reason), "logprobs": null})
+                    };
+                    return axum::Json(json!({
+                        "id": id, "object": object, "created": created, "model": name,
+                        "choices": [choice], "usage": usage(&t), "timings": timings(&t),
+                    }))
+                    .into_response();
+                }
+                Event::Error(m) => return ApiError::internal(m).openai(),
+            }
+        }
+        return ApiError::internal("the generation ended without a result").openai();
+    }
+    let include_usage = c.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let chunk_object = if is_chat { "chat.completion.chunk" } else { "text_completion" };
+        let frame = |choices: Value, extra: Option<(&str, Value)>| -> String {
+            let mut v = json!({"id": id, "object": chunk_object, "created": created, "model": name, "choices": choices});
+            if let Some((k, x)) = extra {
+                v[k] = x;
+            }
+            format!("data: {}\n\n", serde_json::to_string(&v).expect("values serialize"))
+        };
+        let delta = |text: &str, first: bool| -> Value {
+            if is_chat {
+                let mut d = json!({"content": text});
+                if first {
+                    d["role"] = json!("assistant");
+                }
+                json!([{"index": 0, "delta": d, "finish_reason": null, "logprobs": null}])
+            } else {
+                json!([{"index": 0, "text": text, "finish_reason": null, "logprobs": null}])
+            }
+        };
+        if is_chat && tx.send(Ok(frame(delta("", true), None))).await.is_err() {
+            return;
+        }
+        while let Some(e) = running.events.recv().await {
+            let out = match e {
+                Event::Text(t) if t.is_empty() => continue,
+                Event::Text(t) => frame(delta(&t, false), None),
+                Event::Done { reason, timings: t } => {
+                    let last = if is_chat {
+                        json!([{"index": 0, "delta": {}, "finish_reason": finish_reason(&reason), "logprobs": null}])
+                    } else {
+                        json!([{"index": 0, "text": "", "finish_reason": finish_reason(&reason), "logprobs": null}])
+                    };
+                    let mut end = frame(last, Some(("timings", timings(&t))));
+                    if include_usage {
+                        end.push_str(&frame(json!([]), Some(("usage", usage(&t)))));
+                    }
+                    end.push_str("data: [DONE]\n\n");
+                    let _ = tx.send(Ok(end)).await;
+                    return;
+                }
+                Event::Error(m) => {
+                    let v = json!({"error": {"message": m, "type": "server_error", "param": null, "code": null}});
+                    let _ = tx.send(Ok(format!("data: {v}\n\n"))).await;
+                    return;
+                }
+            };
+            if tx.send(Ok(out)).await.is_err() {
+                return;
+            }
+        }
+    });
+    ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], crate::stream_body(rx)).into_response()
+}
+
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(core::unix_secs());
+    h.finish()
+}
+
+#[derive(Deserialize)]
+struct EmbeddingsBody {
+    model: String,
+    input: Value,
+    #[serde(default)]
+    encoding_format: Option<String>,
+}
+
+async fn embeddings(State(s): State<Shared>, body: Bytes) -> Response {
+    let b: EmbeddingsBody = match core::parse(&body) {
+        Ok(b) => b,
+        Err(e) => return e.openai(),
+    };
+    if b.encoding_format.as_deref().is_some_and(|f| f != "float") {
+        return ApiError::bad_request("invalid field `encoding_format`: only \"float\" is supported").openai();
+    }
+    let inputs: Vec<String> = match &b.input {
+        Value::String(x) => vec![x.clone()],
+        Value::Array(a) if a.iter().all(Value::is_string) => a.iter().map(|x| x.as_str().unwrap_or_default().to_string()).collect(),
+        _ => return ApiError::bad_request("invalid field `input`: expected a string or a list of strings").openai(),
+    };
+    if inputs.is_empty() {
+        return ApiError::bad_request("invalid field `input`: empty").openai();
+    }
+    match core::one_reply(&s, &b.model, &LoadOptions::default(), Request::Embed { inputs, normalize: true }).await {
+        Ok((Reply::Embeddings { embeddings, prompt_tokens }, _)) => {
+            let data: Vec<Value> = embeddings
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| json!({"object": "embedding", "embedding": e, "index": i}))
+                .collect();
+            axum::Json(json!({
+                "object": "list",
+                "data": data,
+                "model": hearth_store::reference::normalize_name(&b.model).unwrap_or(b.model.clone()),
+                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+            }))
+            .into_response()
+        }
+        Ok(_) => ApiError::internal("unexpected runner reply").openai(),
+        Err(e) => e.openai(),
+    }
+}

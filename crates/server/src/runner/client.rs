@@ -1,0 +1,233 @@
+//! The server's side of a runner: spawning the child, waiting for it, sending requests,
+//! noticing its death.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::process::{Child, ChildStdin};
+
+use super::{Info, Reply, Request, Spec};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RunnerError {
+    #[error("cannot start the runner for {model}: {reason}")]
+    Start { model: String, reason: String },
+    #[error("the runner for {model} stopped unexpectedly{}", if .detail.is_empty() { String::new() } else { format!(": {}", .detail) })]
+    Died { model: String, detail: String },
+}
+
+/// A running child process holding one model.
+pub struct Runner {
+    pub model: String,
+    pub spec: Spec,
+    pub info: Info,
+    pub pid: u32,
+    child: Mutex<Option<Child>>,
+    /// Held so that the child's stdin stays open; closing it tells the child to exit.
+    stdin: Mutex<Option<ChildStdin>>,
+    dead: AtomicBool,
+    /// The child's last stderr lines, for error messages.
+    stderr: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Runner {
+    /// Starts `exe runner --spec ...` and waits until it says it is ready (or dies).
+    pub async fn spawn(exe: &Path, model: &str, spec: Spec, timeout: Duration) -> Result<Runner, RunnerError> {
+        let start_err = |reason: String| RunnerError::Start { model: model.to_string(), reason };
+        let json = serde_json::to_string(&spec).expect("specs serialize");
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.arg("runner")
+            .arg("--spec")
+            .arg(json)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                // Die with the server, even when it is SIGKILLed.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| start_err(format!("cannot run {}: {e}", exe.display())))?;
+        let pid = child.id().unwrap_or(0);
+        let stderr_lines = Arc::new(Mutex::new(VecDeque::new()));
+        if let Some(err) = child.stderr.take() {
+            let lines = stderr_lines.clone();
+            let model = model.to_string();
+            tokio::spawn(async move {
+                let mut r = BufReader::new(err).lines();
+                while let Ok(Some(line)) = r.next_line().await {
+                    tracing::debug!(target: "hearth::runner", model = %model, "{line}");
+                    let mut l = lines.lock().expect("not poisoned");
+                    if l.len() >= 20 {
+                        l.pop_front();
+                    }
+                    l.push_back(line);
+                }
+            });
+        }
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(timeout, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.trim() == "ready" {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        let last_error = |lines: &Arc<Mutex<VecDeque<String>>>| {
+            let l = lines.lock().expect("not poisoned");
+            l.iter().rev().find(|x| x.starts_with("error")).or(l.back()).cloned().unwrap_or_default()
+        };
+        match ready {
+            Ok(true) => {}
+            Ok(false) => {
+                let status = child.wait().await.ok();
+                // Give the stderr reader a moment to catch the last lines.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let detail = last_error(&stderr_lines);
+                return Err(start_err(format!(
+                    "{}{}",
+                    if detail.is_empty() { "it exited".to_string() } else { detail },
+                    status.map(|s| format!(" ({s})")).unwrap_or_default()
+                )));
+            }
+            Err(_) => {
+                let _ = child.kill().await;
+                return Err(start_err(format!("it did not load within {timeout:?}")));
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let stdin = child.stdin.take();
+        let mut runner = Runner {
+            model: model.to_string(),
+            spec,
+            info: Info {
+                n_ctx_seq: 0,
+                parallel: 0,
+                n_ctx_train: 0,
+                n_embd: 0,
+                n_vocab: 0,
+                n_params: 0,
+                size_bytes: 0,
+                load_ms: 0.0,
+                description: String::new(),
+            },
+            pid,
+            child: Mutex::new(Some(child)),
+            stdin: Mutex::new(stdin),
+            dead: AtomicBool::new(false),
+            stderr: stderr_lines,
+        };
+        let mut stream = runner.request(&Request::Info).await?;
+        match stream.next().await {
+            Some(Ok(Reply::Info(info))) => runner.info = info,
+            other => return Err(start_err(format!("unexpected answer to info: {other:?}"))),
+        }
+        Ok(runner)
+    }
+
+    /// Sends a request on a new connection; the answer comes as a stream of replies.
+    pub async fn request(&self, req: &Request) -> Result<ReplyStream, RunnerError> {
+        let died = || RunnerError::Died { model: self.model.clone(), detail: self.detail() };
+        if !self.alive() {
+            return Err(died());
+        }
+        let mut conn = UnixStream::connect(&self.spec.socket).await.map_err(|_| {
+            self.dead.store(true, Ordering::Relaxed);
+            died()
+        })?;
+        let mut line = serde_json::to_vec(req).expect("requests serialize");
+        line.push(b'\n');
+        conn.write_all(&line).await.map_err(|_| died())?;
+        let (read, write) = conn.into_split();
+        Ok(ReplyStream { lines: BufReader::new(read).lines(), _write: write, model: self.model.clone(), stderr: self.stderr.clone() })
+    }
+
+    fn detail(&self) -> String {
+        let status = self.child.lock().expect("not poisoned").as_mut().and_then(|c| c.try_wait().ok().flatten());
+        let last = self.stderr.lock().expect("not poisoned").back().cloned().unwrap_or_default();
+        match status {
+            Some(s) => format!("{s}{}", if last.is_empty() { String::new() } else { format!("; last message: {last}") }),
+            None => last,
+        }
+    }
+
+    /// Whether the child is still running.
+    pub fn alive(&self) -> bool {
+        if self.dead.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut child = self.child.lock().expect("not poisoned");
+        match child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            _ => {
+                self.dead.store(true, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Stops the child: closes its stdin (it exits), then kills it if it lingers.
+    pub async fn stop(&self) {
+        self.dead.store(true, Ordering::Relaxed);
+        drop(self.stdin.lock().expect("not poisoned").take());
+        let child = self.child.lock().expect("not poisoned").take();
+        if let Some(mut child) = child {
+            if tokio::time::timeout(Duration::from_secs(2), child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+        }
+        let _ = std::fs::remove_file(&self.spec.socket);
+    }
+}
+
+/// The replies to one request. Dropping it closes the connection, which cancels the request.
+pub struct ReplyStream {
+    lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    _write: tokio::net::unix::OwnedWriteHalf,
+    model: String,
+    stderr: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl ReplyStream {
+    /// The next reply; `None` after the last. A connection that ends without a final reply
+    /// means the runner died: that is an error.
+    pub async fn next(&mut self) -> Option<Result<Reply, RunnerError>> {
+        match self.lines.next_line().await {
+            Ok(Some(line)) => Some(serde_json::from_str(&line).map_err(|e| RunnerError::Died {
+                model: self.model.clone(),
+                detail: format!("garbled answer: {e}"),
+            })),
+            _ => None,
+        }
+    }
+
+    /// The error for a stream that ended without its final reply.
+    pub fn died(&self) -> RunnerError {
+        RunnerError::Died {
+            model: self.model.clone(),
+            detail: self.stderr.lock().expect("not poisoned").back().cloned().unwrap_or_default(),
+        }
+    }
+}
+
+/// A fresh socket path for a runner.
+pub fn socket_path(dir: &Path, model: &str) -> PathBuf {
+    let n: u64 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let safe: String = model.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).take(40).collect();
+    dir.join(format!("runner-{}-{safe}-{n:x}.sock", std::process::id()))
+}
