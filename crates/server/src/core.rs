@@ -100,7 +100,7 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path.is_empty() || path == "." {
+        if path.is_empty() || path == "." || path == "?" || inner.is_syntax() || inner.is_eof() {
             ApiError::bad_request(format!("invalid JSON body: {inner}"))
         } else {
             ApiError::bad_request(format!("invalid field `{path}`: {inner}"))
@@ -151,20 +151,34 @@ pub struct Running {
 pub async fn start(state: &Shared, model: &str, load: &LoadOptions, request: Request) -> Result<Running, ApiError> {
     let started = Instant::now();
     let was_loaded = state.sched.loaded().iter().any(|m| hearth_store::reference::normalize_name(model).is_ok_and(|n| n == m.name));
-    let lease = state.sched.acquire(model, load).await?;
-    let load_time = if was_loaded { Duration::ZERO } else { started.elapsed() };
-    let mut stream = lease.model.runner.request(&request).await?;
-    let first = match stream.next().await {
-        Some(Ok(Reply::Error { kind, message })) => {
-            return Err(match kind {
-                ErrorKind::BadRequest => ApiError::bad_request(message),
-                ErrorKind::Internal => ApiError::internal(message),
-            })
+    // A runner that died since its last request is found out here: it is marked dead, and a
+    // second attempt starts a fresh one.
+    let mut attempt = 0;
+    let (lease, mut stream, first) = loop {
+        attempt += 1;
+        let lease = state.sched.acquire(model, load).await?;
+        let mut stream = match lease.model.runner.request(&request).await {
+            Ok(s) => s,
+            Err(_) if attempt == 1 => continue,
+            Err(e) => return Err(e.into()),
+        };
+        match stream.next().await {
+            Some(Ok(Reply::Error { kind, message })) => {
+                return Err(match kind {
+                    ErrorKind::BadRequest => ApiError::bad_request(message),
+                    ErrorKind::Internal => ApiError::internal(message),
+                })
+            }
+            Some(Ok(r)) => break (lease, stream, r),
+            Some(Err(e)) => return Err(e.into()),
+            None if attempt == 1 => {
+                let _ = stream.died();
+                continue;
+            }
+            None => return Err(stream.died().into()),
         }
-        Some(Ok(r)) => r,
-        Some(Err(e)) => return Err(e.into()),
-        None => return Err(stream.died().into()),
     };
+    let load_time = if was_loaded { Duration::ZERO } else { started.elapsed() };
     let (tx, rx) = mpsc::channel(64);
     let metrics = state.metrics.clone();
     let n_ctx = lease.model.ctx_per_seq;
@@ -231,17 +245,28 @@ pub async fn start(state: &Shared, model: &str, load: &LoadOptions, request: Req
 pub async fn one_reply(state: &Shared, model: &str, load: &LoadOptions, request: Request) -> Result<(Reply, Duration), ApiError> {
     let started = Instant::now();
     let was_loaded = state.sched.loaded().iter().any(|m| hearth_store::reference::normalize_name(model).is_ok_and(|n| n == m.name));
-    let lease = state.sched.acquire(model, load).await?;
-    let load_time = if was_loaded { Duration::ZERO } else { started.elapsed() };
-    let mut stream = lease.model.runner.request(&request).await?;
-    let reply = match stream.next().await {
-        Some(Ok(Reply::Error { kind: ErrorKind::BadRequest, message })) => return Err(ApiError::bad_request(message)),
-        Some(Ok(Reply::Error { message, .. })) => return Err(ApiError::internal(message)),
-        Some(Ok(r)) => r,
-        Some(Err(e)) => return Err(e.into()),
-        None => return Err(stream.died().into()),
+    let mut attempt = 0;
+    let reply = loop {
+        attempt += 1;
+        let lease = state.sched.acquire(model, load).await?;
+        let mut stream = match lease.model.runner.request(&request).await {
+            Ok(s) => s,
+            Err(_) if attempt == 1 => continue,
+            Err(e) => return Err(e.into()),
+        };
+        match stream.next().await {
+            Some(Ok(Reply::Error { kind: ErrorKind::BadRequest, message })) => return Err(ApiError::bad_request(message)),
+            Some(Ok(Reply::Error { message, .. })) => return Err(ApiError::internal(message)),
+            Some(Ok(r)) => break r,
+            Some(Err(e)) => return Err(e.into()),
+            None if attempt == 1 => {
+                let _ = stream.died();
+                continue;
+            }
+            None => return Err(stream.died().into()),
+        }
     };
-    drop(lease);
+    let load_time = if was_loaded { Duration::ZERO } else { started.elapsed() };
     Ok((reply, load_time))
 }
 

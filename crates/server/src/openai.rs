@@ -136,17 +136,14 @@ struct Common {
     n: Option<u32>,
 }
 
+// The shared fields are parsed on their own (not `flatten`ed), so errors keep the field name.
 #[derive(Deserialize)]
 struct ChatBody {
-    #[serde(flatten)]
-    common: Common,
     messages: Vec<ChatMessage>,
 }
 
 #[derive(Deserialize)]
 struct CompletionBody {
-    #[serde(flatten)]
-    common: Common,
     prompt: Value,
 }
 
@@ -220,7 +217,7 @@ fn finish_reason(r: &str) -> &'static str {
 }
 
 async fn chat(State(s): State<Shared>, body: Bytes) -> Response {
-    let b: ChatBody = match core::parse(&body) {
+    let (b, common): (ChatBody, Common) = match core::parse(&body).and_then(|b| Ok((b, core::parse(&body)?))) {
         Ok(b) => b,
         Err(e) => return e.openai(),
     };
@@ -228,11 +225,11 @@ async fn chat(State(s): State<Shared>, body: Bytes) -> Response {
         return ApiError::bad_request("invalid field `messages`: at least one message is needed").openai();
     }
     let messages = b.messages.iter().map(|m| Message { role: m.role.clone(), content: text_of(&m.content) }).collect();
-    run(s, b.common, PromptSpec::Messages(messages), true).await
+    run(s, common, PromptSpec::Messages(messages), true).await
 }
 
 async fn completions(State(s): State<Shared>, body: Bytes) -> Response {
-    let b: CompletionBody = match core::parse(&body) {
+    let (b, mut common): (CompletionBody, Common) = match core::parse(&body).and_then(|b| Ok((b, core::parse(&body)?))) {
         Ok(b) => b,
         Err(e) => return e.openai(),
     };
@@ -241,7 +238,6 @@ async fn completions(State(s): State<Shared>, body: Bytes) -> Response {
         Value::Array(a) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or_default().to_string(),
         _ => return ApiError::bad_request("invalid field `prompt`: expected a string (or a list of one string)").openai(),
     };
-    let mut common = b.common;
     // OpenAI's default for completions.
     if common.max_tokens.is_none() && common.max_completion_tokens.is_none() {
         common.max_tokens = Some(16);

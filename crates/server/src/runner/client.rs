@@ -30,7 +30,8 @@ pub struct Runner {
     child: Mutex<Option<Child>>,
     /// Held so that the child's stdin stays open; closing it tells the child to exit.
     stdin: Mutex<Option<ChildStdin>>,
-    dead: AtomicBool,
+    /// Set once the child is known to be gone (shared with its reply streams).
+    dead: Arc<AtomicBool>,
     /// The child's last stderr lines, for error messages.
     stderr: Arc<Mutex<VecDeque<String>>>,
 }
@@ -127,7 +128,7 @@ impl Runner {
             pid,
             child: Mutex::new(Some(child)),
             stdin: Mutex::new(stdin),
-            dead: AtomicBool::new(false),
+            dead: Arc::new(AtomicBool::new(false)),
             stderr: stderr_lines,
         };
         let mut stream = runner.request(&Request::Info).await?;
@@ -152,7 +153,13 @@ impl Runner {
         line.push(b'\n');
         conn.write_all(&line).await.map_err(|_| died())?;
         let (read, write) = conn.into_split();
-        Ok(ReplyStream { lines: BufReader::new(read).lines(), _write: write, model: self.model.clone(), stderr: self.stderr.clone() })
+        Ok(ReplyStream {
+            lines: BufReader::new(read).lines(),
+            _write: write,
+            model: self.model.clone(),
+            stderr: self.stderr.clone(),
+            dead: self.dead.clone(),
+        })
     }
 
     fn detail(&self) -> String {
@@ -199,6 +206,7 @@ pub struct ReplyStream {
     _write: tokio::net::unix::OwnedWriteHalf,
     model: String,
     stderr: Arc<Mutex<VecDeque<String>>>,
+    dead: Arc<AtomicBool>,
 }
 
 impl ReplyStream {
@@ -214,8 +222,10 @@ impl ReplyStream {
         }
     }
 
-    /// The error for a stream that ended without its final reply.
+    /// The error for a stream that ended without its final reply: the runner is gone (its
+    /// socket closed as it exited), so it is marked dead and the next request starts another.
     pub fn died(&self) -> RunnerError {
+        self.dead.store(true, Ordering::Relaxed);
         RunnerError::Died {
             model: self.model.clone(),
             detail: self.stderr.lock().expect("not poisoned").back().cloned().unwrap_or_default(),

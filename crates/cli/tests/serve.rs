@@ -1,0 +1,349 @@
+//! `hearth serve` through the real binary with the real model: concurrency, the bounded queue,
+//! keep-alive, runner crashes, orphans, auth, bad input, shutdown.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const UPSTREAM_GREEDY: &str = include_str!("../../engine/tests/reference/greedy_capital.txt");
+
+fn model_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(p) = std::env::var_os("HEARTH_TEST_MODEL") {
+            return PathBuf::from(p);
+        }
+        fetch("smollm2")
+    })
+    .clone()
+}
+
+fn fetch(which: &str) -> PathBuf {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fetch-model.sh");
+    let out = Command::new("bash").arg(script).arg(which).output().expect("run fetch-model.sh");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+    store: PathBuf,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        Server::start_with(args, &[("smollm2", model_path())])
+    }
+
+    fn start_with(args: &[&str], models: &[(&str, PathBuf)]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        for (name, path) in models {
+            let st = Command::new(env!("CARGO_BIN_EXE_hearth"))
+                .args(["add", path.to_str().unwrap(), "--name", name, "--no-progress"])
+                .env("HEARTH_MODELS", &store)
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args(["serve", "--host", "127.0.0.1:0", "-t", "2"])
+            .args(args)
+            .env("HEARTH_MODELS", &store)
+            .env_remove("HEARTH_API_KEY")
+            .env_remove("HEARTH_HOST")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let url = loop {
+            line.clear();
+            assert!(err.read_line(&mut line).unwrap() > 0, "the server exited before listening");
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        // Keep draining stderr.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            let _ = err.read_to_string(&mut sink);
+        });
+        Server { child, url, _dir: dir, store }
+    }
+
+    fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        match ureq::post(&format!("{}{path}", self.url)).timeout(Duration::from_secs(120)).send_json(body) {
+            Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
+            Err(e) => panic!("{path}: {e}"),
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        match ureq::get(&format!("{}{path}", self.url)).timeout(Duration::from_secs(30)).call() {
+            Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
+            Err(e) => panic!("{path}: {e}"),
+        }
+    }
+
+    fn runner_pids(&self) -> Vec<u32> {
+        let out = Command::new("pgrep").args(["-P", &self.child.id().to_string()]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn chat(prompt: &str, n: u32) -> Value {
+    json!({"model": "smollm2", "messages": [{"role": "user", "content": prompt}], "stream": false,
+           "options": {"temperature": 0, "num_predict": n}})
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn eight_concurrent_clients_on_four_sequences_all_get_the_right_answer() {
+    let s = Server::start(&["--parallel", "4"]);
+    let prompts = ["What is the capital of France?", "List three colors.", "Write a haiku about the sea.", "How do I boil an egg?"];
+    let alone: Vec<String> = prompts
+        .iter()
+        .map(|p| s.post("/api/chat", chat(p, 24)).1["message"]["content"].as_str().unwrap().to_string())
+        .collect();
+    assert!(UPSTREAM_GREEDY.starts_with(&alone[0]), "{}", alone[0]);
+    let url = s.url.clone();
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let url = url.clone();
+            let body = chat(prompts[i % 4], 24);
+            std::thread::spawn(move || {
+                let r = ureq::post(&format!("{url}/api/chat")).timeout(Duration::from_secs(300)).send_json(body).unwrap();
+                r.into_json::<Value>().unwrap()["message"]["content"].as_str().unwrap().to_string()
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap(), alone[i % 4], "client {i}");
+    }
+}
+
+#[test]
+fn the_bounded_queue_answers_503_with_retry_after() {
+    let s = Server::start(&["--parallel", "1", "--max-queue", "1"]);
+    // Load first, so the requests below compete only for sequences.
+    assert_eq!(s.post("/api/generate", json!({"model": "smollm2", "prompt": ""})).0, 200);
+    let url = s.url.clone();
+    let handles: Vec<_> = (0..5)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                match ureq::post(&format!("{url}/v1/chat/completions")).timeout(Duration::from_secs(300)).send_json(json!({
+                    "model": "smollm2", "messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": 64, "temperature": 0
+                })) {
+                    Ok(r) => (r.status(), None),
+                    Err(ureq::Error::Status(code, r)) => (code, r.header("retry-after").map(str::to_string)),
+                    Err(e) => panic!("{e}"),
+                }
+            })
+        })
+        .collect();
+    let results: Vec<(u16, Option<String>)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let busy: Vec<_> = results.iter().filter(|r| r.0 == 503).collect();
+    assert!(ok >= 2, "{results:?}");
+    assert!(!busy.is_empty(), "{results:?}");
+    assert!(busy.iter().all(|b| b.1.is_some()), "503s carry Retry-After: {results:?}");
+}
+
+#[test]
+fn keep_alive_expiry_shows_in_ps_and_unloads_the_runner() {
+    let s = Server::start(&[]);
+    let (code, _) = s.post("/api/generate", json!({"model": "smollm2", "prompt": "Hi", "stream": false, "keep_alive": "2s", "options": {"num_predict": 2}}));
+    assert_eq!(code, 200);
+    let (_, ps) = s.get("/api/ps");
+    assert_eq!(ps["models"][0]["name"], "smollm2:latest");
+    assert!(ps["models"][0]["expires_at"].as_str().unwrap().starts_with("20"));
+    let pids = s.runner_pids();
+    assert_eq!(pids.len(), 1);
+    assert!(wait_until(Duration::from_secs(10), || s.get("/api/ps").1["models"].as_array().unwrap().is_empty()));
+    assert!(wait_until(Duration::from_secs(5), || !alive(pids[0])), "the runner exited");
+    // keep_alive 0 with an empty prompt unloads at once.
+    s.post("/api/generate", json!({"model": "smollm2", "prompt": "", "keep_alive": -1}));
+    assert_eq!(s.get("/api/ps").1["models"].as_array().unwrap().len(), 1);
+    let (_, v) = s.post("/api/generate", json!({"model": "smollm2", "prompt": "", "keep_alive": 0}));
+    assert_eq!(v["done_reason"], "unload");
+    assert!(s.get("/api/ps").1["models"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_runner_killed_mid_stream_fails_that_request_and_the_next_one_works() {
+    let s = Server::start(&[]);
+    let mut conn = TcpStream::connect(s.url.trim_start_matches("http://")).unwrap();
+    let body = json!({"model": "smollm2", "messages": [{"role": "user", "content": "Write a very long story about a dragon."}], "options": {"temperature": 0}}).to_string();
+    write!(conn, "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut reader = BufReader::new(conn);
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    // Read until a few chunks arrived.
+    while lines.iter().filter(|l: &&String| l.contains("\"done\":false")).count() < 3 {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0);
+        lines.push(line.clone());
+    }
+    let pids = s.runner_pids();
+    assert_eq!(pids.len(), 1);
+    // SAFETY: killing our own child's child.
+    unsafe { libc::kill(pids[0] as i32, libc::SIGKILL) };
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    let last = rest.lines().filter(|l| l.starts_with('{')).last().unwrap_or_default();
+    let v: Value = serde_json::from_str(last).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("runner for smollm2:latest stopped"), "{v}");
+    // The server is up and the next request gets a fresh runner.
+    let (code, v) = s.post("/api/chat", chat("What is the capital of France?", 32));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["message"]["content"], UPSTREAM_GREEDY);
+}
+
+#[test]
+fn no_runner_outlives_the_server_even_after_sigkill() {
+    let mut s = Server::start(&[]);
+    assert_eq!(s.post("/api/chat", chat("Hi", 2)).0, 200);
+    let pids = s.runner_pids();
+    assert_eq!(pids.len(), 1);
+    s.child.kill().unwrap(); // SIGKILL
+    s.child.wait().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !alive(pids[0])), "runner {} is an orphan", pids[0]);
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    let mut s = Server::start(&[]);
+    assert_eq!(s.post("/api/chat", chat("Hi", 2)).0, 200);
+    let pids = s.runner_pids();
+    // SAFETY: our own child.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    let mut status = None;
+    assert!(wait_until(Duration::from_secs(15), || {
+        status = s.child.try_wait().unwrap();
+        status.is_some()
+    }));
+    assert!(status.unwrap().success());
+    assert!(wait_until(Duration::from_secs(5), || pids.iter().all(|p| !alive(*p))));
+}
+
+#[test]
+fn api_key_guards_everything_but_root_and_health() {
+    let s = Server::start(&["--api-key", "sesame"]);
+    assert_eq!(ureq::get(&format!("{}/", s.url)).call().unwrap().status(), 200);
+    assert_eq!(s.get("/health").0, 200);
+    let (code, v) = s.get("/api/tags");
+    assert_eq!(code, 401);
+    assert!(v["error"].as_str().unwrap().contains("API key"));
+    let (code, v) = s.get("/v1/models");
+    assert_eq!(code, 401);
+    assert_eq!(v["error"]["code"], "invalid_api_key");
+    let r = ureq::get(&format!("{}/api/tags", s.url)).set("Authorization", "Bearer sesame").call().unwrap();
+    assert_eq!(r.status(), 200);
+    let wrong = ureq::get(&format!("{}/api/tags", s.url)).set("Authorization", "Bearer nope").call();
+    assert!(matches!(wrong, Err(ureq::Error::Status(401, _))));
+}
+
+#[test]
+fn bad_input_gets_a_clear_status_in_each_apis_format() {
+    let s = Server::start(&["-c", "128"]);
+    let raw = |path: &str, body: &str| match ureq::post(&format!("{}{path}", s.url)).set("Content-Type", "application/json").send_string(body) {
+        Ok(r) => (r.status(), r.into_json::<Value>().unwrap()),
+        Err(ureq::Error::Status(c, r)) => (c, r.into_json::<Value>().unwrap()),
+        Err(e) => panic!("{e}"),
+    };
+    let (code, v) = raw("/api/chat", "{not json");
+    assert_eq!(code, 400);
+    assert!(v["error"].as_str().unwrap().contains("invalid JSON"), "{v}");
+    let (code, v) = raw("/api/chat", r#"{"model": "smollm2", "messages": [{"role": 5}]}"#);
+    assert_eq!(code, 400);
+    assert!(v["error"].as_str().unwrap().contains("messages[0].role"), "{v}");
+    let (code, v) = raw("/v1/chat/completions", r#"{"model": "smollm2", "messages": [], "temperature": "hot"}"#);
+    assert_eq!(code, 400);
+    assert!(v["error"]["message"].as_str().unwrap().contains("temperature"), "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    let (code, v) = s.post("/api/chat", json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}));
+    assert_eq!(code, 404);
+    assert_eq!(v["error"], "model 'nope:latest' not found, try pulling it first");
+    let (code, v) = s.post("/v1/chat/completions", json!({"model": "../../etc/passwd", "messages": [{"role": "user", "content": "hi"}]}));
+    assert_eq!(code, 400, "{v}");
+    let long = "word ".repeat(400);
+    let (code, v) = s.post("/api/generate", json!({"model": "smollm2", "prompt": long, "stream": false}));
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("does not fit in the context"), "{v}");
+    let (code, v) = s.post("/v1/completions", json!({"model": "smollm2", "prompt": long}));
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("does not fit"), "{v}");
+}
+
+#[test]
+fn a_taken_port_is_named_with_a_suggestion() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["serve", "--host", &format!("127.0.0.1:{port}")])
+        .env("HEARTH_MODELS", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already in use") && err.contains(&format!("--host 127.0.0.1:{}", port + 1)), "{err}");
+}
+
+#[test]
+fn two_models_under_a_budget_for_one_evict_each_other() {
+    let gemma = fetch("gemma3");
+    let s = Server::start_with(&["--parallel", "1", "--memory-budget", "1000M"], &[("smollm2", model_path()), ("gemma3", gemma)]);
+    let ask = |model: &str| {
+        s.post("/api/chat", json!({"model": model, "messages": [{"role": "user", "content": "Say hello."}], "stream": false, "options": {"temperature": 0, "num_predict": 8}}))
+    };
+    let (code, v) = ask("smollm2");
+    assert_eq!(code, 200, "{v}");
+    let loaded = |s: &Server| s.get("/api/ps").1["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(loaded(&s), ["smollm2:latest"]);
+    let (code, v) = ask("gemma3");
+    assert_eq!(code, 200, "{v}");
+    assert!(!v["message"]["content"].as_str().unwrap().is_empty());
+    assert_eq!(loaded(&s), ["gemma3:latest"], "smollm2 was evicted to make room");
+    let (code, _) = ask("smollm2");
+    assert_eq!(code, 200);
+    assert_eq!(loaded(&s), ["smollm2:latest"]);
+    assert_eq!(s.runner_pids().len(), 1);
+    let _ = &s.store;
+}
