@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds upstream llama.cpp's own tools (llama-bench, llama-simple) outside
+# Builds upstream llama.cpp's own tools (llama-bench, llama-simple, llama-batched-bench, llama-server) outside
 # the repository, for side-by-side comparisons. The source is the llama.cpp tree inside the PyPI
 # source package of llama-cpp-python (the only registry that carries it). Nothing of it is
 # committed. Prints the directory holding the binaries.
@@ -8,7 +8,7 @@
 set -euo pipefail
 dir="${HEARTH_UPSTREAM_DIR:-$HOME/.cache/hearth/upstream}"
 bin="$dir/build/bin"
-if [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-simple" ]; then
+if [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-simple" ] && [ -x "$bin/llama-server" ]; then
   echo "$bin"
   exit 0
 fi
@@ -26,5 +26,5 @@ echo "building upstream llama.cpp tools (about 12 minutes on 2 cores)" >&2
 cmake -S src -B build -DCMAKE_BUILD_TYPE=Release -DGGML_RPC=ON -DGGML_NATIVE=OFF \
   -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
   -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF >&2
-cmake --build build -j"$(nproc)" --target llama-bench llama-simple >&2
+cmake --build build -j"$(nproc)" --target llama-bench llama-simple llama-batched-bench llama-server >&2
 echo "$bin"

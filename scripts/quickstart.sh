@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Builds hearth, fetches the starter model (SmolLM2-135M-Instruct) and runs it on a prompt.
-#   scripts/quickstart.sh ["your prompt"]
+# Builds hearth, puts the starter model (SmolLM2-135M-Instruct) in the store as `smollm2`, and
+# serves the Ollama and OpenAI APIs on http://127.0.0.1:11434 (HEARTH_HOST to change).
+#   scripts/quickstart.sh            # then, from another terminal:
+#   curl http://127.0.0.1:11434/api/chat -d '{"model":"smollm2","messages":[{"role":"user","content":"Hi"}]}'
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 cargo build --release --locked
 model=$(scripts/fetch-model.sh)
-exec target/release/hearth run "$model" "${1:-Why is the sky blue? Answer in two sentences.}"
+target/release/hearth add "$model" --name smollm2 --no-progress
+exec target/release/hearth serve "$@"

@@ -42,9 +42,18 @@ pub enum Command {
     Export(ExportArgs),
     /// Serve the Ollama and OpenAI APIs on one port
     Serve(ServeArgs),
+    /// List the models a running server has loaded
+    Ps,
+    /// Unload a model from a running server
+    Stop(StopArgs),
     /// Runs one model for `hearth serve` (internal)
     #[command(hide = true)]
     Runner(RunnerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    pub model: String,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@
 //! does) and for failures that are hearth's own fault, 130 after Ctrl-C.
 
 mod args;
+mod client;
 mod models;
 mod progress;
 mod run;
@@ -31,11 +32,29 @@ fn main() -> ExitCode {
     init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Run(args) => run::run(args, cli.verbose),
-        Command::Pull(a) => models::pull(a).map(|_| ExitCode::SUCCESS),
+        Command::Pull(a) => match client::server() {
+            Some(r) => client::pull(&r, &a.reference, a.insecure),
+            None => models::pull(a),
+        }
+        .map(|_| ExitCode::SUCCESS),
         Command::Add(a) => models::add(a).map(|_| ExitCode::SUCCESS),
-        Command::List(a) => models::list(a).map(|_| ExitCode::SUCCESS),
-        Command::Show(a) => models::show(a).map(|_| ExitCode::SUCCESS),
-        Command::Rm(a) => models::rm(a).map(|_| ExitCode::SUCCESS),
+        Command::List(a) => match client::server() {
+            Some(r) => client::list(&r, a.json),
+            None => models::list(a),
+        }
+        .map(|_| ExitCode::SUCCESS),
+        Command::Show(a) => match client::server() {
+            Some(r) if !std::path::Path::new(&a.model).exists() => client::show(&r, &a.model, a.json),
+            _ => models::show(a),
+        }
+        .map(|_| ExitCode::SUCCESS),
+        Command::Rm(a) => match client::server() {
+            Some(r) => client::rm(&r, &a.models),
+            None => models::rm(a),
+        }
+        .map(|_| ExitCode::SUCCESS),
+        Command::Ps => no_server_is(client::server()).and_then(|r| client::ps(&r)).map(|_| ExitCode::SUCCESS),
+        Command::Stop(a) => no_server_is(client::server()).and_then(|r| client::stop(&r, &a.model)).map(|_| ExitCode::SUCCESS),
         Command::Cp(a) => models::cp(a).map(|_| ExitCode::SUCCESS),
         Command::Import(a) => models::import(a).map(|_| ExitCode::SUCCESS),
         Command::Export(a) => models::export(a).map(|_| ExitCode::SUCCESS),
@@ -59,6 +78,13 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn no_server_is(r: Option<client::Remote>) -> anyhow::Result<client::Remote> {
+    r.ok_or_else(|| {
+        let host = std::env::var(client::ENV_HOST).unwrap_or_else(|_| "127.0.0.1:11434".into());
+        anyhow::anyhow!("no hearth server answers at {host}; start one with `hearth serve` (or set HEARTH_HOST)")
+    })
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

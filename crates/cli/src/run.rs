@@ -14,6 +14,13 @@ use hearth_engine::{
 use crate::args::{LoadArgs, RunArgs, SamplingArgs};
 
 pub fn run(args: RunArgs, verbose: u8) -> Result<ExitCode> {
+    let is_path = std::path::Path::new(&args.model).exists() || args.model.ends_with(".gguf") || args.model.contains(std::path::MAIN_SEPARATOR);
+    if !is_path && args.load.rpc.is_empty() {
+        if let Some(remote) = crate::client::server() {
+            let backend = Backend::Remote { options: remote_options(&args), remote, model: args.model.clone(), raw: args.raw };
+            return converse(backend, &args, args.system.clone(), args.sampling.stop.clone(), verbose);
+        }
+    }
     let model = crate::models::resolve(&args.model)?;
     let engine = Engine::start(engine_options(&model.path, &args.load))?;
     let info = engine.model().info();
@@ -37,9 +44,33 @@ pub fn run(args: RunArgs, verbose: u8) -> Result<ExitCode> {
         }
     }
     let system = args.system.clone().or_else(|| model.layer_text(LayerKind::System));
+    converse(Backend::Local { engine, template }, &args, system, stop, verbose)
+}
+
+/// The request options for a server, from the flags (the context only when set).
+fn remote_options(args: &RunArgs) -> serde_json::Value {
+    let s = &args.sampling;
+    let mut o = serde_json::json!({
+        "temperature": s.temp, "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p, "typical_p": s.typical_p,
+        "repeat_penalty": s.repeat_penalty, "repeat_last_n": s.repeat_last_n,
+        "presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,
+        "num_predict": s.predict,
+    });
+    if let Some(seed) = s.seed {
+        o["seed"] = seed.into();
+    }
+    if !s.stop.is_empty() {
+        o["stop"] = serde_json::json!(s.stop);
+    }
+    if args.load.ctx_size != 4096 {
+        o["num_ctx"] = args.load.ctx_size.into();
+    }
+    o
+}
+
+fn converse(backend: Backend, args: &RunArgs, system: Option<String>, stop: Vec<String>, verbose: u8) -> Result<ExitCode> {
     let session = Session {
-        engine,
-        template,
+        backend,
         sampling: sampling(&args.sampling),
         max_tokens: (args.sampling.predict >= 0).then(|| args.sampling.predict.min(u32::MAX as i64) as u32),
         stop,
@@ -65,7 +96,7 @@ pub fn run(args: RunArgs, verbose: u8) -> Result<ExitCode> {
     if let Some(system) = system {
         history.push(ChatMessage::new("system", system));
     }
-    match args.prompt {
+    match args.prompt.clone() {
         Some(prompt) => {
             let reason = session.answer(&mut history, prompt)?;
             Ok(if reason == FinishReason::Cancelled { ExitCode::from(130) } else { ExitCode::SUCCESS })
@@ -111,85 +142,149 @@ fn sampling(s: &SamplingArgs) -> SamplingParams {
     }
 }
 
+/// Where answers come from: an engine in this process, or a hearth server.
+enum Backend {
+    Local {
+        engine: Engine,
+        /// `None` with `--raw`.
+        template: Option<ChatTemplate>,
+    },
+    Remote { remote: crate::client::Remote, model: String, raw: bool, options: serde_json::Value },
+}
+
+/// Stops the answer being generated, wherever it is generated.
+#[derive(Clone)]
+enum Cancel {
+    Local(Canceller),
+    Remote(Arc<std::sync::atomic::AtomicBool>),
+}
+
+impl Cancel {
+    fn cancel(&self) {
+        match self {
+            Cancel::Local(c) => c.cancel(),
+            Cancel::Remote(flag) => flag.store(true, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
 struct Session {
-    engine: Engine,
-    /// `None` with `--raw`.
-    template: Option<ChatTemplate>,
+    backend: Backend,
     sampling: SamplingParams,
     max_tokens: Option<u32>,
     stop: Vec<String>,
     verbose: bool,
     /// The generation running now, for the Ctrl-C handler.
-    current: Arc<Mutex<Option<Canceller>>>,
+    current: Arc<Mutex<Option<Cancel>>>,
 }
 
 impl Session {
     /// Generates the answer to `input`, streaming it to stdout, and records the turn.
     fn answer(&self, history: &mut Vec<ChatMessage>, input: String) -> Result<FinishReason> {
-        let prompt = match &self.template {
-            Some(t) => {
-                history.push(ChatMessage::new("user", input));
-                t.render(history, true)?
-            }
-            None => {
-                history.push(ChatMessage::new("user", input.clone()));
-                input
-            }
-        };
-        let generation = self.engine.generate(GenerateRequest {
-            prompt: Prompt::Text(prompt),
-            sampling: self.sampling.clone(),
-            max_tokens: self.max_tokens,
-            stop: self.stop.clone(),
-            ignore_eos: false,
-            grammar: None,
-            logprobs: None,
-        });
-        let generation = match generation {
-            Ok(g) => g,
-            Err(e) => {
-                history.pop();
-                return Err(e.into());
-            }
-        };
-        *self.current.lock().expect("not poisoned") = Some(generation.canceller());
+        history.push(ChatMessage::new("user", input.clone()));
         let mut out = std::io::stdout().lock();
         let mut answer = String::new();
-        let mut result = Err(anyhow::anyhow!("the engine stopped without finishing the answer"));
+        let mut emit = |text: &str| -> std::io::Result<()> {
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+            answer.push_str(text);
+            Ok(())
+        };
+        let result = match &self.backend {
+            Backend::Local { engine, template } => self.local(engine, template.as_ref(), history, input, &mut emit),
+            Backend::Remote { remote, model, raw, options } => self.remote(remote, model, *raw, options, history, input, &mut emit),
+        };
+        *self.current.lock().expect("not poisoned") = None;
+        match result {
+            Ok((reason, timings)) => {
+                if !answer.ends_with('\n') {
+                    out_newline()?;
+                }
+                if self.verbose {
+                    print_timings(&timings);
+                }
+                history.push(ChatMessage::new("assistant", answer));
+                Ok(reason)
+            }
+            Err(e) => {
+                history.pop();
+                Err(e)
+            }
+        }
+    }
+
+    fn local(
+        &self,
+        engine: &Engine,
+        template: Option<&ChatTemplate>,
+        history: &[ChatMessage],
+        input: String,
+        emit: &mut dyn FnMut(&str) -> std::io::Result<()>,
+    ) -> Result<(FinishReason, Timings)> {
+        let prompt = match template {
+            Some(t) => t.render(history, true)?,
+            None => input,
+        };
+        let mut req = GenerateRequest::new(Prompt::Text(prompt));
+        req.sampling = self.sampling.clone();
+        req.max_tokens = self.max_tokens;
+        req.stop = self.stop.clone();
+        let generation = engine.generate(req)?;
+        *self.current.lock().expect("not poisoned") = Some(Cancel::Local(generation.canceller()));
         for event in generation.events.iter() {
             match event {
-                Event::Token { text, .. } => {
-                    out.write_all(text.as_bytes())?;
-                    out.flush()?;
-                    answer.push_str(&text);
-                }
+                Event::Token { text, .. } => emit(&text)?,
                 Event::Done { text, reason, timings } => {
-                    out.write_all(text.as_bytes())?;
-                    answer.push_str(&text);
-                    if !answer.ends_with('\n') {
-                        out.write_all(b"\n")?;
-                    }
-                    out.flush()?;
-                    if self.verbose {
-                        print_timings(&timings);
-                    }
-                    result = Ok(reason);
-                    break;
+                    emit(&text)?;
+                    return Ok((reason, timings));
                 }
-                Event::Error(e) => {
-                    result = Err(e.into());
-                    break;
-                }
+                Event::Error(e) => return Err(e.into()),
             }
         }
-        *self.current.lock().expect("not poisoned") = None;
-        match &result {
-            Ok(_) => history.push(ChatMessage::new("assistant", answer)),
-            Err(_) => {
-                history.pop();
+        Err(anyhow::anyhow!("the engine stopped without finishing the answer"))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn remote(
+        &self,
+        remote: &crate::client::Remote,
+        model: &str,
+        raw: bool,
+        options: &serde_json::Value,
+        history: &[ChatMessage],
+        input: String,
+        emit: &mut dyn FnMut(&str) -> std::io::Result<()>,
+    ) -> Result<(FinishReason, Timings)> {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        *self.current.lock().expect("not poisoned") = Some(Cancel::Remote(flag.clone()));
+        let (path, body) = if raw {
+            ("/api/generate", serde_json::json!({"model": model, "prompt": input, "raw": true, "options": options, "stream": true}))
+        } else {
+            ("/api/chat", serde_json::json!({"model": model, "messages": history, "options": options, "stream": true}))
+        };
+        for line in remote.stream(path, body)? {
+            if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                // Dropping the stream closes the connection: the server stops generating.
+                return Ok((FinishReason::Cancelled, Timings::default()));
+            }
+            let v = line?;
+            let text = v["message"]["content"].as_str().or_else(|| v["response"].as_str()).unwrap_or("");
+            emit(text)?;
+            if v["done"].as_bool() == Some(true) {
+                let ns = |k: &str| v[k].as_f64().unwrap_or(0.0) / 1e6;
+                let timings = Timings {
+                    prompt_tokens: v["prompt_eval_count"].as_u64().unwrap_or(0) as u32,
+                    prompt_ms: ns("prompt_eval_duration"),
+                    generated_tokens: v["eval_count"].as_u64().unwrap_or(0) as u32,
+                    generation_ms: ns("eval_duration"),
+                    load_ms: ns("load_duration"),
+                    ..Timings::default()
+                };
+                let reason = if v["done_reason"] == "length" { FinishReason::Length } else { FinishReason::Stop };
+                return Ok((reason, timings));
             }
         }
-        result
+        Err(anyhow::anyhow!("the server closed the stream before the answer was complete"))
     }
 
     /// The interactive chat: `/bye` or end of input quits, `/clear` forgets the conversation,
@@ -199,7 +294,11 @@ impl Session {
         let tty = stdin.is_terminal();
         let keep = history.len();
         if tty {
-            eprintln!("chatting with {} (/? for help, /bye or Ctrl+D to exit)", self.engine.model().info().path.display());
+            let what = match &self.backend {
+                Backend::Local { engine, .. } => engine.model().info().path.display().to_string(),
+                Backend::Remote { remote, model, .. } => format!("{model} on {}", remote.base),
+            };
+            eprintln!("chatting with {what} (/? for help, /bye or Ctrl+D to exit)");
         }
         let mut lines = stdin.lock().lines();
         loop {
@@ -272,6 +371,12 @@ fn read_message(lines: &mut impl Iterator<Item = std::io::Result<String>>, tty: 
         }
     }
     Ok(Some(text))
+}
+
+fn out_newline() -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(b"\n")?;
+    out.flush()
 }
 
 fn print_timings(t: &Timings) {

@@ -25,6 +25,8 @@ fn model() -> PathBuf {
 fn hearth() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hearth"));
     c.env_remove("HEARTH_LOG");
+    // Never talk to a server a developer may have running: run locally.
+    c.env("HEARTH_HOST", "127.0.0.1:1");
     c
 }
 

@@ -65,6 +65,7 @@ impl Env {
             .env_remove("HF_TOKEN")
             .env_remove("HUGGING_FACE_HUB_TOKEN")
             .env_remove("HEARTH_LOG")
+            .env("HEARTH_HOST", "127.0.0.1:1")
             .stdin(Stdio::null());
         c
     }

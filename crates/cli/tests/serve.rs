@@ -49,6 +49,7 @@ impl Server {
             let st = Command::new(env!("CARGO_BIN_EXE_hearth"))
                 .args(["add", path.to_str().unwrap(), "--name", name, "--no-progress"])
                 .env("HEARTH_MODELS", &store)
+                .env("HEARTH_HOST", "127.0.0.1:1")
                 .stderr(Stdio::null())
                 .status()
                 .unwrap();
@@ -346,4 +347,27 @@ fn two_models_under_a_budget_for_one_evict_each_other() {
     assert_eq!(loaded(&s), ["smollm2:latest"]);
     assert_eq!(s.runner_pids().len(), 1);
     let _ = &s.store;
+}
+
+#[test]
+fn the_cli_talks_to_a_running_server() {
+    let s = Server::start(&[]);
+    let host = s.url.trim_start_matches("http://").to_string();
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hearth")).args(args).env("HEARTH_HOST", &host).env("HEARTH_MODELS", "/nonexistent").output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // The store given to the CLI does not exist: everything comes from the server.
+    assert!(cli(&["list"]).contains("smollm2:latest"));
+    let answer = cli(&["run", "smollm2", "What is the capital of France?", "--temp", "0", "-n", "32"]);
+    assert_eq!(answer.trim_end(), UPSTREAM_GREEDY.trim_end());
+    assert!(cli(&["ps"]).contains("smollm2:latest"));
+    assert!(cli(&["show", "smollm2"]).contains("architecture        llama"));
+    cli(&["stop", "smollm2"]);
+    assert!(!cli(&["ps"]).contains("smollm2"));
+    // Without a server, ps says so.
+    let out = Command::new(env!("CARGO_BIN_EXE_hearth")).args(["ps"]).env("HEARTH_HOST", "127.0.0.1:1").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no hearth server answers at 127.0.0.1:1"));
 }

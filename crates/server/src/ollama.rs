@@ -293,7 +293,7 @@ async fn respond(
         }
         return axum::Json(v).into_response();
     }
-    let request = Request::Generate { prompt, sampling: o.sampling, max_tokens: o.max_tokens, stop: o.stop, json: json_mode };
+    let request = Request::Generate { prompt, sampling: o.sampling, max_tokens: o.max_tokens, stop: o.stop, json: json_mode, ignore_eos: false };
     let mut running = match core::start(&s, &model, &load, request).await {
         Ok(r) => r,
         Err(e) => return e.ollama(),

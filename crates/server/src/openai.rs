@@ -134,6 +134,9 @@ struct Common {
     response_format: Option<ResponseFormat>,
     #[serde(default)]
     n: Option<u32>,
+    /// llama-server's extension: keep generating past end-of-generation (benchmarks).
+    #[serde(default)]
+    ignore_eos: bool,
 }
 
 // The shared fields are parsed on their own (not `flatten`ed), so errors keep the field name.
@@ -261,6 +264,7 @@ async fn run(s: Shared, c: Common, prompt: PromptSpec, is_chat: bool) -> Respons
         max_tokens: c.max_completion_tokens.or(c.max_tokens),
         stop: c.stop.map(Stop::into_vec).unwrap_or_default(),
         json: json_mode,
+        ignore_eos: c.ignore_eos,
     };
     let mut running = match core::start(&s, &c.model, &LoadOptions::default(), request).await {
         Ok(r) => r,

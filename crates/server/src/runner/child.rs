@@ -125,7 +125,7 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
                 Err(e) => send(&mut writer, &error_reply(&e)),
             }
         }
-        Request::Generate { prompt, sampling, max_tokens, stop, json } => {
+        Request::Generate { prompt, sampling, max_tokens, stop, json, ignore_eos } => {
             let text = match prompt {
                 PromptSpec::Text(t) => t,
                 PromptSpec::Messages(m) => match state.template.render(&messages(&m), true) {
@@ -148,6 +148,7 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
             };
             req.max_tokens = max_tokens;
             req.stop = stop;
+            req.ignore_eos = ignore_eos;
             if json {
                 set_json_grammar(&mut req);
             }

@@ -96,6 +96,9 @@ pub enum Request {
         stop: Vec<String>,
         /// Constrain the output to a JSON object.
         json: bool,
+        /// Keep going past end-of-generation tokens (llama-server's `ignore_eos`, benchmarks).
+        #[serde(default)]
+        ignore_eos: bool,
     },
     Embed {
         inputs: Vec<String>,

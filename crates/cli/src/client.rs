@@ -1,0 +1,175 @@
+//! The CLI as a client: when a hearth server answers at `HEARTH_HOST` (default
+//! 127.0.0.1:11434), `run`, `list`, `ps`, `pull`, `rm`, `show` and `stop` go through it, as the
+//! `ollama` CLI does, so they see the models it has loaded and share its KV caches.
+
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+/// The server's address variable, shared with `hearth serve`.
+pub const ENV_HOST: &str = "HEARTH_HOST";
+
+pub struct Remote {
+    pub base: String,
+    key: Option<String>,
+}
+
+/// The server at `HEARTH_HOST`, if a hearth server answers there.
+pub fn server() -> Option<Remote> {
+    let host = std::env::var(ENV_HOST).unwrap_or_else(|_| "127.0.0.1:11434".into());
+    let host = host.trim().trim_end_matches('/');
+    let base = if host.starts_with("http://") || host.starts_with("https://") { host.to_string() } else { format!("http://{host}") };
+    let resp = ureq::get(&format!("{base}/")).timeout(Duration::from_millis(500)).call().ok()?;
+    let body = resp.into_string().ok()?;
+    body.starts_with("hearth is running").then(|| Remote { base, key: std::env::var("HEARTH_API_KEY").ok().filter(|k| !k.is_empty()) })
+}
+
+impl Remote {
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let r = ureq::request(method, &format!("{}{path}", self.base)).timeout(Duration::from_secs(3600));
+        match &self.key {
+            Some(k) => r.set("Authorization", &format!("Bearer {k}")),
+            None => r,
+        }
+    }
+
+    fn check(r: Result<ureq::Response, ureq::Error>) -> Result<ureq::Response> {
+        match r {
+            Ok(r) => Ok(r),
+            Err(ureq::Error::Status(code, r)) => {
+                let body: Value = r.into_json().unwrap_or(Value::Null);
+                let msg = body["error"].as_str().map(str::to_string).or_else(|| body["error"]["message"].as_str().map(str::to_string));
+                bail!("{}", msg.unwrap_or_else(|| format!("the server answered {code}")))
+            }
+            Err(e) => bail!("cannot reach the server: {e}"),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Result<Value> {
+        Self::check(self.request("GET", path).call())?.into_json().context("the server sent invalid JSON")
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> Result<ureq::Response> {
+        Self::check(self.request("POST", path).send_json(body))
+    }
+
+    pub fn delete(&self, path: &str, body: Value) -> Result<()> {
+        Self::check(self.request("DELETE", path).send_json(body)).map(drop)
+    }
+
+    /// POSTs and reads the NDJSON stream line by line; an `error` line becomes an error.
+    pub fn stream(&self, path: &str, body: Value) -> Result<impl Iterator<Item = Result<Value>>> {
+        let resp = self.post(path, body)?;
+        let lines = BufReader::new(resp.into_reader()).lines();
+        Ok(lines.map(|l| {
+            let l = l.context("the connection to the server broke")?;
+            let v: Value = serde_json::from_str(&l).context("the server sent invalid JSON")?;
+            if let Some(e) = v["error"].as_str() {
+                bail!("{e}");
+            }
+            Ok(v)
+        }))
+    }
+}
+
+fn human(n: u64) -> String {
+    indicatif::HumanBytes(n).to_string()
+}
+
+pub fn list(r: &Remote, json_out: bool) -> Result<()> {
+    let v = r.get("/api/tags")?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&v["models"])?);
+        return Ok(());
+    }
+    let models = v["models"].as_array().cloned().unwrap_or_default();
+    let width = models.iter().filter_map(|m| m["name"].as_str()).map(str::len).max().unwrap_or(4).max(4);
+    println!("{:width$}  {:12}  {:>9}  {:8}  {:>8}  MODIFIED", "NAME", "ID", "SIZE", "QUANT", "PARAMS");
+    for m in models {
+        println!(
+            "{:width$}  {:12}  {:>9}  {:8}  {:>8}  {}",
+            m["name"].as_str().unwrap_or(""),
+            m["digest"].as_str().unwrap_or("").chars().take(12).collect::<String>(),
+            human(m["size"].as_u64().unwrap_or(0)),
+            m["details"]["quantization_level"].as_str().unwrap_or(""),
+            m["details"]["parameter_size"].as_str().unwrap_or(""),
+            m["modified_at"].as_str().unwrap_or("").split('.').next().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
+pub fn ps(r: &Remote) -> Result<()> {
+    let v = r.get("/api/ps")?;
+    let models = v["models"].as_array().cloned().unwrap_or_default();
+    let width = models.iter().filter_map(|m| m["name"].as_str()).map(str::len).max().unwrap_or(4).max(4);
+    println!("{:width$}  {:12}  {:>9}  {:>7}  UNTIL", "NAME", "ID", "SIZE", "CONTEXT");
+    for m in models {
+        println!(
+            "{:width$}  {:12}  {:>9}  {:>7}  {}",
+            m["name"].as_str().unwrap_or(""),
+            m["digest"].as_str().unwrap_or("").chars().take(12).collect::<String>(),
+            human(m["size"].as_u64().unwrap_or(0)),
+            m["context_length"].as_u64().unwrap_or(0),
+            m["expires_at"].as_str().unwrap_or("").split('.').next().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
+pub fn stop(r: &Remote, model: &str) -> Result<()> {
+    r.post("/api/generate", json!({"model": model, "prompt": "", "keep_alive": 0}))?;
+    eprintln!("stopped {model}");
+    Ok(())
+}
+
+pub fn rm(r: &Remote, models: &[String]) -> Result<()> {
+    for m in models {
+        r.delete("/api/delete", json!({ "model": m }))?;
+        eprintln!("deleted {m}");
+    }
+    Ok(())
+}
+
+pub fn show(r: &Remote, model: &str, json_out: bool) -> Result<()> {
+    let resp = r.post("/api/show", json!({ "model": model }))?;
+    let v: Value = resp.into_json()?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let info = &v["model_info"];
+    let arch = info["general.architecture"].as_str().unwrap_or("?");
+    let key = |k: &str| info[format!("{arch}.{k}")].as_u64().map_or("?".into(), |x| x.to_string());
+    println!("  Model");
+    println!("    architecture        {arch}");
+    println!("    parameters          {}", v["details"]["parameter_size"].as_str().unwrap_or("?"));
+    println!("    context length      {}", key("context_length"));
+    println!("    embedding length    {}", key("embedding_length"));
+    println!("    layers              {}", key("block_count"));
+    println!("    quantization        {}", v["details"]["quantization_level"].as_str().unwrap_or("?"));
+    println!();
+    println!("  Capabilities");
+    for c in v["capabilities"].as_array().cloned().unwrap_or_default() {
+        println!("    {}", c.as_str().unwrap_or(""));
+    }
+    Ok(())
+}
+
+pub fn pull(r: &Remote, reference: &str, insecure: bool) -> Result<()> {
+    let mut last_status = String::new();
+    for line in r.stream("/api/pull", json!({"model": reference, "insecure": insecure, "stream": true}))? {
+        let v = line?;
+        let status = v["status"].as_str().unwrap_or("").to_string();
+        match (v["total"].as_u64(), v["completed"].as_u64()) {
+            (Some(t), Some(c)) if c >= t => eprintln!("{status}: {} done", human(t)),
+            (Some(_), Some(_)) => {}
+            _ if status != last_status => eprintln!("{status}"),
+            _ => {}
+        }
+        last_status = status;
+    }
+    Ok(())
+}
