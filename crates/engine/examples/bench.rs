@@ -39,6 +39,8 @@ fn request(prompt: Vec<i32>, max_tokens: u32) -> GenerateRequest {
         max_tokens: Some(max_tokens),
         stop: Vec::new(),
         ignore_eos: true,
+        grammar: None,
+        logprobs: None,
     }
 }
 

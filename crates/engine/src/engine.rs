@@ -19,6 +19,8 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::grammar::{CompiledGrammar, Grammar};
+use crate::logprobs::{log_softmax_top, TokenLogprob, TokenLogprobs, MAX_TOP_LOGPROBS};
 use crate::model::{Model, ModelOptions};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::text::{StopMatcher, StopOutcome, Utf8Stream};
@@ -154,7 +156,21 @@ pub struct GenerateRequest {
     /// Stop when any of these appears in the output; it is not emitted.
     pub stop: Vec<String>,
     /// Keep generating past end-of-generation tokens (benchmarks, as llama.cpp's `ignore_eos`).
+    /// Not with a grammar: a finished grammar allows nothing but the end.
     pub ignore_eos: bool,
+    /// Constrain the output to a grammar (Ollama's `format: "json"`, OpenAI's
+    /// `response_format: {"type": "json_object"}`: [`Grammar::Json`]). Checked by
+    /// [`Engine::generate`]: one that does not parse is [`EngineError::InvalidRequest`].
+    ///
+    /// Stop strings, `max_tokens` and the end of the context still end the generation, and
+    /// then the text may be an unfinished sentence of the grammar; it is complete when the
+    /// generation ends with [`FinishReason::Stop`] and no stop string matched.
+    pub grammar: Option<Grammar>,
+    /// Report log-probabilities: `None` = off (and free); `Some(n)` = each [`Event::Token`]
+    /// carries the chosen token's log-probability and the `n` most likely tokens
+    /// (0..=[`MAX_TOP_LOGPROBS`]). They are the model's distribution before any sampling
+    /// transform: see [`TokenLogprobs`].
+    pub logprobs: Option<u32>,
 }
 
 impl GenerateRequest {
@@ -165,6 +181,8 @@ impl GenerateRequest {
             max_tokens: None,
             stop: Vec::new(),
             ignore_eos: false,
+            grammar: None,
+            logprobs: None,
         }
     }
 }
@@ -180,15 +198,19 @@ pub enum FinishReason {
     Cancelled,
 }
 
-/// Per-request timings.
+/// Per-request timings and token counts: what a server reports as usage (OpenAI's
+/// `prompt_tokens`/`completion_tokens`, Ollama's `prompt_eval_count`/`eval_count`), counted
+/// by the engine, so nothing needs to be tokenized again to report them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Timings {
-    /// Tokens in the prompt, cached ones included.
+    /// Tokens in the prompt (after tokenization, BOS included), cached ones included.
     pub prompt_tokens: u32,
     /// Prompt tokens whose KV was reused from an earlier request.
     pub cached_tokens: u32,
     /// From the start of prompt processing to the first sampled token.
     pub prompt_ms: f64,
+    /// Tokens generated: one per [`Event::Token`]. The end-of-generation token that ends a
+    /// generation is not counted (it is not part of the answer).
     pub generated_tokens: u32,
     /// From the first sampled token to the end.
     pub generation_ms: f64,
@@ -217,8 +239,13 @@ impl Timings {
 #[derive(Debug, Clone)]
 pub enum Event {
     /// A generated token and the text it releases: possibly empty (an incomplete character or
-    /// a possible stop string is held back), possibly more than its own piece.
-    Token { id: Token, text: String },
+    /// a possible stop string is held back), possibly more than its own piece. `logprobs` is
+    /// there when the request asked for them ([`GenerateRequest::logprobs`]).
+    Token {
+        id: Token,
+        text: String,
+        logprobs: Option<TokenLogprobs>,
+    },
     /// The end. `text` is what was still held back; `reason` says why it ended.
     Done {
         text: String,
@@ -234,6 +261,8 @@ pub enum Event {
 pub struct Output {
     pub text: String,
     pub tokens: Vec<Token>,
+    /// One per token when the request asked for log-probabilities, else empty.
+    pub logprobs: Vec<TokenLogprobs>,
     pub reason: FinishReason,
     pub timings: Timings,
 }
@@ -260,15 +289,17 @@ impl Generation {
     pub fn collect(self) -> Result<Output, EngineError> {
         let mut text = String::new();
         let mut tokens = Vec::new();
+        let mut logprobs = Vec::new();
         for event in self.events.iter() {
             match event {
-                Event::Token { id, text: t } => {
+                Event::Token { id, text: t, logprobs: lp } => {
                     tokens.push(id);
                     text.push_str(&t);
+                    logprobs.extend(lp);
                 }
                 Event::Done { text: t, reason, timings } => {
                     text.push_str(&t);
-                    return Ok(Output { text, tokens, reason, timings });
+                    return Ok(Output { text, tokens, logprobs, reason, timings });
                 }
                 Event::Error(e) => return Err(e),
             }
@@ -305,6 +336,9 @@ struct Job {
     max_tokens: Option<u32>,
     stop: Vec<String>,
     ignore_eos: bool,
+    /// Compiled by `Engine::generate`; moved into the slot's sampler when the job starts.
+    grammar: Option<CompiledGrammar>,
+    logprobs: Option<u32>,
     events: Sender<Event>,
     cancel: Arc<AtomicBool>,
     submitted: Instant,
@@ -410,9 +444,22 @@ impl Engine {
     }
 
     /// Starts a generation. Errors that can be known up front (an empty prompt, a prompt
-    /// longer than the context, bad sampling values) come back here, not as events.
+    /// longer than the context, bad sampling values, a grammar that does not parse) come back
+    /// here, not as events.
     pub fn generate(&self, req: GenerateRequest) -> Result<Generation, EngineError> {
         req.sampling.validate()?;
+        if let Some(n) = req.logprobs {
+            if n > MAX_TOP_LOGPROBS {
+                return Err(EngineError::InvalidRequest(format!(
+                    "at most {MAX_TOP_LOGPROBS} top log-probabilities can be asked for, not {n}"
+                )));
+            }
+        }
+        if req.grammar.is_some() && req.ignore_eos {
+            return Err(EngineError::InvalidRequest(
+                "ignore_eos cannot be combined with a grammar: a finished grammar allows only the end of generation".into(),
+            ));
+        }
         let prompt = match req.prompt {
             Prompt::Text(text) => self.tokenize_prompt(&text)?,
             Prompt::Tokens(tokens) => tokens,
@@ -432,6 +479,8 @@ impl Engine {
                 n_ctx: self.n_ctx_seq,
             });
         }
+        // Last: parsing a grammar is the most work of these checks.
+        let grammar = req.grammar.as_ref().map(|g| CompiledGrammar::new(&self.model, g)).transpose()?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let cancel = Arc::new(AtomicBool::new(false));
         let job = Job {
@@ -440,6 +489,8 @@ impl Engine {
             max_tokens: req.max_tokens,
             stop: req.stop,
             ignore_eos: req.ignore_eos,
+            grammar,
+            logprobs: req.logprobs,
             events: tx,
             cancel: cancel.clone(),
             submitted: Instant::now(),
@@ -762,7 +813,7 @@ impl Worker {
                 .map(|(i, s)| (common_prefix(&s.cache, &job.prompt), std::cmp::Reverse(s.last_used), i))
                 .max();
             let Some((lcp, _, i)) = best else { break };
-            let job = self.queue.pop_front().expect("front exists");
+            let mut job = self.queue.pop_front().expect("front exists");
             // Keep at least one prompt token to evaluate: its logits start the generation.
             let mut keep = lcp.min(job.prompt.len() - 1);
             let seq = self.slots[i].seq;
@@ -776,7 +827,7 @@ impl Worker {
                 }
                 self.slots[i].cache.truncate(keep);
             }
-            let mut sampler = Sampler::new(&job.sampling, self.model.n_vocab(), self.n_ctx_seq);
+            let mut sampler = Sampler::new(&job.sampling, self.model.n_vocab(), self.n_ctx_seq, job.grammar.take());
             let window = if job.sampling.repeat_last_n < 0 { job.prompt.len() } else { job.sampling.repeat_last_n as usize };
             for &t in &job.prompt[job.prompt.len().saturating_sub(window)..] {
                 sampler.accept(t);
@@ -893,19 +944,31 @@ impl Worker {
                 return;
             }
         }
-        let token = a.sampler.sample(ctx, idx);
+        let token = match a.sampler.sample(ctx, idx) {
+            Ok(token) => token,
+            Err(e) => {
+                self.fail(i, e);
+                return;
+            }
+        };
         if !a.job.ignore_eos && self.model.is_eog(token) {
             self.finish(i, FinishReason::Stop);
             return;
         }
         a.generated += 1;
+        let logprobs = a.job.logprobs.and_then(|n| {
+            // SAFETY: the last decode produced output `idx`; no decode runs until `step` is
+            // called again, after this function.
+            let logits = unsafe { crate::sampling::logits(ctx, idx, self.model.n_vocab() as usize) }?;
+            Some(token_logprobs(&self.model, logits, token, n as usize))
+        });
         let piece = self.model.token_piece(token, false);
         let text = a.utf8.push(&piece);
         let (text, stopped) = match a.stop.push(&text) {
             StopOutcome::Continue(t) => (t, false),
             StopOutcome::Stopped(t) => (t, true),
         };
-        if a.job.events.send(Event::Token { id: token, text }).is_err() {
+        if a.job.events.send(Event::Token { id: token, text, logprobs }).is_err() {
             // Nobody listens any more.
             self.finish(i, FinishReason::Cancelled);
             return;
@@ -1043,6 +1106,19 @@ impl Drop for Worker {
     fn drop(&mut self) {
         // SAFETY: the context is ours and freed once, before the model (held by `model`).
         unsafe { sys::llama_free(self.ctx) }
+    }
+}
+
+/// The log-probabilities of `token` and the `n` most likely tokens at an output position.
+fn token_logprobs(model: &Model, logits: &[f32], token: Token, n: usize) -> TokenLogprobs {
+    let (logprob, top) = log_softmax_top(logits, token, n);
+    let entry = |id: Token, logprob: f32| {
+        let bytes = model.token_piece(id, true);
+        TokenLogprob { id, text: String::from_utf8_lossy(&bytes).into_owned(), bytes, logprob }
+    };
+    TokenLogprobs {
+        chosen: entry(token, logprob),
+        top: top.into_iter().map(|(id, lp)| entry(id, lp)).collect(),
     }
 }
 

@@ -4,12 +4,16 @@
 //! - [`Engine`]: one llama.cpp context on its own thread, serving many sequences with
 //!   continuous batching and prompt-cache reuse, streaming [`Event`]s back.
 //! - [`ChatTemplate`]: conversations rendered with the model's own Jinja template.
+//! - [`Grammar`]: output constrained to JSON or any GBNF grammar; [`TokenLogprobs`]: the
+//!   model's log-probabilities of each generated token.
 //! - [`rpc`]: ggml's RPC backend, for spreading a model over machines.
 //!
 //! This crate knows nothing of HTTP, of the command line or of where models are stored.
 
 mod engine;
+mod grammar;
 mod log;
+mod logprobs;
 mod model;
 pub mod rpc;
 mod sampling;
@@ -20,6 +24,8 @@ pub use engine::{
     CacheType, Canceller, Engine, EngineOptions, Event, FinishReason, FlashAttn, GenerateRequest,
     Generation, Output, Prompt, Timings,
 };
+pub use grammar::{Grammar, JSON_OBJECT_GBNF};
+pub use logprobs::{TokenLogprob, TokenLogprobs, MAX_TOP_LOGPROBS};
 pub use model::{default_threads, Model, ModelInfo, ModelOptions};
 pub use sampling::SamplingParams;
 pub use template::{ChatMessage, ChatTemplate};

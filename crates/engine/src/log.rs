@@ -14,6 +14,8 @@ static LAST_ERROR: Mutex<Option<String>> = Mutex::new(None);
 
 thread_local! {
     static LINE: RefCell<(sys::ggml_log_level, String)> = const { RefCell::new((0, String::new())) };
+    /// While [`capture_errors`] runs on this thread: the error lines logged meanwhile.
+    static CAPTURED: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
 }
 
 pub(crate) fn install() {
@@ -26,6 +28,23 @@ pub(crate) fn install() {
 /// Takes the last error llama.cpp logged, if any.
 pub(crate) fn take_last_error() -> Option<String> {
     LAST_ERROR.lock().ok()?.take()
+}
+
+/// Runs `f` and returns the error lines llama.cpp logged on this thread meanwhile (a
+/// grammar that does not parse says why this way). They are the caller's to report, so they
+/// go to `tracing` at debug level only. Per thread: requests on other threads cannot mix in.
+pub(crate) fn capture_errors<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
+    CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    let r = f();
+    // A message without its final newline is still buffered: it belongs to this call.
+    let pending = LINE.with(|line| {
+        let mut line = line.borrow_mut();
+        let text = std::mem::take(&mut line.1);
+        (line.0, text)
+    });
+    emit(pending.0, pending.1.trim_end());
+    let lines = CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    (r, lines)
 }
 
 pub(crate) fn clear_last_error() {
@@ -59,6 +78,17 @@ fn emit(level: sys::ggml_log_level, msg: &str) {
     }
     match level {
         sys::GGML_LOG_LEVEL_ERROR => {
+            let captured = CAPTURED.with(|c| match c.borrow_mut().as_mut() {
+                Some(lines) => {
+                    lines.push(msg.to_string());
+                    true
+                }
+                None => false,
+            });
+            if captured {
+                tracing::debug!(target: "llama.cpp", "{msg}");
+                return;
+            }
             if let Ok(mut e) = LAST_ERROR.lock() {
                 *e = Some(msg.to_string());
             }

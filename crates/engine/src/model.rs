@@ -249,6 +249,11 @@ impl Model {
         self.ptr.as_ptr()
     }
 
+    /// The vocabulary, valid as long as the model.
+    pub(crate) fn vocab_ptr(&self) -> *const sys::llama_vocab {
+        self.vocab.as_ptr()
+    }
+
     /// Text to tokens. `add_special` adds BOS/EOS as the model asks; `parse_special` turns
     /// special-token text such as `<|im_start|>` into those tokens.
     pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<Token>, EngineError> {
@@ -373,4 +378,19 @@ pub fn default_threads() -> usize {
     } else {
         cores.len().min(logical)
     }
+}
+
+/// The test model's vocabulary alone (no weights), for unit tests that need llama.cpp's view of
+/// tokens: `$HEARTH_TEST_MODEL`, else what `scripts/fetch-model.sh` fetches.
+#[cfg(test)]
+pub(crate) fn test_vocab() -> std::sync::Arc<Model> {
+    let path = std::env::var_os("HEARTH_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fetch-model.sh");
+        let out = std::process::Command::new("bash").arg(script).output().expect("run scripts/fetch-model.sh");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    });
+    let mut o = ModelOptions::new(path);
+    o.vocab_only = true;
+    std::sync::Arc::new(Model::load(&o).expect("load the test model's vocabulary"))
 }

@@ -2,6 +2,7 @@
 
 use std::ptr::NonNull;
 
+use crate::grammar::CompiledGrammar;
 use crate::{sys, EngineError, Token};
 
 /// How to pick the next token. Defaults are llama.cpp's.
@@ -85,18 +86,29 @@ impl SamplingParams {
 /// llama.cpp's `LLAMA_DEFAULT_SEED`: pick a random seed.
 const RANDOM_SEED: u32 = 0xFFFF_FFFF;
 
-/// An owned llama.cpp sampler chain.
+/// An owned llama.cpp sampler chain, and the request's grammar if it has one.
+///
+/// Under a grammar a token is picked as llama.cpp's `common_sampler` does: first as if there
+/// were no grammar; if the grammar allows that token it is kept, otherwise the grammar masks
+/// the whole vocabulary and the chain picks again from what is left. For greedy decoding this
+/// is exactly "the most likely token the grammar allows" (the argmax of all tokens, if allowed,
+/// is also the argmax of the allowed ones) at the cost of one token's grammar check instead of
+/// the whole vocabulary's on most steps. The grammar only ever accepts a token it allows.
 pub(crate) struct Sampler {
     chain: NonNull<sys::llama_sampler>,
     /// Plain greedy with no penalties: the chain would copy every logit into a candidate
     /// array each step only to take the maximum, so take it straight from the logits.
-    argmax: Option<i32>,
+    argmax: bool,
+    n_vocab: usize,
+    grammar: Option<CompiledGrammar>,
+    /// The candidate array, reused across steps when a grammar makes us build our own.
+    cur: Vec<sys::llama_token_data>,
 }
 
 impl Sampler {
     /// Builds the chain in llama.cpp's order: penalties, top-k, typical, top-p, min-p,
     /// temperature, then the final pick (greedy or seeded random).
-    pub(crate) fn new(p: &SamplingParams, n_vocab: i32, n_ctx: u32) -> Sampler {
+    pub(crate) fn new(p: &SamplingParams, n_vocab: i32, n_ctx: u32, grammar: Option<CompiledGrammar>) -> Sampler {
         // SAFETY: each sampler created here is handed to the chain, which owns and frees it.
         unsafe {
             let mut cp = sys::llama_sampler_chain_default_params();
@@ -135,43 +147,204 @@ impl Sampler {
             }
             Sampler {
                 chain: NonNull::new(chain).expect("llama_sampler_chain_init returned null"),
-                argmax: (p.temperature <= 0.0 && !penalties).then_some(n_vocab),
+                argmax: p.temperature <= 0.0 && !penalties,
+                n_vocab: n_vocab.max(0) as usize,
+                grammar,
+                cur: Vec::new(),
             }
         }
     }
 
-    /// Feeds a token the model did not sample (the prompt) into the penalty history.
+    /// Feeds a token the model did not sample (the prompt) into the penalty history. The
+    /// grammar does not see it: it constrains the output only.
     pub(crate) fn accept(&mut self, token: Token) {
         // SAFETY: valid chain.
         unsafe { sys::llama_sampler_accept(self.chain.as_ptr(), token) }
     }
 
     /// Samples (and accepts) a token from output `idx` of the last decode.
-    pub(crate) fn sample(&mut self, ctx: *mut sys::llama_context, idx: i32) -> Token {
-        if let Some(n_vocab) = self.argmax {
-            // SAFETY: `ctx` is the live context whose last decode produced output `idx`, whose
-            // logits row holds n_vocab floats.
-            let logits = unsafe { sys::llama_get_logits_ith(ctx, idx) };
-            if !logits.is_null() {
-                let row = unsafe { std::slice::from_raw_parts(logits, n_vocab as usize) };
-                // The first maximum wins, as in llama.cpp's greedy sampler.
-                let mut best = 0;
-                for (i, &v) in row.iter().enumerate() {
-                    if v > row[best] {
-                        best = i;
-                    }
-                }
-                return best as Token;
-            }
+    ///
+    /// Fails only under a grammar that allows no token of the vocabulary at this point.
+    pub(crate) fn sample(&mut self, ctx: *mut sys::llama_context, idx: i32) -> Result<Token, EngineError> {
+        // SAFETY: `ctx` is the live context whose last decode produced output `idx`, and no
+        // decode runs while `logits` is used (this thread is the context's only user).
+        let Some(logits) = (unsafe { logits(ctx, idx, self.n_vocab) }) else {
+            return Err(EngineError::Context(format!("llama.cpp has no logits for output {idx} of the last decode")));
+        };
+        if self.grammar.is_none() && !self.argmax {
+            // SAFETY: `ctx` is the live context whose last decode produced output `idx`.
+            return Ok(unsafe { sys::llama_sampler_sample(self.chain.as_ptr(), ctx, idx) });
         }
-        // SAFETY: `ctx` is the live context whose last decode produced output `idx`.
-        unsafe { sys::llama_sampler_sample(self.chain.as_ptr(), ctx, idx) }
+        self.sample_logits(logits)
     }
+
+    /// [`Self::sample`] from a row of logits: the argmax fast path, or a pick under a grammar.
+    fn sample_logits(&mut self, logits: &[f32]) -> Result<Token, EngineError> {
+        let chain = self.chain.as_ptr();
+        let Some(grammar) = self.grammar.as_mut() else {
+            // Without a grammar this is only called for plain greedy.
+            return Ok(argmax(logits));
+        };
+        let first = if self.argmax {
+            argmax(logits)
+        } else {
+            pick(&mut self.cur, logits, chain, None).ok_or_else(no_candidate)?
+        };
+        let token = if grammar.allows(first) {
+            first
+        } else {
+            pick(&mut self.cur, logits, chain, Some(&mut *grammar)).ok_or_else(|| {
+                EngineError::InvalidRequest("the grammar allows no token of the model's vocabulary here".into())
+            })?
+        };
+        grammar.accept(token);
+        // SAFETY: valid chain.
+        unsafe { sys::llama_sampler_accept(chain, token) };
+        Ok(token)
+    }
+}
+
+/// Output `idx`'s logits, one per token of the vocabulary; `None` if llama.cpp has none.
+///
+/// # Safety
+///
+/// `ctx` must be a live context whose last decode produced output `idx`, and `n_vocab` its
+/// model's vocabulary size. The slice borrows the context's logits buffer: the caller must not
+/// decode on, or free, the context while it holds the slice.
+pub(crate) unsafe fn logits<'a>(ctx: *mut sys::llama_context, idx: i32, n_vocab: usize) -> Option<&'a [f32]> {
+    // SAFETY: see above; a non-null row holds n_vocab floats.
+    unsafe {
+        let p = sys::llama_get_logits_ith(ctx, idx);
+        (!p.is_null()).then(|| std::slice::from_raw_parts(p, n_vocab))
+    }
+}
+
+/// The most likely token; the first of equal ones, as llama.cpp's greedy sampler.
+fn argmax(logits: &[f32]) -> Token {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as Token
+}
+
+/// Runs the chain (after the grammar's mask, if given) over all of `logits` without accepting;
+/// `None` when it selects nothing or a token the mask ruled out.
+fn pick(
+    cur: &mut Vec<sys::llama_token_data>,
+    logits: &[f32],
+    chain: *mut sys::llama_sampler,
+    grammar: Option<&mut CompiledGrammar>,
+) -> Option<Token> {
+    cur.clear();
+    cur.extend(logits.iter().enumerate().map(|(id, &logit)| sys::llama_token_data { id: id as Token, logit, p: 0.0 }));
+    let mut arr = sys::llama_token_data_array { data: cur.as_mut_ptr(), size: cur.len(), selected: -1, sorted: false };
+    if let Some(g) = grammar {
+        g.apply(&mut arr);
+    }
+    // SAFETY: valid chain; `arr` describes `cur`, which outlives the call. Samplers may shrink
+    // `size` or reorder the entries, so the selection is read through `arr`.
+    unsafe { sys::llama_sampler_apply(chain, &mut arr) };
+    if arr.selected < 0 || arr.selected as usize >= arr.size {
+        return None;
+    }
+    // SAFETY: selected < size, and `arr.data` holds `size` entries.
+    let chosen = unsafe { *arr.data.add(arr.selected as usize) };
+    (chosen.logit != f32::NEG_INFINITY && !chosen.logit.is_nan()).then_some(chosen.id)
+}
+
+fn no_candidate() -> EngineError {
+    EngineError::Context("the sampler chain selected no token".into())
 }
 
 impl Drop for Sampler {
     fn drop(&mut self) {
         // SAFETY: we own the chain, which frees the samplers it holds.
         unsafe { sys::llama_sampler_free(self.chain.as_ptr()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The grammar path against its definition, on the test model's vocabulary and made-up
+    //! logits.
+
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::grammar::Grammar;
+    use crate::model::{test_vocab, Model};
+
+    impl Sampler {
+        /// The definition: the grammar masks the whole vocabulary, then the chain picks.
+        fn sample_grammar_first(&mut self, logits: &[f32]) -> Token {
+            let chain = self.chain.as_ptr();
+            let grammar = self.grammar.as_mut().expect("a grammar");
+            let token = pick(&mut self.cur, logits, chain, Some(&mut *grammar)).expect("an allowed token");
+            grammar.accept(token);
+            // SAFETY: valid chain.
+            unsafe { sys::llama_sampler_accept(chain, token) };
+            token
+        }
+    }
+
+    fn sampler(model: &Arc<Model>, p: &SamplingParams) -> Sampler {
+        let g = CompiledGrammar::new(model, &Grammar::Json).unwrap();
+        Sampler::new(p, model.n_vocab(), 4096, Some(g))
+    }
+
+    /// A small deterministic generator (xorshift), so failures reproduce.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn greedy_under_a_grammar_is_the_most_likely_allowed_token() {
+        let model = test_vocab();
+        let n_vocab = model.n_vocab() as usize;
+        for params in [SamplingParams::greedy(), SamplingParams { repeat_penalty: 1.3, ..SamplingParams::greedy() }] {
+            let mut fast = sampler(&model, &params);
+            let mut reference = sampler(&model, &params);
+            assert_eq!(fast.argmax, params.repeat_penalty == 1.0);
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+            let (mut kept, mut repicked) = (0, 0);
+            for step in 0..120 {
+                let mut logits: Vec<f32> = (0..n_vocab).map(|_| (rng.below(2000) as f32) / 100.0).collect();
+                // Every other step the grammar allows the most likely token (the fast path
+                // keeps it), sometimes tied with a second allowed one (the lower id wins).
+                if step % 2 == 0 {
+                    let g = fast.grammar.as_mut().unwrap();
+                    let mut allowed = (0..n_vocab as Token).filter(|_| rng.below(50) == 0).filter(|&t| g.allows(t));
+                    if let Some(t) = allowed.next() {
+                        logits[t as usize] = 100.0;
+                        if let Some(u) = allowed.next() {
+                            if step % 4 == 0 {
+                                logits[u as usize] = 100.0;
+                            }
+                        }
+                    }
+                }
+                let first = argmax(&logits);
+                let a = fast.sample_logits(&logits).unwrap();
+                let b = reference.sample_grammar_first(&logits);
+                assert_eq!(a, b, "step {step}");
+                if a == first { kept += 1 } else { repicked += 1 }
+                if model.is_eog(a) {
+                    break;
+                }
+            }
+            assert!(kept > 10 && repicked > 10, "both paths ran: kept {kept}, repicked {repicked}");
+        }
     }
 }

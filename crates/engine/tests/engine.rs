@@ -1,5 +1,6 @@
 //! The engine on the real test model: greedy parity with llama.cpp, continuous batching,
-//! prompt-cache reuse, stop strings, UTF-8 streaming, limits, cancellation, embeddings.
+//! prompt-cache reuse, stop strings, UTF-8 streaming, limits, cancellation, embeddings,
+//! grammar-constrained output, log-probabilities.
 
 mod common;
 
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{chat_prompt, engine};
 use hearth_engine::{
-    EngineError, Event, FinishReason, GenerateRequest, Output, Prompt, SamplingParams,
+    EngineError, Event, FinishReason, GenerateRequest, Grammar, Output, Prompt, SamplingParams,
 };
 use hearth_engine::text::Utf8Stream;
 
@@ -18,6 +19,8 @@ fn greedy(prompt: &str, max_tokens: u32) -> GenerateRequest {
         max_tokens: Some(max_tokens),
         stop: Vec::new(),
         ignore_eos: false,
+        grammar: None,
+        logprobs: None,
     }
 }
 
@@ -157,7 +160,7 @@ fn multibyte_characters_split_across_tokens_are_never_emitted_broken() {
     let mut tokens = Vec::new();
     for ev in g.events.iter() {
         match ev {
-            Event::Token { id, text } => {
+            Event::Token { id, text, .. } => {
                 tokens.push(id);
                 all.push_str(&text);
             }
@@ -277,4 +280,215 @@ fn embeddings_are_normalised_and_distinguish_texts() {
     // Generation still works, and gives the same answer, after embedding on the same context.
     let out = run(&e, greedy(&chat_prompt("What is the capital of France?"), 32));
     assert_eq!(out.text, UPSTREAM_GREEDY);
+}
+
+// Grammar-constrained output.
+
+fn with_grammar(prompt: &str, grammar: Grammar, max_tokens: u32) -> GenerateRequest {
+    GenerateRequest { grammar: Some(grammar), ..greedy(&chat_prompt(prompt), max_tokens) }
+}
+
+/// Whether `text` is JSON cut short: nothing wrong in it except that it ends too early.
+fn is_json_prefix(text: &str) -> bool {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(_) => true,
+        Err(e) => e.is_eof(),
+    }
+}
+
+#[test]
+fn json_grammar_gives_a_json_object() {
+    let e = engine(1, 1024);
+    let out = run(&e, with_grammar("Give me a JSON object describing a cat with its name and age.", Grammar::Json, 400));
+    assert_eq!(out.reason, FinishReason::Stop, "the object is closed and the model ends: {:?}", out.text);
+    let v: serde_json::Value = serde_json::from_str(&out.text).unwrap_or_else(|err| panic!("{err}: {:?}", out.text));
+    assert!(v.is_object() && !v.as_object().unwrap().is_empty(), "{v}");
+    assert!(out.text.starts_with('{') && out.text.ends_with('}'), "{:?}", out.text);
+    // Without the grammar the model answers in prose around the JSON, or not at all.
+    let free = run(&e, greedy(&chat_prompt("Give me a JSON object describing a cat with its name and age."), 400));
+    assert!(serde_json::from_str::<serde_json::Value>(&free.text).is_err(), "{:?}", free.text);
+}
+
+#[test]
+fn json_grammar_holds_under_sampling_and_penalties() {
+    let e = engine(2, 1024);
+    let mut sampled = with_grammar("Describe a dog as JSON.", Grammar::Json, 200);
+    sampled.sampling = SamplingParams { seed: Some(42), temperature: 1.0, ..SamplingParams::default() };
+    let mut penalised = with_grammar("Describe a dog as JSON.", Grammar::Json, 200);
+    penalised.sampling.repeat_penalty = 1.3;
+    // Together in one batch, with a plain request beside them.
+    let gens = [sampled.clone(), penalised, greedy(&chat_prompt("List three colors."), 24)]
+        .into_iter()
+        .map(|r| e.generate(r).unwrap())
+        .collect::<Vec<_>>();
+    let outs: Vec<Output> = gens.into_iter().map(|g| g.collect().unwrap()).collect();
+    for out in &outs[..2] {
+        match out.reason {
+            FinishReason::Stop => {
+                let v: serde_json::Value = serde_json::from_str(&out.text).unwrap_or_else(|err| panic!("{err}: {:?}", out.text));
+                assert!(v.is_object(), "{v}");
+            }
+            _ => assert!(is_json_prefix(&out.text) && out.text.starts_with('{'), "{:?}", out.text),
+        }
+    }
+    assert_eq!(outs[2].text, run(&engine(1, 512), greedy(&chat_prompt("List three colors."), 24)).text);
+    // Seeded sampling under a grammar is reproducible.
+    assert_eq!(run(&e, sampled).tokens, outs[0].tokens);
+}
+
+#[test]
+fn a_grammar_forces_text_the_model_would_not_choose() {
+    let e = engine(1, 512);
+    let grammar = Grammar::Gbnf("root ::= \"The answer is \" (\"yes\" | \"no\") \". Really.\"\n".into());
+    let out = run(&e, with_grammar("What is the capital of France?", grammar, 64));
+    assert_eq!(out.reason, FinishReason::Stop, "{:?}", out.text);
+    assert!(out.text == "The answer is yes. Really." || out.text == "The answer is no. Really.", "{:?}", out.text);
+    assert_eq!(out.timings.generated_tokens as usize, out.tokens.len());
+    // The engine goes on unconstrained afterwards.
+    let plain = run(&e, greedy(&chat_prompt("What is the capital of France?"), 32));
+    assert_eq!(plain.text, UPSTREAM_GREEDY);
+}
+
+#[test]
+fn stop_strings_and_max_tokens_still_end_a_constrained_generation() {
+    let e = engine(1, 1024);
+    let prompt = "Give me a JSON object describing a cat with its name and age.";
+    let full = run(&e, with_grammar(prompt, Grammar::Json, 400));
+    let mut limited = with_grammar(prompt, Grammar::Json, 5);
+    let out = run(&e, limited.clone());
+    assert_eq!(out.reason, FinishReason::Length);
+    assert_eq!(out.tokens, full.tokens[..5]);
+    assert!(is_json_prefix(&out.text), "{:?}", out.text);
+    // A stop string inside the object: the text before it, and the reason is Stop.
+    limited.max_tokens = Some(400);
+    limited.stop = vec!["\":".into()];
+    let out = run(&e, limited);
+    assert_eq!(out.reason, FinishReason::Stop);
+    let cut = full.text.find("\":").expect("a key in the object");
+    assert_eq!(out.text, full.text[..cut]);
+}
+
+#[test]
+fn bad_grammars_and_logprob_requests_are_clear_errors() {
+    let e = engine(1, 256);
+    let err = |grammar: &str| -> String {
+        match e.generate(with_grammar("Hi", Grammar::Gbnf(grammar.into()), 4)) {
+            Err(EngineError::InvalidRequest(m)) => m,
+            other => panic!("{grammar:?}: expected InvalidRequest, got {:?}", other.err()),
+        }
+    };
+    assert!(err("").contains("empty"));
+    assert!(err("  \n").contains("empty"));
+    assert!(err("root ::= \"unterminated").contains("grammar"));
+    assert!(err("root ::= [a-").contains("grammar"));
+    assert!(err("start ::= \"x\"").contains("root"), "{}", err("start ::= \"x\""));
+    assert!(err("root ::= root \"x\"").contains("left recursion"), "{}", err("root ::= root \"x\""));
+    assert!(err("root ::= missing").contains("grammar"));
+    assert!(err("root ::= \"a\0\"").contains("NUL"));
+    let mut eos = with_grammar("Hi", Grammar::Json, 4);
+    eos.ignore_eos = true;
+    assert!(e.generate(eos).err().unwrap().to_string().contains("ignore_eos"));
+    let too_many = GenerateRequest { logprobs: Some(21), ..greedy("Hi", 4) };
+    assert!(matches!(e.generate(too_many), Err(EngineError::InvalidRequest(m)) if m.contains("20")));
+    // A grammar llama.cpp accepts but no token can satisfy (a token id beyond the vocabulary)
+    // fails the request; llama.cpp never sees a token its grammar rejects (it would abort).
+    match e.generate(with_grammar("Hi", Grammar::Gbnf("root ::= <[99999999]>".into()), 4)) {
+        Ok(g) => match g.collect() {
+            Err(EngineError::InvalidRequest(m)) => assert!(m.contains("allows no token"), "{m}"),
+            other => panic!("expected an error event, got {other:?}"),
+        },
+        Err(EngineError::InvalidRequest(_)) => {}
+        Err(other) => panic!("{other}"),
+    }
+    // None of this hurt the engine.
+    let out = run(&e, with_grammar("Say yes.", Grammar::Gbnf("root ::= \"yes\"".into()), 8));
+    assert_eq!((out.text.as_str(), out.reason), ("yes", FinishReason::Stop));
+}
+
+// Log-probabilities.
+
+fn with_logprobs(prompt: &str, n: Option<u32>, max_tokens: u32) -> GenerateRequest {
+    GenerateRequest { logprobs: n, ..greedy(&chat_prompt(prompt), max_tokens) }
+}
+
+#[test]
+fn greedy_tokens_are_the_most_likely_and_top_logprobs_are_sorted() {
+    let e = engine(1, 512);
+    let plain = run(&e, with_logprobs("What is the capital of France?", None, 32));
+    assert!(plain.logprobs.is_empty());
+    let out = run(&e, with_logprobs("What is the capital of France?", Some(5), 32));
+    // Asking for log-probabilities changes nothing else.
+    assert_eq!(out.text, UPSTREAM_GREEDY);
+    assert_eq!(out.tokens, plain.tokens);
+    assert_eq!(out.logprobs.len(), out.tokens.len());
+    for (lp, &id) in out.logprobs.iter().zip(&out.tokens) {
+        assert_eq!(lp.chosen.id, id);
+        assert_eq!(lp.chosen.bytes, e.model().token_piece(id, true));
+        assert_eq!(lp.chosen.text, String::from_utf8_lossy(&lp.chosen.bytes));
+        assert_eq!(lp.top.len(), 5);
+        // Greedy picks the most likely token, so it heads the list.
+        assert_eq!(lp.top[0].id, id);
+        assert_eq!(lp.top[0].logprob, lp.chosen.logprob);
+        assert!(lp.top.windows(2).all(|w| w[0].logprob >= w[1].logprob), "{:?}", lp.top);
+        assert!(lp.top.iter().all(|t| t.logprob <= 0.0 && t.logprob.is_finite()));
+        let mass: f32 = lp.top.iter().map(|t| t.logprob.exp()).sum();
+        assert!(mass <= 1.0 + 1e-4, "{mass}");
+        let mut ids: Vec<_> = lp.top.iter().map(|t| t.id).collect();
+        ids.dedup();
+        assert_eq!(ids.len(), 5);
+    }
+    // " Paris" is a confident answer: most of the mass on one token somewhere.
+    assert!(out.logprobs.iter().any(|lp| lp.chosen.logprob > -0.1));
+}
+
+#[test]
+fn zero_top_logprobs_gives_the_chosen_token_only_and_events_carry_them() {
+    let e = engine(1, 512);
+    let g = e.generate(with_logprobs("List three colors.", Some(0), 8)).unwrap();
+    let mut n = 0;
+    for ev in g.events.iter() {
+        match ev {
+            Event::Token { id, logprobs, .. } => {
+                let lp = logprobs.expect("asked for");
+                assert_eq!(lp.chosen.id, id);
+                assert!(lp.top.is_empty());
+                assert!(lp.chosen.logprob <= 0.0);
+                n += 1;
+            }
+            Event::Done { .. } => break,
+            Event::Error(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(n, 8);
+    // Off: no event carries any.
+    let g = e.generate(with_logprobs("List three colors.", None, 8)).unwrap();
+    for ev in g.events.iter() {
+        match ev {
+            Event::Token { logprobs, .. } => assert!(logprobs.is_none()),
+            Event::Done { .. } => break,
+            Event::Error(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn logprobs_are_the_models_own_under_sampling_and_grammar() {
+    let e = engine(1, 1024);
+    let mut req = with_grammar("Give me a JSON object describing a cat with its name and age.", Grammar::Json, 40);
+    req.logprobs = Some(3);
+    let out = run(&e, req);
+    assert_eq!(out.logprobs.len(), out.tokens.len());
+    // The grammar forces tokens the model would not pick first (`{` right away), and the
+    // log-probabilities say so: they are from before the grammar.
+    assert!(out.logprobs.iter().any(|lp| lp.top[0].id != lp.chosen.id), "the grammar never overrode the model");
+    for lp in &out.logprobs {
+        assert!(lp.chosen.logprob <= lp.top[0].logprob);
+    }
+    let mut req = with_logprobs("Tell me a story.", Some(2), 24);
+    req.sampling = SamplingParams { seed: Some(42), temperature: 1.5, ..SamplingParams::default() };
+    let out = run(&e, req);
+    for lp in &out.logprobs {
+        assert!(lp.chosen.logprob <= lp.top[0].logprob);
+        assert!(lp.chosen.logprob.is_finite());
+    }
 }

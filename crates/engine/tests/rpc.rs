@@ -61,7 +61,9 @@ fn a_model_offloaded_to_an_rpc_server_decodes_exactly_like_the_local_one() {
             sampling: SamplingParams::greedy(),
             max_tokens: Some(32),
             stop: Vec::new(),
-        ignore_eos: false,
+            ignore_eos: false,
+            grammar: None,
+            logprobs: None,
         })
         .unwrap()
         .collect()

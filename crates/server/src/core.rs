@@ -131,6 +131,8 @@ pub fn route_label(path: &str) -> String {
 #[derive(Debug)]
 pub enum Event {
     Text(String),
+    /// A token's log-probabilities (only when the request asked), before its text.
+    Logprobs(crate::runner::Logprobs),
     Done { reason: String, timings: Timings },
     /// After streaming started; becomes a last error line / frame.
     Error(String),
@@ -204,7 +206,12 @@ pub async fn start(state: &Shared, model: &str, load: &LoadOptions, request: Req
                 },
             };
             let event = match r {
-                Reply::Token { text, .. } => {
+                Reply::Token { text, logprobs, .. } => {
+                    if let Some(l) = logprobs {
+                        if tx.send(Event::Logprobs(l)).await.is_err() {
+                            return;
+                        }
+                    }
                     let now = Instant::now();
                     if first_token {
                         metrics.ttft(now.duration_since(started));

@@ -293,7 +293,7 @@ async fn respond(
         }
         return axum::Json(v).into_response();
     }
-    let request = Request::Generate { prompt, sampling: o.sampling, max_tokens: o.max_tokens, stop: o.stop, json: json_mode, ignore_eos: false };
+    let request = Request::Generate { prompt, sampling: o.sampling, max_tokens: o.max_tokens, stop: o.stop, json: json_mode, ignore_eos: false, logprobs: None };
     let mut running = match core::start(&s, &model, &load, request).await {
         Ok(r) => r,
         Err(e) => return e.ollama(),
@@ -322,6 +322,7 @@ async fn respond(
         while let Some(e) = running.events.recv().await {
             match e {
                 Event::Text(t) => text.push_str(&t),
+                Event::Logprobs(_) => {}
                 Event::Done { reason, timings } => {
                     let v = last(chunk(&text), &reason, &timings, running.load, running.started.elapsed());
                     return axum::Json(v).into_response();
@@ -336,6 +337,7 @@ async fn respond(
         while let Some(e) = running.events.recv().await {
             let line = match e {
                 Event::Text(t) if t.is_empty() => continue,
+                Event::Logprobs(_) => continue,
                 Event::Text(t) => ndjson_line(&chunk(&t)),
                 Event::Done { reason, timings } => {
                     let v = last(chunk(""), &reason, &timings, running.load, running.started.elapsed());

@@ -137,6 +137,12 @@ struct Common {
     /// llama-server's extension: keep generating past end-of-generation (benchmarks).
     #[serde(default)]
     ignore_eos: bool,
+    /// Chat: `true` to get log-probabilities; completions: how many alternatives (0–20).
+    #[serde(default)]
+    logprobs: Option<Value>,
+    /// Chat: how many alternatives per token (0–20).
+    #[serde(default)]
+    top_logprobs: Option<u32>,
 }
 
 // The shared fields are parsed on their own (not `flatten`ed), so errors keep the field name.
@@ -170,6 +176,23 @@ impl Common {
             seed: self.seed.and_then(|s| u32::try_from(s.rem_euclid(1 << 32)).ok()),
             ..Sampling::default()
         })
+    }
+
+    /// How many alternatives to report per token, when log-probabilities are asked for.
+    fn logprobs(&self, is_chat: bool) -> Result<Option<u32>, ApiError> {
+        let n = match (&self.logprobs, is_chat) {
+            (None | Some(Value::Null), _) | (Some(Value::Bool(false)), true) => None,
+            (Some(Value::Bool(true)), true) => Some(self.top_logprobs.unwrap_or(0)),
+            (Some(Value::Number(n)), false) => Some(n.as_u64().unwrap_or(0) as u32),
+            (Some(other), true) => return Err(ApiError::bad_request(format!("invalid field `logprobs`: expected true or false, got {other}"))),
+            (Some(other), false) => return Err(ApiError::bad_request(format!("invalid field `logprobs`: expected a number, got {other}"))),
+        };
+        if let Some(n) = n {
+            if n > 20 {
+                return Err(ApiError::bad_request(format!("invalid field `top_logprobs`: {n} is more than 20")));
+            }
+        }
+        Ok(n)
     }
 
     fn json(&self) -> Result<bool, ApiError> {
@@ -257,6 +280,10 @@ async fn run(s: Shared, c: Common, prompt: PromptSpec, is_chat: bool) -> Respons
         Ok(j) => j,
         Err(e) => return e.openai(),
     };
+    let logprobs = match c.logprobs(is_chat) {
+        Ok(l) => l,
+        Err(e) => return e.openai(),
+    };
     let name = hearth_store::reference::normalize_name(&c.model).unwrap_or(c.model.clone());
     let request = Request::Generate {
         prompt,
@@ -265,6 +292,7 @@ async fn run(s: Shared, c: Common, prompt: PromptSpec, is_chat: bool) -> Respons
         stop: c.stop.map(Stop::into_vec).unwrap_or_default(),
         json: json_mode,
         ignore_eos: c.ignore_eos,
+        logprobs,
     };
     let mut running = match core::start(&s, &c.model, &LoadOptions::default(), request).await {
         Ok(r) => r,
@@ -275,14 +303,17 @@ async fn run(s: Shared, c: Common, prompt: PromptSpec, is_chat: bool) -> Respons
     let object = if is_chat { "chat.completion" } else { "text_completion" };
     if !c.stream {
         let mut text = String::new();
+        let mut lps = Vec::new();
         while let Some(e) = running.events.recv().await {
             match e {
                 Event::Text(t) => text.push_str(&t),
+                Event::Logprobs(l) => lps.push(l),
                 Event::Done { reason, timings: t } => {
+                    let lp = logprobs.map(|_| logprobs_json(&lps, is_chat)).unwrap_or(Value::Null);
                     let choice = if is_chat {
-                        json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason(&reason), "logprobs": null})
+                        json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason(&reason), "logprobs": lp})
                     } else {
-                        json!({"index": 0, "text": text, "finish_reason": finish_reason(&reason), "logprobs": null})
+                        json!({"index": 0, "text": text, "finish_reason": finish_reason(&reason), "logprobs": lp})
                     };
                     return axum::Json(json!({
                         "id": id, "object": object, "created": created, "model": name,
@@ -306,24 +337,32 @@ async fn run(s: Shared, c: Common, prompt: PromptSpec, is_chat: bool) -> Respons
             }
             format!("data: {}\n\n", serde_json::to_string(&v).expect("values serialize"))
         };
-        let delta = |text: &str, first: bool| -> Value {
+        let delta = |text: &str, first: bool, lp: Value| -> Value {
             if is_chat {
                 let mut d = json!({"content": text});
                 if first {
                     d["role"] = json!("assistant");
                 }
-                json!([{"index": 0, "delta": d, "finish_reason": null, "logprobs": null}])
+                json!([{"index": 0, "delta": d, "finish_reason": null, "logprobs": lp}])
             } else {
-                json!([{"index": 0, "text": text, "finish_reason": null, "logprobs": null}])
+                json!([{"index": 0, "text": text, "finish_reason": null, "logprobs": lp}])
             }
         };
-        if is_chat && tx.send(Ok(frame(delta("", true), None))).await.is_err() {
+        if is_chat && tx.send(Ok(frame(delta("", true, Value::Null), None))).await.is_err() {
             return;
         }
+        let mut pending: Vec<crate::runner::Logprobs> = Vec::new();
         while let Some(e) = running.events.recv().await {
             let out = match e {
-                Event::Text(t) if t.is_empty() => continue,
-                Event::Text(t) => frame(delta(&t, false), None),
+                Event::Logprobs(l) => {
+                    pending.push(l);
+                    continue;
+                }
+                Event::Text(t) if t.is_empty() && pending.is_empty() => continue,
+                Event::Text(t) => {
+                    let lp = if pending.is_empty() { Value::Null } else { logprobs_json(&std::mem::take(&mut pending), is_chat) };
+                    frame(delta(&t, false, lp), None)
+                }
                 Event::Done { reason, timings: t } => {
                     let last = if is_chat {
                         json!([{"index": 0, "delta": {}, "finish_reason": finish_reason(&reason), "logprobs": null}])
@@ -350,6 +389,29 @@ async fn run(s: Shared, c: Common, prompt: PromptSpec, is_chat: bool) -> Respons
         }
     });
     ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], crate::stream_body(rx)).into_response()
+}
+
+/// OpenAI's logprobs object: `{content: [{token, logprob, bytes, top_logprobs}]}` for chat,
+/// `{tokens, token_logprobs, top_logprobs}` for completions.
+fn logprobs_json(lps: &[crate::runner::Logprobs], is_chat: bool) -> Value {
+    if is_chat {
+        let content: Vec<Value> = lps
+            .iter()
+            .map(|l| {
+                json!({
+                    "token": l.chosen.token, "logprob": l.chosen.logprob, "bytes": l.chosen.bytes,
+                    "top_logprobs": l.top.iter().map(|a| json!({"token": a.token, "logprob": a.logprob, "bytes": a.bytes})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({ "content": content })
+    } else {
+        json!({
+            "tokens": lps.iter().map(|l| l.chosen.token.clone()).collect::<Vec<_>>(),
+            "token_logprobs": lps.iter().map(|l| l.chosen.logprob).collect::<Vec<_>>(),
+            "top_logprobs": lps.iter().map(|l| l.top.iter().map(|a| (a.token.clone(), json!(a.logprob))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+        })
+    }
 }
 
 fn rand_id() -> u64 {

@@ -125,7 +125,7 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
                 Err(e) => send(&mut writer, &error_reply(&e)),
             }
         }
-        Request::Generate { prompt, sampling, max_tokens, stop, json, ignore_eos } => {
+        Request::Generate { prompt, sampling, max_tokens, stop, json, ignore_eos, logprobs } => {
             let text = match prompt {
                 PromptSpec::Text(t) => t,
                 PromptSpec::Messages(m) => match state.template.render(&messages(&m), true) {
@@ -149,8 +149,9 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
             req.max_tokens = max_tokens;
             req.stop = stop;
             req.ignore_eos = ignore_eos;
+            req.logprobs = logprobs;
             if json {
-                set_json_grammar(&mut req);
+                req.grammar = Some(hearth_engine::Grammar::Json);
             }
             let generation = match state.engine.generate(req) {
                 Ok(g) => g,
@@ -173,7 +174,18 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
             });
             for event in generation.events.iter() {
                 let reply = match event {
-                    Event::Token { id, text, .. } => Reply::Token { id, text },
+                    Event::Token { id, text, logprobs } => Reply::Token {
+                        id,
+                        text,
+                        logprobs: logprobs.map(|l| {
+                            let alt = |t: &hearth_engine::TokenLogprob| super::Alternative {
+                                token: t.text.clone(),
+                                bytes: t.bytes.clone(),
+                                logprob: t.logprob,
+                            };
+                            super::Logprobs { chosen: alt(&l.chosen), top: l.top.iter().map(alt).collect() }
+                        }),
+                    },
                     Event::Done { text, reason, timings } => {
                         let reply = Reply::Done {
                             text,
@@ -208,6 +220,3 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
         }
     }
 }
-
-/// Constrains the output to a JSON object (Ollama's `format: "json"`, OpenAI's json_object).
-fn set_json_grammar(_req: &mut GenerateRequest) {}

@@ -99,6 +99,9 @@ pub enum Request {
         /// Keep going past end-of-generation tokens (llama-server's `ignore_eos`, benchmarks).
         #[serde(default)]
         ignore_eos: bool,
+        /// Report each token's log-probability and this many alternatives.
+        #[serde(default)]
+        logprobs: Option<u32>,
     },
     Embed {
         inputs: Vec<String>,
@@ -135,6 +138,21 @@ pub struct Timings {
     pub load_ms: f64,
 }
 
+/// One alternative token and its log-probability.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Alternative {
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+}
+
+/// The log-probability of a generated token, and the most likely alternatives.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Logprobs {
+    pub chosen: Alternative,
+    pub top: Vec<Alternative>,
+}
+
 /// Why a request failed, so the server can pick an HTTP status.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -149,7 +167,12 @@ pub enum ErrorKind {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
-    Token { id: i32, text: String },
+    Token {
+        id: i32,
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        logprobs: Option<Logprobs>,
+    },
     Done { text: String, reason: String, timings: Timings },
     Embeddings { embeddings: Vec<Vec<f32>>, prompt_tokens: u32 },
     Rendered { text: String, tokens: u32 },
