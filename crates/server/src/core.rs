@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use crate::runner::client::RunnerError;
+use crate::runner::client::{ReplyStream, RunnerError};
 use crate::runner::{ErrorKind, Reply, Request, Timings};
 use crate::scheduler::{Lease, LoadOptions, SchedError};
 use crate::Shared;
@@ -147,19 +147,18 @@ pub struct Running {
     pub n_ctx: u32,
 }
 
-/// Loads the model (if needed) and starts `request` on it. Errors that come before the first
-/// token (unknown model, prompt too long, bad values) are returned here so the API can answer
-/// with a status code; later ones arrive as [`Event::Error`].
-pub async fn start(state: &Shared, model: &str, load: &LoadOptions, request: Request) -> Result<Running, ApiError> {
+/// Acquires the model and sends `request` to its runner; returns the lease, the stream and
+/// its first reply, and how long loading took. A runner that died since its last request is
+/// found out here: it is marked dead, and a second attempt starts a fresh one. An error reply
+/// becomes an [`ApiError`] with the right status.
+async fn open(state: &Shared, model: &str, load: &LoadOptions, request: &Request) -> Result<(Lease, ReplyStream, Reply, Duration), ApiError> {
     let started = Instant::now();
     let was_loaded = state.sched.loaded().iter().any(|m| hearth_store::reference::normalize_name(model).is_ok_and(|n| n == m.name));
-    // A runner that died since its last request is found out here: it is marked dead, and a
-    // second attempt starts a fresh one.
     let mut attempt = 0;
-    let (lease, mut stream, first) = loop {
+    loop {
         attempt += 1;
         let lease = state.sched.acquire(model, load).await?;
-        let mut stream = match lease.model.runner.request(&request).await {
+        let mut stream = match lease.model.runner.request(request).await {
             Ok(s) => s,
             Err(_) if attempt == 1 => continue,
             Err(e) => return Err(e.into()),
@@ -171,16 +170,25 @@ pub async fn start(state: &Shared, model: &str, load: &LoadOptions, request: Req
                     ErrorKind::Internal => ApiError::internal(message),
                 })
             }
-            Some(Ok(r)) => break (lease, stream, r),
+            Some(Ok(r)) => {
+                let load_time = if was_loaded { Duration::ZERO } else { started.elapsed() };
+                return Ok((lease, stream, r, load_time));
+            }
             Some(Err(e)) => return Err(e.into()),
             None if attempt == 1 => {
                 let _ = stream.died();
-                continue;
             }
             None => return Err(stream.died().into()),
         }
-    };
-    let load_time = if was_loaded { Duration::ZERO } else { started.elapsed() };
+    }
+}
+
+/// Loads the model (if needed) and starts `request` on it. Errors that come before the first
+/// token (unknown model, prompt too long, bad values) are returned here so the API can answer
+/// with a status code; later ones arrive as [`Event::Error`].
+pub async fn start(state: &Shared, model: &str, load: &LoadOptions, request: Request) -> Result<Running, ApiError> {
+    let started = Instant::now();
+    let (lease, mut stream, first, load_time) = open(state, model, load, &request).await?;
     let (tx, rx) = mpsc::channel(64);
     let metrics = state.metrics.clone();
     let n_ctx = lease.model.ctx_per_seq;
@@ -250,30 +258,7 @@ pub async fn start(state: &Shared, model: &str, load: &LoadOptions, request: Req
 
 /// Runs a request that has one reply (embeddings, render), holding the model meanwhile.
 pub async fn one_reply(state: &Shared, model: &str, load: &LoadOptions, request: Request) -> Result<(Reply, Duration), ApiError> {
-    let started = Instant::now();
-    let was_loaded = state.sched.loaded().iter().any(|m| hearth_store::reference::normalize_name(model).is_ok_and(|n| n == m.name));
-    let mut attempt = 0;
-    let reply = loop {
-        attempt += 1;
-        let lease = state.sched.acquire(model, load).await?;
-        let mut stream = match lease.model.runner.request(&request).await {
-            Ok(s) => s,
-            Err(_) if attempt == 1 => continue,
-            Err(e) => return Err(e.into()),
-        };
-        match stream.next().await {
-            Some(Ok(Reply::Error { kind: ErrorKind::BadRequest, message })) => return Err(ApiError::bad_request(message)),
-            Some(Ok(Reply::Error { message, .. })) => return Err(ApiError::internal(message)),
-            Some(Ok(r)) => break r,
-            Some(Err(e)) => return Err(e.into()),
-            None if attempt == 1 => {
-                let _ = stream.died();
-                continue;
-            }
-            None => return Err(stream.died().into()),
-        }
-    };
-    let load_time = if was_loaded { Duration::ZERO } else { started.elapsed() };
+    let (_lease, _stream, reply, load_time) = open(state, model, load, &request).await?;
     Ok((reply, load_time))
 }
 

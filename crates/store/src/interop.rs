@@ -20,17 +20,6 @@ pub fn ollama_dir() -> PathBuf {
         .unwrap_or_else(|| crate::store::home().join(".ollama").join("models"))
 }
 
-/// Our name for an Ollama manifest path `host/namespace/model/tag`.
-fn name_from_ollama(host: &str, namespace: &str, model: &str, tag: &str) -> String {
-    if host == OLLAMA_REGISTRY && namespace == "library" {
-        format!("{model}:{tag}")
-    } else if host == OLLAMA_REGISTRY {
-        format!("{namespace}/{model}:{tag}")
-    } else {
-        format!("{host}/{namespace}/{model}:{tag}")
-    }
-}
-
 /// The Ollama manifest path parts (host, namespace, model, tag) for one of our names.
 fn ollama_path_for(name: &str) -> Result<[String; 4], StoreError> {
     let name = normalize_name(name)?;
@@ -78,7 +67,7 @@ pub fn import_ollama(store: &Store, from: &Path, reporter: &dyn Reporter) -> Res
                 continue;
             }
         };
-        let name = normalize_name(&name_from_ollama(host, namespace, model, tag))?;
+        let name = normalize_name(&crate::reference::ollama_name(host, namespace, model, tag))?;
         reporter.status(&format!("importing {name}"));
         let mut layers = Vec::new();
         for d in &m.layers {
@@ -218,7 +207,7 @@ mod tests {
             ("hf.co/u/r:Q4_K_M", ["hf.co", "u", "r", "Q4_K_M"]),
         ] {
             assert_eq!(ollama_path_for(name).unwrap(), parts.map(String::from));
-            assert_eq!(name_from_ollama(parts[0], parts[1], parts[2], parts[3]), name);
+            assert_eq!(crate::reference::ollama_name(parts[0], parts[1], parts[2], parts[3]), name);
         }
     }
 }

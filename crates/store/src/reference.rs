@@ -82,15 +82,7 @@ impl ModelRef {
                 };
                 format!("hf.co/{repo}:{tag}")
             }
-            ModelRef::Ollama { host, namespace, model, tag } => {
-                if host == OLLAMA_REGISTRY && namespace == "library" {
-                    format!("{model}:{tag}")
-                } else if host == OLLAMA_REGISTRY {
-                    format!("{namespace}/{model}:{tag}")
-                } else {
-                    format!("{host}/{namespace}/{model}:{tag}")
-                }
-            }
+            ModelRef::Ollama { host, namespace, model, tag } => ollama_name(host, namespace, model, tag),
             ModelRef::Url(url) => {
                 let file = url.rsplit('/').next().unwrap_or("model");
                 let file = file.split(['?', '#']).next().unwrap_or(file);
@@ -109,6 +101,18 @@ impl fmt::Display for ModelRef {
             ModelRef::Ollama { host, namespace, model, tag } => write!(f, "{host}/{namespace}/{model}:{tag}"),
             ModelRef::Url(u) => f.write_str(u),
         }
+    }
+}
+
+/// The name Ollama shows for a registry model: `model:tag` for the library, `ns/model:tag`
+/// elsewhere on the default registry, `host/ns/model:tag` on another one.
+pub fn ollama_name(host: &str, namespace: &str, model: &str, tag: &str) -> String {
+    if host == OLLAMA_REGISTRY && namespace == "library" {
+        format!("{model}:{tag}")
+    } else if host == OLLAMA_REGISTRY {
+        format!("{namespace}/{model}:{tag}")
+    } else {
+        format!("{host}/{namespace}/{model}:{tag}")
     }
 }
 
