@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building hearth needs, where it is missing, on Debian/Ubuntu:
 # a C/C++ compiler, cmake (llama.cpp's build), libclang (bindgen), python3 with pip (the test
-# model comes from PyPI), and the Rust toolchain (rustup) when cargo is not on PATH.
+# model comes from PyPI) and venv (the end-to-end tests' SDKs live in a virtualenv: Debian's
+# system Python refuses global pip installs), and the Rust toolchain (rustup) when cargo is not
+# on PATH.
 set -euo pipefail
 
 need=()
@@ -10,6 +12,10 @@ command -v g++ >/dev/null || need+=(g++)
 command -v make >/dev/null || need+=(make)
 command -v python3 >/dev/null || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+# `python3 -m venv` exists on Debian without python3-venv but fails (no ensurepip): try it.
+venv_try="$(mktemp -d)"
+python3 -m venv "$venv_try/v" >/dev/null 2>&1 || need+=(python3-venv)
+rm -rf "$venv_try"
 ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 command -v curl >/dev/null || need+=(curl)
 

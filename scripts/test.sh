@@ -1,10 +1,32 @@
 #!/usr/bin/env bash
 # The whole test suite: installs missing build dependencies, fetches the test model once,
 # then runs every test of the workspace (with the real model) in the release profile, which
-# shares its optimised llama.cpp build with `cargo build --release`.
+# shares its optimised llama.cpp build with `cargo build --release`; then the end-to-end tests
+# (tests/e2e: `hearth serve` through the official openai and ollama Python SDKs, pinned in
+# tests/e2e/requirements.txt and installed in a virtualenv kept in the cache directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 export HEARTH_TEST_MODEL="${HEARTH_TEST_MODEL:-$(scripts/fetch-model.sh)}"
 cargo test --release --workspace --locked "$@"
+
+# The end-to-end tests use target/release/hearth (built above for the CLI's tests) and the
+# fixture registry server.
+cargo build --release --locked -p hearth-testkit --bin hearth-fixture
+
+# A virtualenv with the pinned SDKs, (re)made when requirements.txt changes or the venv no
+# longer runs (e.g. its Python was removed).
+cache="${HEARTH_CACHE_DIR:-$HOME/.cache/hearth}"
+venv="$cache/e2e-venv"
+req=tests/e2e/requirements.txt
+want="$(sha256sum "$req" | cut -d' ' -f1)"
+if ! "$venv/bin/python" -c '' >/dev/null 2>&1 || [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+  echo "making the e2e virtualenv $venv" >&2
+  rm -rf "$venv"
+  mkdir -p "$cache"
+  "${PYTHON:-python3}" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" >&2
+  echo "$want" >"$venv/.requirements.sha256"
+fi
+PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" -m pytest tests/e2e -q

@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use hearth_store::progress::short_id;
 use hearth_store::Reporter;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -67,7 +68,7 @@ impl Reporter for Progress {
                 )
                 .expect("valid template");
                 bar.set_style(style);
-                bar.set_prefix(id.to_string());
+                bar.set_prefix(short_id(id));
                 bar.set_position(done);
                 bar.reset_eta();
                 let bar = multi.add(bar);
@@ -82,6 +83,7 @@ impl Reporter for Progress {
                     Transfer { total, done, started: now, start_done: done, last_print: now },
                 );
                 let size = total.map_or("unknown size".into(), human);
+                let id = short_id(id);
                 if done > 0 {
                     eprintln!("{id}: {size}, resuming at {}", human(done));
                 } else {
@@ -113,7 +115,7 @@ impl Reporter for Progress {
                             .filter(|_| rate > 0.0)
                             .map(|t| format!(", eta {:.0}s", t.saturating_sub(x.done) as f64 / rate))
                             .unwrap_or_default();
-                        eprintln!("{id}: {} of {}{pct} at {}/s{eta}", human(x.done), x.total.map_or("?".into(), human), human(rate as u64));
+                        eprintln!("{}: {} of {}{pct} at {}/s{eta}", short_id(id), human(x.done), x.total.map_or("?".into(), human), human(rate as u64));
                     }
                 }
             }
@@ -122,7 +124,7 @@ impl Reporter for Progress {
     }
 
     fn note(&self, id: &str, message: &str) {
-        self.line(&format!("{id}: {message}"));
+        self.line(&format!("{}: {message}", short_id(id)));
     }
 
     fn finish(&self, id: &str) {
@@ -134,7 +136,7 @@ impl Reporter for Progress {
             }
             Progress::Lines { transfers } => {
                 if let Some(x) = transfers.lock().expect("not poisoned").remove(id) {
-                    eprintln!("{id}: done, {}", human(x.total.unwrap_or(x.done)));
+                    eprintln!("{}: done, {}", short_id(id), human(x.total.unwrap_or(x.done)));
                 }
             }
             Progress::Quiet => {}

@@ -9,6 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, head, post};
 use axum::Router;
+use hearth_store::progress::short_id;
 use hearth_store::{Layer, LayerKind, Manifest, Reporter, Source};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -621,7 +622,7 @@ impl Reporter for PullReporter {
     }
     fn start(&self, id: &str, total: Option<u64>, done: u64) {
         self.transfers.lock().expect("not poisoned").insert(id.to_string(), (total, done, std::time::Instant::now()));
-        self.send(json!({"status": id, "digest": digest_of(id), "total": total, "completed": done}));
+        self.send(json!({"status": short_id(id), "digest": digest_of(id), "total": total, "completed": done}));
     }
     fn advance(&self, id: &str, n: u64) {
         let mut t = self.transfers.lock().expect("not poisoned");
@@ -629,24 +630,25 @@ impl Reporter for PullReporter {
             *done += n;
             if last.elapsed() >= Duration::from_millis(100) {
                 *last = std::time::Instant::now();
-                let v = json!({"status": id, "digest": digest_of(id), "total": total, "completed": done});
+                let v = json!({"status": short_id(id), "digest": digest_of(id), "total": total, "completed": done});
                 drop(t);
                 self.send(v);
             }
         }
     }
     fn note(&self, id: &str, message: &str) {
-        self.send(json!({ "status": format!("{id}: {message}") }));
+        self.send(json!({ "status": format!("{}: {message}", short_id(id)) }));
     }
     fn finish(&self, id: &str) {
         if let Some((total, done, _)) = self.transfers.lock().expect("not poisoned").remove(id) {
-            self.send(json!({"status": id, "digest": digest_of(id), "total": total, "completed": total.unwrap_or(done)}));
+            self.send(json!({"status": short_id(id), "digest": digest_of(id), "total": total, "completed": total.unwrap_or(done)}));
         }
     }
 }
 
+/// The full digest in a transfer id ("pulling sha256:<hex>"), as Ollama's `digest` field.
 fn digest_of(id: &str) -> String {
-    id.strip_prefix("pulling ").map(|h| format!("sha256:{h}")).unwrap_or_default()
+    id.split_once("sha256:").map(|(_, h)| format!("sha256:{h}")).unwrap_or_default()
 }
 
 async fn pull(State(s): State<Shared>, body: Bytes) -> Response {
@@ -663,6 +665,8 @@ async fn pull(State(s): State<Shared>, body: Bytes) -> Response {
         drop(reporter);
         r
     });
+    // Only the reporter may hold a sender: the channel closes when the pull ends.
+    drop(tx);
     if b.stream == Some(false) {
         while rx.recv().await.is_some() {}
         return match task.await {
@@ -682,7 +686,6 @@ async fn pull(State(s): State<Shared>, body: Bytes) -> Response {
             let _ = out_tx.send(Ok(ndjson_line(&json!({ "error": e.to_string() })))).await;
         }
     });
-    drop(tx);
     ndjson_response(out_rx)
 }
 

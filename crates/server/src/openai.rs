@@ -434,9 +434,11 @@ async fn embeddings(State(s): State<Shared>, body: Bytes) -> Response {
         Ok(b) => b,
         Err(e) => return e.openai(),
     };
-    if b.encoding_format.as_deref().is_some_and(|f| f != "float") {
-        return ApiError::bad_request("invalid field `encoding_format`: only \"float\" is supported").openai();
-    }
+    let base64 = match b.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => return ApiError::bad_request(format!("invalid field `encoding_format`: {other:?} is not \"float\" or \"base64\"")).openai(),
+    };
     let inputs: Vec<String> = match &b.input {
         Value::String(x) => vec![x.clone()],
         Value::Array(a) if a.iter().all(Value::is_string) => a.iter().map(|x| x.as_str().unwrap_or_default().to_string()).collect(),
@@ -450,7 +452,16 @@ async fn embeddings(State(s): State<Shared>, body: Bytes) -> Response {
             let data: Vec<Value> = embeddings
                 .into_iter()
                 .enumerate()
-                .map(|(i, e)| json!({"object": "embedding", "embedding": e, "index": i}))
+                .map(|(i, e)| {
+                    // base64: the floats' little-endian bytes, as OpenAI sends them.
+                    let embedding = if base64 {
+                        use base64::Engine;
+                        json!(base64::engine::general_purpose::STANDARD.encode(e.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>()))
+                    } else {
+                        json!(e)
+                    };
+                    json!({"object": "embedding", "embedding": embedding, "index": i})
+                })
                 .collect();
             axum::Json(json!({
                 "object": "list",

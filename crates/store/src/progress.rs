@@ -5,7 +5,8 @@
 pub trait Reporter: Send + Sync {
     /// A step without a byte count: "pulling manifest", "verifying sha256 digest", ...
     fn status(&self, _status: &str) {}
-    /// A transfer starts: `id` names it ("pulling 1a2b3c4d5e6f"), `total` is its size when known,
+    /// A transfer starts: `id` names it ("pulling sha256:<64 hex>" for a blob whose digest is
+    /// known; see [`short_id`] for display), `total` is its size when known,
     /// `done` the bytes already there (a resumed download).
     fn start(&self, _id: &str, _total: Option<u64>, _done: u64) {}
     /// `n` more bytes of transfer `id` arrived.
@@ -20,3 +21,12 @@ pub trait Reporter: Send + Sync {
 pub struct NoProgress;
 
 impl Reporter for NoProgress {}
+
+/// An id for people: a blob's digest shortened to 12 hex digits, as Ollama shows it
+/// ("pulling sha256:2a6f…" → "pulling 2a6f30c232c3").
+pub fn short_id(id: &str) -> String {
+    match id.split_once("sha256:") {
+        Some((head, hex)) if hex.len() >= 12 => format!("{head}{}", &hex[..12]),
+        _ => id.to_string(),
+    }
+}

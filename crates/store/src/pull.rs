@@ -41,10 +41,6 @@ pub async fn pull(store: &Store, reference: &str, opts: &PullOptions, reporter: 
     Ok(manifest)
 }
 
-fn short(digest: &str) -> String {
-    digest_hex(digest).map(|h| h[..12].to_string()).unwrap_or_else(|_| digest.to_string())
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn pull_hf(
     store: &Store,
@@ -72,7 +68,7 @@ async fn pull_hf(
         let (digest, size) = match f.sha256() {
             Some(sha) => {
                 let digest = format!("sha256:{sha}");
-                let id = format!("pulling {}", short(&digest));
+                let id = format!("pulling {digest}");
                 if store.has_blob(&digest, size) {
                     reporter.start(&id, Some(size), size);
                     reporter.finish(&id);
@@ -126,7 +122,7 @@ async fn pull_ollama(
             continue;
         };
         let hex = digest_hex(&d.digest)?.to_string();
-        let id = format!("pulling {}", &hex[..12]);
+        let id = format!("pulling {}", d.digest);
         if store.has_blob(&d.digest, d.size) {
             reporter.start(&id, Some(d.size), d.size);
             reporter.finish(&id);
