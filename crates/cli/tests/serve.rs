@@ -371,3 +371,33 @@ fn the_cli_talks_to_a_running_server() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no hearth server answers at 127.0.0.1:1"));
 }
+
+#[test]
+fn a_client_that_goes_away_cancels_its_generation() {
+    // One sequence and no queue: while the long story runs, any other request gets 503.
+    let s = Server::start(&["--parallel", "1", "--max-queue", "0"]);
+    let mut conn = TcpStream::connect(s.url.trim_start_matches("http://")).unwrap();
+    let body = json!({"model": "smollm2", "messages": [{"role": "user", "content": "Write a very long story about a dragon."}],
+                      "options": {"temperature": 0, "num_predict": 4000}}).to_string();
+    write!(conn, "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    let mut chunks = 0;
+    while chunks < 3 {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0);
+        if line.contains("\"done\":false") {
+            chunks += 1;
+        }
+    }
+    assert_eq!(s.post("/api/chat", chat("Hi", 2)).0, 503, "the story is still running");
+    drop(reader); // the client goes away
+    let mut code = 0;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            code = s.post("/api/chat", chat("Hi", 2)).0;
+            code == 200
+        }),
+        "the abandoned generation was cancelled and freed its sequence (last status {code})"
+    );
+}
