@@ -42,6 +42,8 @@ pub enum Command {
     Export(ExportArgs),
     /// Serve the Ollama and OpenAI APIs on one port
     Serve(ServeArgs),
+    /// Measure TTFT and tokens/s of endpoints (hearth, Ollama, llama-server, ...) side by side
+    Bench(BenchArgs),
     /// List the models a running server has loaded
     Ps,
     /// Unload a model from a running server
@@ -49,6 +51,43 @@ pub enum Command {
     /// Runs one model for `hearth serve` (internal)
     #[command(hide = true)]
     Runner(RunnerArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchApi {
+    Openai,
+    Ollama,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The model, as the endpoints name it
+    #[arg(long)]
+    pub model: Option<String>,
+    /// An endpoint's base URL (repeatable: the first is the baseline of the ratios)
+    #[arg(long = "url", value_name = "URL")]
+    pub urls: Vec<String>,
+    /// The API of each --url, in order (the last one given applies to the rest)
+    #[arg(long, value_enum, default_value = "openai")]
+    pub api: Vec<BenchApi>,
+    /// Prompt length in the model's tokens
+    #[arg(long = "prompt-tokens", default_value_t = 512)]
+    pub prompt_tokens: u32,
+    /// Tokens to generate per request
+    #[arg(long = "gen-tokens", default_value_t = 128)]
+    pub gen_tokens: u32,
+    /// Concurrency levels, comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
+    pub concurrency: Vec<usize>,
+    /// Runs per level (medians are reported)
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Print JSON instead of a markdown table
+    #[arg(long)]
+    pub json: bool,
+    /// Draw aggregate tok/s against concurrency into this SVG file
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

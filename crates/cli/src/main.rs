@@ -6,6 +6,7 @@
 //! does) and for failures that are hearth's own fault, 130 after Ctrl-C.
 
 mod args;
+mod bench;
 mod client;
 mod models;
 mod progress;
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
             None => models::rm(a),
         }
         .map(|_| ExitCode::SUCCESS),
+        Command::Bench(a) => bench::bench(a).map(|_| ExitCode::SUCCESS),
         Command::Ps => no_server_is(client::server()).and_then(|r| client::ps(&r)).map(|_| ExitCode::SUCCESS),
         Command::Stop(a) => no_server_is(client::server()).and_then(|r| client::stop(&r, &a.model)).map(|_| ExitCode::SUCCESS),
         Command::Cp(a) => models::cp(a).map(|_| ExitCode::SUCCESS),

@@ -401,3 +401,42 @@ fn a_client_that_goes_away_cancels_its_generation() {
         "the abandoned generation was cancelled and freed its sequence (last status {code})"
     );
 }
+
+#[test]
+fn bench_measures_endpoints_side_by_side() {
+    let s = Server::start(&["--parallel", "2"]);
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("bench.svg");
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_hearth")).arg("bench").args(args).output().unwrap();
+    let out = run(&[
+        "--url", &s.url, "--url", &s.url, "--api", "openai", "--api", "ollama", "--model", "smollm2",
+        "--prompt-tokens", "64", "--gen-tokens", "16", "--concurrency", "1,2", "--runs", "1", "--json",
+        "--plot", svg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let levels: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(levels.len(), 4);
+    for l in &levels {
+        assert_eq!(l["errors"], 0, "{l}");
+        let p = l["prompt_tokens"].as_u64().unwrap();
+        assert!((52..=76).contains(&p), "prompt tokens near 64: {l}");
+        assert!(l["aggregate_tok_s"].as_f64().unwrap() > 0.0 && l["ttft_p50_ms"].as_f64().unwrap() > 0.0, "{l}");
+        assert!(l["gen_tok_s_per_stream"].as_f64().unwrap() > 0.0, "{l}");
+    }
+    // The OpenAI path asks for ignore_eos: exactly the requested tokens.
+    assert!(levels.iter().filter(|l| l["endpoint"].as_str().unwrap().ends_with("(openai)")).all(|l| l["gen_tokens"] == 16));
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>") && svg.contains("concurrent streams"));
+
+    let out = run(&["--url", &s.url, "--model", "smollm2", "--prompt-tokens", "32", "--gen-tokens", "4", "--concurrency", "1", "--runs", "1"]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.starts_with("| endpoint | streams | TTFT p50 ms |"), "{table}");
+    assert_eq!(table.lines().count(), 3);
+
+    let out = run(&["--url", "http://127.0.0.1:1", "--model", "smollm2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach http://127.0.0.1:1"));
+    let out = run(&["--url", &s.url, "--model", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("model 'nope:latest' not found"));
+}
