@@ -212,11 +212,24 @@ fn measure(ep: &Endpoint, a: &BenchArgs, words: usize) -> Result<Vec<Level>> {
     Ok(levels)
 }
 
-pub fn bench(a: BenchArgs) -> Result<()> {
-    if a.urls.is_empty() {
-        bail!("give at least one --url (a hearth, Ollama, llama-server or other OpenAI-compatible server)");
-    }
+pub fn bench(mut a: BenchArgs) -> Result<()> {
     let Some(model) = a.model.clone() else { bail!("--model is needed: the model name the endpoints know") };
+    // Without --url: hearth itself, started here on a free port with this machine's store.
+    let _local = if a.urls.is_empty() {
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            serve: crate::args::ServeArgs,
+        }
+        let most = a.concurrency.iter().copied().max().unwrap_or(1).to_string();
+        let w = <Wrap as clap::Parser>::try_parse_from(["serve", "--parallel", &most]).context("server defaults")?;
+        let bg = crate::serve::background(w.serve)?;
+        eprintln!("started hearth on {} (no --url given)", bg.url);
+        a.urls.push(bg.url.clone());
+        Some(bg)
+    } else {
+        None
+    };
     if a.concurrency.is_empty() || a.concurrency.contains(&0) {
         bail!("--concurrency takes levels of 1 or more, e.g. 1,4,8");
     }

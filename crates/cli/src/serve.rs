@@ -59,8 +59,8 @@ fn total_memory() -> u64 {
         .map_or(8 << 30, |kb| kb * 1024)
 }
 
-pub fn serve(a: ServeArgs) -> Result<()> {
-    let addr = parse_host(&a.host)?;
+/// The server's state from the flags.
+fn state(a: &ServeArgs) -> Result<(Arc<AppState>, std::path::PathBuf)> {
     let keep_alive = KeepAlive::parse_str(&a.keep_alive).map_err(|e| anyhow::anyhow!("--keep-alive: {e}"))?;
     let memory_budget = match &a.memory_budget {
         Some(b) => parse_bytes(b)?,
@@ -68,7 +68,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     };
     let store = crate::models::store()?;
     let exe = std::env::current_exe().context("cannot find the hearth binary to start runners")?;
-    let socket_dir = std::env::temp_dir().join(format!("hearth-{}", std::process::id()));
+    let socket_dir = std::env::temp_dir().join(format!("hearth-{}-{:x}", std::process::id(), Instant::now().elapsed().as_nanos()));
     let sched = Scheduler::new(
         SchedulerConfig {
             exe,
@@ -102,16 +102,26 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         metrics: hearth_server::metrics::Metrics::new(),
         started: Instant::now(),
     });
+    Ok((state, socket_dir))
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let next = SocketAddr::new(addr.ip(), addr.port().wrapping_add(1));
+            bail!("{addr} is already in use (is Ollama or another hearth serving there?); try --host {next}");
+        }
+        Err(e) => bail!("cannot listen on {addr}: {e}"),
+    }
+}
+
+pub fn serve(a: ServeArgs) -> Result<()> {
+    let addr = parse_host(&a.host)?;
+    let (state, socket_dir) = state(&a)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     let result = rt.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => l,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                let next = SocketAddr::new(addr.ip(), addr.port().wrapping_add(1));
-                bail!("{addr} is already in use (is Ollama or another hearth serving there?); try --host {next}");
-            }
-            Err(e) => bail!("cannot listen on {addr}: {e}"),
-        };
+        let listener = bind(addr).await?;
         if !addr.ip().is_loopback() && a.api_key.is_none() {
             tracing::warn!("listening on {addr}, reachable from other machines, without --api-key");
         }
@@ -120,6 +130,41 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     });
     let _ = std::fs::remove_dir_all(&socket_dir);
     result
+}
+
+/// A server on a free loopback port, in this process, until the returned handle is dropped
+/// (`hearth bench` without `--url`).
+pub struct Background {
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    socket_dir: std::path::PathBuf,
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.socket_dir);
+    }
+}
+
+pub fn background(a: ServeArgs) -> Result<Background> {
+    let (state, socket_dir) = state(&a)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let listener = rt.block_on(bind(SocketAddr::from(([127, 0, 0, 1], 0))))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let _ = rt.block_on(hearth_server::run(listener, state, async move {
+            let _ = rx.await;
+        }));
+    });
+    Ok(Background { url, stop: Some(tx), thread: Some(thread), socket_dir })
 }
 
 async fn shutdown_signal() {

@@ -346,7 +346,6 @@ fn two_models_under_a_budget_for_one_evict_each_other() {
     assert_eq!(code, 200);
     assert_eq!(loaded(&s), ["smollm2:latest"]);
     assert_eq!(s.runner_pids().len(), 1);
-    let _ = &s.store;
 }
 
 #[test]
@@ -432,6 +431,16 @@ fn bench_measures_endpoints_side_by_side() {
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.starts_with("| endpoint | streams | TTFT p50 ms |"), "{table}");
     assert_eq!(table.lines().count(), 3);
+
+    // Without --url, hearth starts itself on this store.
+    let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["bench", "--model", "smollm2", "--prompt-tokens", "32", "--gen-tokens", "4", "--concurrency", "1", "--runs", "1", "--json"])
+        .env("HEARTH_MODELS", &s.store)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let levels: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(levels[0]["gen_tokens"], 4);
 
     let out = run(&["--url", "http://127.0.0.1:1", "--model", "smollm2"]);
     assert_eq!(out.status.code(), Some(1));
