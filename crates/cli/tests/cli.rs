@@ -1,26 +1,12 @@
 //! `hearth run` through the real binary with the real test model.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const UPSTREAM_GREEDY: &str = include_str!("../../engine/tests/reference/greedy_capital.txt");
+mod common;
 
-fn model() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Some(p) = std::env::var_os("HEARTH_TEST_MODEL") {
-            return PathBuf::from(p);
-        }
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fetch-model.sh");
-        let out = Command::new("bash").arg(script).output().expect("run fetch-model.sh");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
-    .clone()
-}
+use common::{model_path as model, text, UPSTREAM_GREEDY};
 
 fn hearth() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hearth"));
@@ -32,10 +18,6 @@ fn hearth() -> Command {
 
 fn run(args: &[&str]) -> Output {
     hearth().args(args).stdin(Stdio::null()).output().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 #[test]

@@ -11,23 +11,12 @@ use std::time::Duration;
 use hearth_testkit::{media_type, Fault, Fixture};
 use sha2::Digest;
 
-const UPSTREAM_GREEDY: &str = include_str!("../../engine/tests/reference/greedy_capital.txt");
+mod common;
+
+use common::{model_path, text, UPSTREAM_GREEDY};
+
 const REPO: &str = "test/SmolLM2-135M-Instruct-GGUF";
 const FILE: &str = "SmolLM2-135M-Instruct-Q4_1.gguf";
-
-fn model_path() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Some(p) = std::env::var_os("HEARTH_TEST_MODEL") {
-            return PathBuf::from(p);
-        }
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fetch-model.sh");
-        let out = Command::new("bash").arg(script).output().expect("run fetch-model.sh");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
-    .clone()
-}
 
 fn model_bytes() -> &'static [u8] {
     static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
@@ -94,10 +83,6 @@ impl Env {
         self.fx.add_hf_file(REPO, ".gitattributes", b"*.gguf filter=lfs\n");
         self.fx.add_hf_file(REPO, FILE, model_bytes()).sha256
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn greedy_answer(env: &Env, name: &str) -> String {

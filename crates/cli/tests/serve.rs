@@ -5,30 +5,13 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const UPSTREAM_GREEDY: &str = include_str!("../../engine/tests/reference/greedy_capital.txt");
+mod common;
 
-fn model_path() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Some(p) = std::env::var_os("HEARTH_TEST_MODEL") {
-            return PathBuf::from(p);
-        }
-        fetch("smollm2")
-    })
-    .clone()
-}
-
-fn fetch(which: &str) -> PathBuf {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fetch-model.sh");
-    let out = Command::new("bash").arg(script).arg(which).output().expect("run fetch-model.sh");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
+use common::{fetch, model_path, UPSTREAM_GREEDY};
 
 struct Server {
     child: Child,

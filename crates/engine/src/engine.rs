@@ -200,8 +200,9 @@ pub enum FinishReason {
 
 /// Per-request timings and token counts: what a server reports as usage (OpenAI's
 /// `prompt_tokens`/`completion_tokens`, Ollama's `prompt_eval_count`/`eval_count`), counted
-/// by the engine, so nothing needs to be tokenized again to report them.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// by the engine, so nothing needs to be tokenized again to report them. Times in milliseconds.
+/// Serializable: servers pass them on as they are.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Timings {
     /// Tokens in the prompt (after tokenization, BOS included), cached ones included.
     pub prompt_tokens: u32,

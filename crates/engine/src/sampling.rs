@@ -5,8 +5,10 @@ use std::ptr::NonNull;
 use crate::grammar::CompiledGrammar;
 use crate::{sys, EngineError, Token};
 
-/// How to pick the next token. Defaults are llama.cpp's.
-#[derive(Debug, Clone, PartialEq)]
+/// How to pick the next token. Defaults are llama.cpp's. Serializable: servers send it to their
+/// runners as it is.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct SamplingParams {
     /// 0 (or less) means greedy: always the most likely token.
     pub temperature: f32,

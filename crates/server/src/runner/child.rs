@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use hearth_engine::{
     ChatMessage, ChatTemplate, Engine, EngineError, EngineOptions, Event, FinishReason, GenerateRequest, ModelOptions,
-    Prompt, SamplingParams,
+    Prompt,
 };
 
-use super::{ErrorKind, Info, Message, PromptSpec, Reply, Request, Spec, Timings};
+use super::{ErrorKind, Info, Message, PromptSpec, Reply, Request, Spec};
 
 /// Runs the runner. Returns only on a startup failure; otherwise the process exits when its
 /// parent closes our stdin (or dies: the parent also sets a parent-death signal).
@@ -134,18 +134,7 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
                 },
             };
             let mut req = GenerateRequest::new(Prompt::Text(text));
-            req.sampling = SamplingParams {
-                temperature: sampling.temperature,
-                top_k: sampling.top_k,
-                top_p: sampling.top_p,
-                min_p: sampling.min_p,
-                typical_p: sampling.typical_p,
-                repeat_penalty: sampling.repeat_penalty,
-                repeat_last_n: sampling.repeat_last_n,
-                presence_penalty: sampling.presence_penalty,
-                frequency_penalty: sampling.frequency_penalty,
-                seed: sampling.seed,
-            };
+            req.sampling = sampling;
             req.max_tokens = max_tokens;
             req.stop = stop;
             req.ignore_eos = ignore_eos;
@@ -195,15 +184,7 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
                                 FinishReason::Cancelled => "cancelled",
                             }
                             .into(),
-                            timings: Timings {
-                                prompt_tokens: timings.prompt_tokens,
-                                cached_tokens: timings.cached_tokens,
-                                prompt_ms: timings.prompt_ms,
-                                generated_tokens: timings.generated_tokens,
-                                generation_ms: timings.generation_ms,
-                                queue_ms: timings.queue_ms,
-                                load_ms: timings.load_ms,
-                            },
+                            timings,
                         };
                         send(&mut writer, &reply)?;
                         break;

@@ -52,38 +52,10 @@ pub enum PromptSpec {
     Text(String),
 }
 
-/// Sampling settings, in the engine's terms.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Sampling {
-    pub temperature: f32,
-    pub top_k: i32,
-    pub top_p: f32,
-    pub min_p: f32,
-    pub typical_p: f32,
-    pub repeat_penalty: f32,
-    pub repeat_last_n: i32,
-    pub presence_penalty: f32,
-    pub frequency_penalty: f32,
-    pub seed: Option<u32>,
-}
-
-impl Default for Sampling {
-    fn default() -> Self {
-        let d = hearth_engine::SamplingParams::default();
-        Sampling {
-            temperature: d.temperature,
-            top_k: d.top_k,
-            top_p: d.top_p,
-            min_p: d.min_p,
-            typical_p: d.typical_p,
-            repeat_penalty: d.repeat_penalty,
-            repeat_last_n: d.repeat_last_n,
-            presence_penalty: d.presence_penalty,
-            frequency_penalty: d.frequency_penalty,
-            seed: d.seed,
-        }
-    }
-}
+/// Sampling settings: the engine's own, sent as they are.
+pub use hearth_engine::SamplingParams as Sampling;
+/// Timings of a finished generation: the engine's own.
+pub use hearth_engine::Timings;
 
 /// One request to a runner.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -126,17 +98,6 @@ pub struct Info {
     pub description: String,
 }
 
-/// Timings of a finished generation (milliseconds).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Timings {
-    pub prompt_tokens: u32,
-    pub cached_tokens: u32,
-    pub prompt_ms: f64,
-    pub generated_tokens: u32,
-    pub generation_ms: f64,
-    pub queue_ms: f64,
-    pub load_ms: f64,
-}
 
 /// One alternative token and its log-probability.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
