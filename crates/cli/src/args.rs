@@ -42,6 +42,9 @@ pub enum Command {
     Export(ExportArgs),
     /// Serve the Ollama and OpenAI APIs on one port
     Serve(ServeArgs),
+    /// Will a model fit? Memory for weights, KV cache and compute, from its header alone (even
+    /// a remote one: only the header is read)
+    Fit(FitArgs),
     /// Measure TTFT and tokens/s of endpoints (hearth, Ollama, llama-server, ...) side by side
     Bench(BenchArgs),
     /// List the models a running server has loaded
@@ -51,6 +54,36 @@ pub enum Command {
     /// Runs one model for `hearth serve` (internal)
     #[command(hide = true)]
     Runner(RunnerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FitArgs {
+    /// A store name, a .gguf path, or a remote reference (hf.co/USER/REPO:QUANT, a URL, a registry model)
+    pub model: String,
+    /// Context per sequence, in tokens
+    #[arg(long = "ctx", short = 'c', default_value_t = 4096)]
+    pub ctx: u64,
+    /// Sequences decoded together
+    #[arg(long, default_value_t = 1)]
+    pub parallel: u64,
+    /// Physical batch size (-ub)
+    #[arg(long = "ubatch-size", default_value_t = 512)]
+    pub ubatch: u64,
+    /// KV cache type for K (-ctk)
+    #[arg(long = "cache-type-k", default_value = "f16")]
+    pub cache_type_k: String,
+    /// KV cache type for V (-ctv)
+    #[arg(long = "cache-type-v", default_value = "f16")]
+    pub cache_type_v: String,
+    /// The memory to fit in, e.g. "cpu=24GiB" [default: this machine's available memory]
+    #[arg(long)]
+    pub devices: Option<String>,
+    /// Allow plain http for a registry host
+    #[arg(long)]
+    pub insecure: bool,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

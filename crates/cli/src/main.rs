@@ -7,6 +7,7 @@
 
 mod args;
 mod bench;
+mod fit;
 mod client;
 mod models;
 mod progress;
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
             None => models::rm(a),
         }
         .map(|_| ExitCode::SUCCESS),
+        Command::Fit(a) => fit::fit(a).map(|_| ExitCode::SUCCESS),
         Command::Bench(a) => bench::bench(a).map(|_| ExitCode::SUCCESS),
         Command::Ps => no_server_is(client::server()).and_then(|r| client::ps(&r)).map(|_| ExitCode::SUCCESS),
         Command::Stop(a) => no_server_is(client::server()).and_then(|r| client::stop(&r, &a.model)).map(|_| ExitCode::SUCCESS),

@@ -428,3 +428,30 @@ fn a_split_model_is_pulled_whole_and_runs_from_its_first_shard() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("00003-of-00003.gguf"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn fit_reads_only_the_header_of_a_remote_model() {
+    let env = Env::new();
+    let sha = env.hf_model();
+    let out = env.ok(&["fit", &format!("hf.co/{REPO}:Q4_1"), "-c", "2048", "--json"]);
+    let remote: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let read = remote["header_bytes_read"].as_u64().unwrap();
+    assert!(read < 10 << 20, "read {read} bytes");
+    assert!(env.fx.bytes_served(&sha) < 10 << 20, "served {}", env.fx.bytes_served(&sha));
+    assert!(!env.blob(&sha).exists(), "nothing was downloaded into the store");
+    assert_eq!(remote["summary"]["architecture"], "llama");
+    // The same estimate as from the local file.
+    let out = env.ok(&["fit", model_path().to_str().unwrap(), "-c", "2048", "--json"]);
+    let local: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(remote["estimate"], local["estimate"]);
+    assert!(local["estimate"]["weights"].as_u64().unwrap() > 90_000_000);
+    assert_eq!(local["fits"], true);
+    let out = env.ok(&["fit", model_path().to_str().unwrap(), "--devices", "cpu=50M"]);
+    assert!(text(&out.stdout).contains("does NOT fit") && text(&out.stdout).contains("no context fits"), "{}", text(&out.stdout));
+
+    // Not a GGUF: a clear error naming the URL.
+    let url = env.fx.add_url_file("files/page.gguf", b"<html>not a model</html>");
+    let out = env.run(&["fit", &url]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("not a usable GGUF model") && text(&out.stderr).contains("page.gguf"), "{}", text(&out.stderr));
+}

@@ -16,6 +16,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
+pub mod fit;
 mod summary;
 pub mod writer;
 

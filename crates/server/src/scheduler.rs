@@ -230,7 +230,10 @@ impl Scheduler {
         let path = self.store.model_file(&manifest).map_err(|e| SchedError::Store(e.to_string()))?;
         let gguf = hearth_gguf::Gguf::open(&path).map_err(|e| SchedError::Store(format!("{name}: {e}")))?;
         let parallel = self.config.parallel.max(1);
-        let estimate = estimate_memory(&gguf, manifest.size(), ctx as u64 * parallel as u64, self.config.ubatch_size as u64);
+        let plan = hearth_gguf::fit::ContextPlan::f16(ctx as u64 * parallel as u64, self.config.ubatch_size as u64);
+        // The weights of every shard (the header read is the first one's), plus KV and compute.
+        let e = hearth_gguf::fit::estimate(std::slice::from_ref(&gguf), &plan);
+        let estimate = e.kv_cache + e.compute + manifest.model_layers().map(|l| l.size).sum::<u64>();
         self.make_room(&name, estimate).await?;
         let builtin_template = match gguf.get_str("tokenizer.chat_template") {
             Some(_) => None,
@@ -383,24 +386,6 @@ impl Scheduler {
             m.runner.stop().await;
         }
     }
-}
-
-/// Bytes a model needs loaded: its weights, the KV cache for `n_ctx` tokens (f16), and a
-/// compute buffer that grows with the batch and the vocabulary.
-pub fn estimate_memory(g: &hearth_gguf::Gguf, weights: u64, n_ctx: u64, n_ubatch: u64) -> u64 {
-    let n_layer = g.arch_u64("block_count").unwrap_or(0);
-    let n_embd = g.arch_u64("embedding_length").unwrap_or(0);
-    let n_head = g.arch_u64("attention.head_count").unwrap_or(1).max(1);
-    let n_head_kv = g.arch_u64("attention.head_count_kv").unwrap_or(n_head);
-    let head_k = g.arch_u64("attention.key_length").unwrap_or(n_embd / n_head);
-    let head_v = g.arch_u64("attention.value_length").unwrap_or(n_embd / n_head);
-    let kv = n_layer * n_ctx * n_head_kv * (head_k + head_v) * 2;
-    let n_vocab = g
-        .get("tokenizer.ggml.tokens")
-        .and_then(|v| v.as_array())
-        .map_or(32_000, |a| a.len() as u64);
-    let compute = n_ubatch * (n_vocab + 4 * n_embd) * 4;
-    weights + kv + compute
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod progress;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod remote;
 pub mod split;
 pub mod store;
 

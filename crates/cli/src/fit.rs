@@ -1,0 +1,112 @@
+//! `hearth fit`: whether a model fits, before loading (or downloading) it.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use hearth_gguf::fit::{estimate, kv_bytes_per_elem, max_context, ContextPlan};
+use hearth_gguf::Gguf;
+
+use crate::args::FitArgs;
+
+/// The headers of a local model (store name or path) with all its shards, if it is local.
+fn local_headers(model: &str) -> Result<Option<Vec<Gguf>>> {
+    let p = Path::new(model);
+    if p.is_file() {
+        let first = Gguf::open(p).with_context(|| format!("cannot read {}", p.display()))?;
+        let mut out = vec![first];
+        let name = p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        if let Some((prefix, _, count)) = hearth_store::split::parse_shard_name(&name) {
+            for no in 2..=count {
+                let shard = p.with_file_name(hearth_store::split::shard_name(prefix, no, count));
+                out.push(Gguf::open(&shard).with_context(|| format!("cannot read shard {}", shard.display()))?);
+            }
+        }
+        return Ok(Some(out));
+    }
+    let store = crate::models::store()?;
+    let Ok(manifest) = store.get(model) else { return Ok(None) };
+    let mut out = Vec::new();
+    for l in manifest.model_layers() {
+        let path = store.blob_path(&l.digest)?;
+        out.push(Gguf::open(&path).with_context(|| format!("cannot read {}", path.display()))?);
+    }
+    Ok(Some(out))
+}
+
+fn available_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn gib(n: u64) -> String {
+    format!("{:.2} GiB", n as f64 / (1u64 << 30) as f64)
+}
+
+pub fn fit(a: FitArgs) -> Result<()> {
+    let (Some(k), Some(v)) = (kv_bytes_per_elem(&a.cache_type_k), kv_bytes_per_elem(&a.cache_type_v)) else {
+        bail!("unknown KV cache type {:?}/{:?} (f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0, iq4_nl)", a.cache_type_k, a.cache_type_v);
+    };
+    let (device, capacity) = match &a.devices {
+        None => ("cpu (available now)".to_string(), available_memory()),
+        Some(d) => {
+            let parts: Vec<&str> = d.split(',').filter(|p| !p.trim().is_empty()).collect();
+            if parts.len() != 1 {
+                bail!("--devices describes one device for now (e.g. cpu=24GiB); planning a split over several is not supported yet");
+            }
+            let (name, size) = parts[0].split_once('=').with_context(|| format!("{:?} is not NAME=SIZE (e.g. cpu=24GiB)", parts[0]))?;
+            (name.trim().to_string(), crate::serve::parse_bytes(size)?)
+        }
+    };
+    let (shards, read) = match local_headers(&a.model)? {
+        Some(h) => (h, None),
+        None => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (h, n) = rt.block_on(hearth_store::remote::headers(&a.model, a.insecure))?;
+            (h, Some(n))
+        }
+    };
+    let plan = ContextPlan { n_ctx: a.ctx * a.parallel.max(1), n_ubatch: a.ubatch, k_bytes_per_elem: k, v_bytes_per_elem: v };
+    let e = estimate(&shards, &plan);
+    let fits = e.total <= capacity;
+    let per_seq_max = max_context(&shards, &plan, a.parallel, capacity);
+    let summary = shards[0].summary();
+    if a.json {
+        let v = serde_json::json!({
+            "model": a.model,
+            "summary": summary,
+            "files": shards.len(),
+            "header_bytes_read": read,
+            "context_per_sequence": a.ctx,
+            "parallel": a.parallel,
+            "estimate": e,
+            "device": device,
+            "available": capacity,
+            "fits": fits,
+            "max_context_per_sequence": per_seq_max,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("{}: {} {} {} in {} file(s)", a.model, summary.architecture, summary.parameter_size, summary.quantization, shards.len());
+    if let Some(n) = read {
+        println!("  (read {:.1} MB of headers, no weights)", n as f64 / 1e6);
+    }
+    println!("  context         {} tokens x {} sequence(s), KV {}/{}", a.ctx, a.parallel, a.cache_type_k, a.cache_type_v);
+    println!("  weights         {}", gib(e.weights));
+    println!("  KV cache        {}", gib(e.kv_cache));
+    println!("  compute buffer  {}", gib(e.compute));
+    println!("  total           {}", gib(e.total));
+    println!("  {device:<15} {} -> {}", gib(capacity), if fits { "fits".to_string() } else { format!("does NOT fit (short by {})", gib(e.total - capacity)) });
+    match per_seq_max {
+        Some(n) => println!("  largest context that fits: {n} tokens per sequence"),
+        None => println!("  no context fits: the weights alone need more"),
+    }
+    Ok(())
+}
