@@ -69,6 +69,9 @@ pub struct FitArgs {
     /// Physical batch size (-ub)
     #[arg(long = "ubatch-size", default_value_t = 512)]
     pub ubatch: u64,
+    /// Flash attention (-fa): on, off or auto (auto is on for the CPU)
+    #[arg(long = "flash-attn", default_value = "auto", value_name = "on|off|auto")]
+    pub flash_attn: FlashAttn,
     /// KV cache type for K (-ctk)
     #[arg(long = "cache-type-k", default_value = "f16")]
     pub cache_type_k: String,

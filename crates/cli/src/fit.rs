@@ -72,7 +72,14 @@ pub fn fit(a: FitArgs) -> Result<()> {
             (h, Some(n))
         }
     };
-    let plan = ContextPlan { n_ctx: a.ctx * a.parallel.max(1), n_ubatch: a.ubatch, k_bytes_per_elem: k, v_bytes_per_elem: v };
+    let plan = ContextPlan {
+        n_ctx: a.ctx * a.parallel.max(1),
+        n_ubatch: a.ubatch,
+        k_bytes_per_elem: k,
+        v_bytes_per_elem: v,
+        parallel: a.parallel.max(1),
+        flash_attn: a.flash_attn != hearth_engine::FlashAttn::Off,
+    };
     let e = estimate(&shards, &plan);
     let fits = e.total <= capacity;
     let per_seq_max = max_context(&shards, &plan, a.parallel, capacity);

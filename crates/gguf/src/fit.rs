@@ -15,11 +15,15 @@ pub struct ContextPlan {
     /// Bytes per KV element for K and V (f16: 2, q8_0: 34/32, q4_0: 18/32).
     pub k_bytes_per_elem: f64,
     pub v_bytes_per_elem: f64,
+    /// Sequences sharing `n_ctx` (each attends over its own n_ctx / parallel cells).
+    pub parallel: u64,
+    /// Without flash attention the attention scores of a whole batch are materialised.
+    pub flash_attn: bool,
 }
 
 impl ContextPlan {
     pub fn f16(n_ctx: u64, n_ubatch: u64) -> ContextPlan {
-        ContextPlan { n_ctx, n_ubatch, k_bytes_per_elem: 2.0, v_bytes_per_elem: 2.0 }
+        ContextPlan { n_ctx, n_ubatch, k_bytes_per_elem: 2.0, v_bytes_per_elem: 2.0, parallel: 1, flash_attn: true }
     }
 }
 
@@ -52,6 +56,7 @@ pub struct Estimate {
 struct Shape {
     n_layer: u64,
     n_embd: u64,
+    n_head: u64,
     n_head_kv: u64,
     head_k: u64,
     head_v: u64,
@@ -64,6 +69,7 @@ fn shape(g: &Gguf) -> Shape {
     Shape {
         n_layer: g.arch_u64("block_count").unwrap_or(0),
         n_embd,
+        n_head,
         n_head_kv: g.arch_u64("attention.head_count_kv").unwrap_or(n_head),
         head_k: g.arch_u64("attention.key_length").unwrap_or(n_embd / n_head),
         head_v: g.arch_u64("attention.value_length").unwrap_or(n_embd / n_head),
@@ -81,7 +87,15 @@ pub fn estimate(shards: &[Gguf], plan: &ContextPlan) -> Estimate {
     let s = shape(first);
     let kv_elems_per_token = s.n_layer * s.n_head_kv;
     let kv = (plan.n_ctx * kv_elems_per_token) as f64 * (s.head_k as f64 * plan.k_bytes_per_elem + s.head_v as f64 * plan.v_bytes_per_elem);
-    let compute = plan.n_ubatch * (s.n_vocab + 4 * s.n_embd) * 4;
+    // The compute buffer is the peak of llama.cpp's graph allocator: the output logits of a
+    // batch, or (without flash attention) the attention scores of a batch against one
+    // sequence's cells, whichever is larger; plus the f16 mask and a little more. Checked
+    // against llama.cpp's own figures in crates/engine/tests/fit_accuracy.rs.
+    let n_kv = (plan.n_ctx / plan.parallel.max(1)).div_ceil(256) * 256;
+    let logits = plan.n_ubatch * (s.n_vocab + 4 * s.n_embd) * 4;
+    let scores = if plan.flash_attn { 0 } else { n_kv * plan.n_ubatch * s.n_head * 4 };
+    let mask = n_kv * plan.n_ubatch * 2;
+    let compute = logits.max(scores) + mask + (2 << 20);
     let kv = kv as u64;
     Estimate { weights, kv_cache: kv, compute, total: weights + kv + compute }
 }
@@ -138,7 +152,7 @@ mod tests {
         assert_eq!(e.weights, 64 * 64 * 4);
         // 2 layers × 2 kv heads × (16 + 16) dims × 2 bytes × 1024 tokens
         assert_eq!(e.kv_cache, 2 * 2 * 32 * 2 * 1024);
-        assert_eq!(e.compute, 512 * (32_000 + 256) * 4);
+        assert_eq!(e.compute, 512 * (32_000 + 256) * 4 + 1024 * 512 * 2 + (2 << 20));
         assert_eq!(e.total, e.weights + e.kv_cache + e.compute);
         let q8 = estimate(std::slice::from_ref(&g), &ContextPlan { k_bytes_per_elem: 34.0 / 32.0, v_bytes_per_elem: 34.0 / 32.0, ..ContextPlan::f16(1024, 512) });
         assert!(q8.kv_cache < e.kv_cache);
@@ -147,14 +161,16 @@ mod tests {
     #[test]
     fn the_largest_context_that_fits() {
         let g = model();
+        let gs = std::slice::from_ref(&g);
         let plan = ContextPlan::f16(0, 512);
-        let base = estimate(std::slice::from_ref(&g), &ContextPlan { n_ctx: 0, ..plan }).total;
-        let per_token = 2 * 2 * 32 * 2;
-        let n = max_context(std::slice::from_ref(&g), &plan, 1, base + 1000 * per_token).unwrap();
-        assert_eq!(n, 768, "multiples of 256 up to 1000 tokens");
-        assert_eq!(max_context(std::slice::from_ref(&g), &plan, 1, u64::MAX), Some(4096), "capped at the trained context");
-        assert_eq!(max_context(std::slice::from_ref(&g), &plan, 1, 10), None);
-        assert_eq!(max_context(std::slice::from_ref(&g), &plan, 4, base + 4 * 512 * per_token), Some(512), "per sequence, for 4 sequences");
+        let need = |n_ctx| estimate(gs, &ContextPlan { n_ctx, ..plan }).total;
+        assert_eq!(max_context(gs, &plan, 1, need(768)), Some(768));
+        assert_eq!(max_context(gs, &plan, 1, need(1000)), Some(768), "multiples of 256");
+        assert_eq!(max_context(gs, &plan, 1, u64::MAX), Some(4096), "capped at the trained context");
+        assert_eq!(max_context(gs, &plan, 1, 10), None);
+        let four = ContextPlan { parallel: 4, ..plan };
+        let need4 = estimate(gs, &ContextPlan { n_ctx: 4 * 512, ..four }).total;
+        assert_eq!(max_context(gs, &four, 4, need4), Some(512), "per sequence, for 4 sequences");
         assert_eq!(kv_bytes_per_elem("Q8_0"), Some(34.0 / 32.0));
         assert_eq!(kv_bytes_per_elem("q9"), None);
     }

@@ -230,7 +230,11 @@ impl Scheduler {
         let path = self.store.model_file(&manifest).map_err(|e| SchedError::Store(e.to_string()))?;
         let gguf = hearth_gguf::Gguf::open(&path).map_err(|e| SchedError::Store(format!("{name}: {e}")))?;
         let parallel = self.config.parallel.max(1);
-        let plan = hearth_gguf::fit::ContextPlan::f16(ctx as u64 * parallel as u64, self.config.ubatch_size as u64);
+        let plan = hearth_gguf::fit::ContextPlan {
+            parallel: parallel as u64,
+            flash_attn: self.config.flash_attn != "off",
+            ..hearth_gguf::fit::ContextPlan::f16(ctx as u64 * parallel as u64, self.config.ubatch_size as u64)
+        };
         // The weights of every shard (the header read is the first one's), plus KV and compute.
         let e = hearth_gguf::fit::estimate(std::slice::from_ref(&gguf), &plan);
         let estimate = e.kv_cache + e.compute + manifest.model_layers().map(|l| l.size).sum::<u64>();

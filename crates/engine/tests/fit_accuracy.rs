@@ -1,0 +1,74 @@
+//! `hearth fit`'s estimate (hearth_gguf::fit) against what llama.cpp itself allocates when it
+//! loads the starter model: model, KV and compute buffers as its log reports them, across
+//! contexts, flash attention on/off and KV cache types. Target: within 5% or 64 MiB.
+//! Its own test binary: it installs a global log subscriber.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use hearth_engine::{CacheType, Engine, EngineOptions, FlashAttn, ModelOptions};
+use hearth_gguf::fit::{estimate, kv_bytes_per_elem, ContextPlan};
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sum of the MiB figures on log lines containing `what` ("KV buffer size", ...).
+fn reported(log: &str, what: &str) -> f64 {
+    log.lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| l.split('=').nth(1)?.split_whitespace().next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn estimates_match_llama_cpp_allocations() {
+    let log = Captured::default();
+    let writer = log.clone();
+    tracing_subscriber::fmt().with_env_filter("llama.cpp=info").with_writer(move || writer.clone()).with_ansi(false).init();
+    let path = common::model_path();
+    let gguf = hearth_gguf::Gguf::open(&path).unwrap();
+    let mut rows = Vec::new();
+    for (ctx, fa, kv) in [(2048u32, true, "f16"), (2048, false, "f16"), (8192, true, "f16"), (8192, false, "f16"), (32768, true, "f16"), (8192, true, "q8_0"), (32768, true, "q8_0")] {
+        log.0.lock().unwrap().clear();
+        let mut o = EngineOptions::new(ModelOptions::new(&path));
+        o.ctx_size = ctx;
+        o.threads = Some(2);
+        o.flash_attn = if fa { FlashAttn::On } else { FlashAttn::Off };
+        o.cache_type_k = kv.parse::<CacheType>().unwrap();
+        o.cache_type_v = kv.parse::<CacheType>().unwrap();
+        let e = Engine::start(o).unwrap();
+        drop(e);
+        let text = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+        let real = [reported(&text, "model buffer size"), reported(&text, "KV buffer size"), reported(&text, "compute buffer size")];
+        let b = kv_bytes_per_elem(kv).unwrap();
+        let plan = ContextPlan { k_bytes_per_elem: b, v_bytes_per_elem: b, flash_attn: fa, ..ContextPlan::f16(ctx as u64, 512) };
+        let est = estimate(std::slice::from_ref(&gguf), &plan);
+        let mib = |n: u64| n as f64 / (1 << 20) as f64;
+        let ours = [mib(est.weights), mib(est.kv_cache), mib(est.compute)];
+        rows.push(format!(
+            "ctx {ctx:>5} fa {:<3} kv {kv:<4} | model {:7.1} / {:7.1} | KV {:7.1} / {:7.1} | compute {:7.1} / {:7.1} MiB (estimate / llama.cpp)",
+            if fa { "on" } else { "off" }, ours[0], real[0], ours[1], real[1], ours[2], real[2]
+        ));
+        for (i, name) in ["model", "KV", "compute"].iter().enumerate() {
+            assert!(real[i] > 0.0, "llama.cpp reported no {name} buffer:\n{text}");
+            let diff = (ours[i] - real[i]).abs();
+            assert!(diff <= 64.0 || diff / real[i] <= 0.05, "{name}: estimate {} vs llama.cpp {} MiB\n{}", ours[i], real[i], rows.join("\n"));
+        }
+        let total_real: f64 = real.iter().sum();
+        let total_ours = mib(est.total);
+        assert!((total_ours - total_real).abs() <= 64.0 || (total_ours - total_real).abs() / total_real <= 0.05);
+    }
+    println!("{}", rows.join("\n"));
+}
