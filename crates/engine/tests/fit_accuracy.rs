@@ -70,5 +70,81 @@ fn estimates_match_llama_cpp_allocations() {
         let total_ours = mib(est.total);
         assert!((total_ours - total_real).abs() <= 64.0 || (total_ours - total_real).abs() / total_real <= 0.05);
     }
+    // A synthetic dense model of about 2 GB made by our GGUF writer.
+    let dir = tempfile::tempdir().unwrap();
+    let dense = synthetic_dense(dir.path());
+    let dense_gguf = hearth_gguf::Gguf::open(&dense).unwrap();
+    for (ctx, fa) in [(4096u32, true), (4096, false), (16384, true)] {
+        log.0.lock().unwrap().clear();
+        let mut o = EngineOptions::new(ModelOptions::new(&dense));
+        o.ctx_size = ctx;
+        o.threads = Some(2);
+        o.flash_attn = if fa { FlashAttn::On } else { FlashAttn::Off };
+        drop(Engine::start(o).unwrap());
+        let text = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+        let real = [reported(&text, "model buffer size"), reported(&text, "KV buffer size"), reported(&text, "compute buffer size")];
+        let est = estimate(std::slice::from_ref(&dense_gguf), &ContextPlan { flash_attn: fa, ..ContextPlan::f16(ctx as u64, 512) });
+        let mib = |n: u64| n as f64 / (1 << 20) as f64;
+        let ours = [mib(est.weights), mib(est.kv_cache), mib(est.compute)];
+        rows.push(format!(
+            "dense ctx {ctx:>5} fa {:<3} kv f16  | model {:7.1} / {:7.1} | KV {:7.1} / {:7.1} | compute {:7.1} / {:7.1} MiB",
+            if fa { "on" } else { "off" }, ours[0], real[0], ours[1], real[1], ours[2], real[2]
+        ));
+        for i in 0..3 {
+            let diff = (ours[i] - real[i]).abs();
+            assert!(real[i] > 0.0 && (diff <= 64.0 || diff / real[i] <= 0.05), "{}\n{text}", rows.join("\n"));
+        }
+    }
     println!("{}", rows.join("\n"));
 }
+
+/// A synthetic dense llama model of about 2 GB (F16, zero weights in a sparse file; the
+/// tokenizer is the starter model's), made by our own GGUF writer.
+fn synthetic_dense(dir: &std::path::Path) -> std::path::PathBuf {
+    use hearth_gguf::{GgufWriter, TensorData, Value};
+    let src = hearth_gguf::Gguf::open(&common::model_path()).unwrap();
+    let (n_embd, n_layer, n_ff, n_head, n_head_kv) = (2048u64, 16u64, 5632u64, 32u64, 8u64);
+    let n_vocab = src.get("tokenizer.ggml.tokens").and_then(Value::as_array).unwrap().len() as u64;
+    let mut w = GgufWriter::new();
+    for (k, v) in &src.metadata {
+        if k.starts_with("tokenizer.") {
+            w.set(k.clone(), v.clone());
+        }
+    }
+    w.set("general.architecture", "llama");
+    w.set("general.name", "synthetic dense");
+    w.set("llama.block_count", n_layer as u32);
+    w.set("llama.context_length", 32768u32);
+    w.set("llama.embedding_length", n_embd as u32);
+    w.set("llama.feed_forward_length", n_ff as u32);
+    w.set("llama.attention.head_count", n_head as u32);
+    w.set("llama.attention.head_count_kv", n_head_kv as u32);
+    w.set("llama.rope.dimension_count", (n_embd / n_head) as u32);
+    w.set("llama.attention.layer_norm_rms_epsilon", 1e-5f32);
+    w.set("llama.vocab_size", n_vocab as u32);
+    let f16 = 1u32;
+    let f32t = 0u32;
+    let mut t = |name: &str, dims: Vec<u64>, ty: u32| {
+        let n: u64 = dims.iter().product::<u64>() * if ty == f32t { 4 } else { 2 };
+        w.tensor(name.to_string(), dims, ty, TensorData::Zeros(n));
+    };
+    let kv_dim = n_embd / n_head * n_head_kv;
+    t("token_embd.weight", vec![n_embd, n_vocab], f16);
+    t("output_norm.weight", vec![n_embd], f32t);
+    t("output.weight", vec![n_embd, n_vocab], f16);
+    for i in 0..n_layer {
+        t(&format!("blk.{i}.attn_norm.weight"), vec![n_embd], f32t);
+        t(&format!("blk.{i}.attn_q.weight"), vec![n_embd, n_embd], f16);
+        t(&format!("blk.{i}.attn_k.weight"), vec![n_embd, kv_dim], f16);
+        t(&format!("blk.{i}.attn_v.weight"), vec![n_embd, kv_dim], f16);
+        t(&format!("blk.{i}.attn_output.weight"), vec![n_embd, n_embd], f16);
+        t(&format!("blk.{i}.ffn_norm.weight"), vec![n_embd], f32t);
+        t(&format!("blk.{i}.ffn_gate.weight"), vec![n_embd, n_ff], f16);
+        t(&format!("blk.{i}.ffn_up.weight"), vec![n_embd, n_ff], f16);
+        t(&format!("blk.{i}.ffn_down.weight"), vec![n_ff, n_embd], f16);
+    }
+    let path = dir.join("dense.gguf");
+    w.write_to_path(&path).unwrap();
+    path
+}
+
