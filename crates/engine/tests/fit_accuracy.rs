@@ -110,7 +110,7 @@ fn estimates_match_llama_cpp_allocations() {
                 || (total_ours - total_real).abs() / total_real <= 0.05
         );
     }
-    // Synthetic models made by our GGUF writer: a dense llama of 1.7 GiB, a qwen3moe of 1.2 GiB.
+    // Synthetic models made by our GGUF writer: a dense llama of 1.7 GiB, a qwen3moe of 1.4 GiB.
     let dir = tempfile::tempdir().unwrap();
     for (kind, moe, ctx, fa) in [
         ("dense", None, 4096u32, true),
