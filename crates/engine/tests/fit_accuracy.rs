@@ -5,24 +5,12 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use common::Captured;
+
 
 use hearth_engine::{CacheType, Engine, EngineOptions, FlashAttn, ModelOptions};
 use hearth_gguf::fit::{estimate, kv_bytes_per_elem, ContextPlan};
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Sum of the MiB figures on log lines containing `what` ("KV buffer size", ...).
 fn reported(log: &str, what: &str) -> f64 {

@@ -4,25 +4,13 @@
 
 mod common;
 
-use std::io::Write;
+use common::Captured;
+
 use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hearth_engine::{Engine, EngineOptions, GenerateRequest, ModelOptions, Prompt, SamplingParams};
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[test]
 fn a_model_offloaded_to_an_rpc_server_decodes_exactly_like_the_local_one() {
