@@ -299,6 +299,7 @@ async fn probe(client: &Client, t: &Target, opts: &DownloadOptions, reporter: &d
     // refuses HEAD, or does not say the size, gets a GET of the first byte instead.
     let mut use_get = false;
     loop {
+        let mut retry_after = None;
         let req = if use_get {
             client.get(&t.url).headers(t.headers.clone()).header(RANGE, HeaderValue::from_static("bytes=0-0"))
         } else {
@@ -337,20 +338,8 @@ async fn probe(client: &Client, t: &Target, opts: &DownloadOptions, reporter: &d
                         return Err(StoreError::RemoteNotFound { what: "file".into(), url: t.url.clone(), available: Vec::new() })
                     }
                     Reply::Retry { after } => {
-                        let wait = backoff(opts, attempt, after);
-                        reporter.note(&t.id, &format!("server answered {} (retrying in {wait:.1?})", resp.status()));
-                        attempt += 1;
-                        if attempt >= opts.max_attempts {
-                            return Err(StoreError::DownloadFailed {
-                                url: t.url.clone(),
-                                attempts: attempt,
-                                done: 0,
-                                total: t.size.map_or("?".into(), |s| s.to_string()),
-                                reason: format!("the server answered {}", resp.status()),
-                            });
-                        }
-                        tokio::time::sleep(wait).await;
-                        continue;
+                        retry_after = after;
+                        format!("the server answered {}", resp.status())
                     }
                     Reply::NotSatisfiable { .. } | Reply::Fatal(_) => {
                         return Err(StoreError::Http { url: t.url.clone(), reason: format!("unexpected answer {}", resp.status()) })
@@ -368,8 +357,9 @@ async fn probe(client: &Client, t: &Target, opts: &DownloadOptions, reporter: &d
                 reason: failure,
             });
         }
-        reporter.note(&t.id, &format!("{failure}; retrying"));
-        tokio::time::sleep(backoff(opts, attempt - 1, None)).await;
+        let wait = backoff(opts, attempt - 1, retry_after);
+        reporter.note(&t.id, &format!("{failure}; retrying in {wait:.1?}"));
+        tokio::time::sleep(wait).await;
     }
 }
 
