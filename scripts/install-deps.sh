@@ -2,8 +2,9 @@
 # Installs what building hearth needs, where it is missing, on Debian/Ubuntu:
 # a C/C++ compiler, cmake (llama.cpp's build), libclang (bindgen), python3 with pip (the test
 # model comes from PyPI) and venv (the end-to-end tests' SDKs live in a virtualenv: Debian's
-# system Python refuses global pip installs), and the Rust toolchain (rustup) when cargo is not
-# on PATH.
+# system Python refuses global pip installs), Node.js with npm and Debian's chromium (the web
+# page's browser tests: playwright-core drives that chromium and never downloads a browser),
+# iproute2 (the cluster tests' network namespaces), and the Rust toolchain (rustup) when cargo is not on PATH.
 set -euo pipefail
 
 need=()
@@ -18,6 +19,12 @@ python3 -m venv "$venv_try/v" >/dev/null 2>&1 || need+=(python3-venv)
 rm -rf "$venv_try"
 ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 command -v curl >/dev/null || need+=(curl)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+# `ip netns` + veth: the cluster tests' separate network hosts; taskset: the cluster bench.
+command -v ip >/dev/null || need+=(iproute2)
+command -v taskset >/dev/null || need+=(util-linux)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}" >&2

@@ -3,7 +3,9 @@
 # then runs every test of the workspace (with the real model) in the release profile, which
 # shares its optimised llama.cpp build with `cargo build --release`; then the end-to-end tests
 # (tests/e2e: `hearth serve` through the official openai and ollama Python SDKs, pinned in
-# tests/e2e/requirements.txt and installed in a virtualenv kept in the cache directory).
+# tests/e2e/requirements.txt and installed in a virtualenv kept in the cache directory); then
+# the web page's browser tests (tests/web: playwright-core, pinned by its package-lock.json,
+# driving Debian's headless chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -30,3 +32,10 @@ if ! "$venv/bin/python" -c '' >/dev/null 2>&1 || [ "$(cat "$venv/.requirements.s
   echo "$want" >"$venv/.requirements.sha256"
 fi
 PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" -m pytest tests/e2e -q
+
+# The browser tests need Node.js 20 or newer (playwright-core's minimum).
+if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)'; then
+  echo "error: the browser tests (tests/web) need Node.js 20 or newer; found $(node --version)" >&2
+  exit 1
+fi
+(cd tests/web && npm ci --no-audit --no-fund --loglevel=error && node --test --test-concurrency=1 page.test.mjs)

@@ -51,6 +51,10 @@ pub enum Command {
     Ps,
     /// Unload a model from a running server
     Stop(StopArgs),
+    /// Lend this machine's devices to a controller (`hearth serve --workers`)
+    Worker(WorkerArgs),
+    /// The workers of a cluster: reachable, versions, devices, memory, what they host
+    Cluster(ClusterCmd),
     /// Runs one model for `hearth serve` (internal)
     #[command(hide = true)]
     Runner(RunnerArgs),
@@ -78,9 +82,18 @@ pub struct FitArgs {
     /// KV cache type for V (-ctv)
     #[arg(long = "cache-type-v", default_value = "f16")]
     pub cache_type_v: String,
-    /// The memory to fit in, e.g. "cpu=24GiB" [default: this machine's available memory]
+    /// The devices to fit in, in order, e.g. "cpu=24GiB" or "cpu=128G,w1=128G,w2=128G"
+    /// (the first is the host) [default: this machine's available memory, then the workers']
     #[arg(long)]
     pub devices: Option<String>,
+    /// Layers to put on the devices after the first (-ngl) [default: planned]
+    #[arg(long = "gpu-layers", visible_alias = "n-gpu-layers", value_name = "N")]
+    pub gpu_layers: Option<u32>,
+    /// Proportions over the devices after the first (-ts) [default: planned]
+    #[arg(long = "tensor-split", value_delimiter = ',', value_name = "F,F,...")]
+    pub tensor_split: Vec<f32>,
+    #[command(flatten)]
+    pub cluster: WorkersArgs,
     /// Allow plain http for a registry host
     #[arg(long)]
     pub insecure: bool,
@@ -124,6 +137,67 @@ pub struct BenchArgs {
     /// Draw aggregate tok/s against concurrency into this SVG file
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+}
+
+/// The workers a controller uses.
+#[derive(Debug, Args, Clone, Default)]
+pub struct WorkersArgs {
+    /// Workers (`hearth worker`) to spread models over, comma-separated HOST:PORT
+    #[arg(long, env = "HEARTH_WORKERS", value_delimiter = ',', value_name = "HOST:PORT")]
+    pub workers: Vec<String>,
+    /// The shared cluster secret the workers were started with
+    #[arg(long = "cluster-token", env = "HEARTH_CLUSTER_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Public address [default: 0.0.0.0:50052 with a token, else 127.0.0.1:50052]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// Devices to serve, comma-separated ggml names (CPU, CUDA0, ...) [default: the GPUs, else the CPU]
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    pub devices: Vec<String>,
+    /// Most memory the controller may use here, e.g. 100G [default: what is free]
+    #[arg(long, value_name = "BYTES")]
+    pub mem: Option<String>,
+    /// CPU threads for computing [default: all cores]
+    #[arg(short = 't', long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Where received and preloaded tensors are cached [default: ~/.hearth/rpc-cache]
+    #[arg(long = "cache-dir", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// The shared cluster secret; controllers must present it
+    #[arg(long, env = "HEARTH_CLUSTER_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Allow a non-loopback --listen without a token (anyone who reaches the port can use it)
+    #[arg(long)]
+    pub insecure: bool,
+    /// Hash this model (from this machine's store) into the cache first, so loads move no
+    /// weights over the network (repeatable)
+    #[arg(long, value_name = "MODEL")]
+    pub preload: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterCmd {
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Each worker: reachable or not, versions, devices, free/total memory, round trip, models
+    Status(ClusterStatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterStatusArgs {
+    #[command(flatten)]
+    pub cluster: WorkersArgs,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -191,6 +265,11 @@ pub struct ServeArgs {
     /// RPC servers to offload to, comma-separated host:port
     #[arg(long, value_delimiter = ',', value_name = "HOST:PORT")]
     pub rpc: Vec<String>,
+    /// Proportions of the offloaded layers per worker device, comma-separated (-ts) [default: planned by free memory]
+    #[arg(long = "tensor-split", value_delimiter = ',', value_name = "F,F,...")]
+    pub tensor_split: Vec<f32>,
+    #[command(flatten)]
+    pub cluster: WorkersArgs,
 }
 
 /// Settings read from the environment (flags win over them).
@@ -349,6 +428,8 @@ pub struct LoadArgs {
     /// Fraction of the model for each device, comma-separated (-ts)
     #[arg(long = "tensor-split", value_delimiter = ',', value_name = "F,F,...")]
     pub tensor_split: Vec<f32>,
+    #[command(flatten)]
+    pub cluster: WorkersArgs,
 }
 
 /// How tokens are picked. Defaults are llama.cpp's.

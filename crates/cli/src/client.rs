@@ -27,6 +27,11 @@ pub fn server() -> Option<Remote> {
 }
 
 impl Remote {
+    /// The server at `base` (`http://HOST:PORT`), without checking it.
+    pub fn at(base: &str) -> Remote {
+        Remote { base: base.trim_end_matches('/').to_string(), key: std::env::var("HEARTH_API_KEY").ok().filter(|k| !k.is_empty()) }
+    }
+
     fn request(&self, method: &str, path: &str) -> ureq::Request {
         let r = ureq::request(method, &format!("{}{path}", self.base)).timeout(Duration::from_secs(3600));
         match &self.key {
@@ -170,6 +175,57 @@ pub fn pull(r: &Remote, reference: &str, insecure: bool) -> Result<()> {
             _ => {}
         }
         last_status = status;
+    }
+    Ok(())
+}
+
+/// `hearth cluster status`: from the running server (`GET /api/cluster`) when no `--workers`
+/// are given, else by asking the workers directly.
+pub fn cluster_status(a: crate::args::ClusterStatusArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let v: serde_json::Value = if a.cluster.workers.is_empty() {
+        let Some(r) = server() else {
+            anyhow::bail!("no workers given and no hearth server answers: pass --workers HOST:PORT,... (or HEARTH_WORKERS), or start `hearth serve --workers ...`");
+        };
+        match r.request("GET", "/api/cluster").call() {
+            Ok(resp) => resp.into_json().context("the server's answer is not JSON")?,
+            Err(ureq::Error::Status(404, _)) => anyhow::bail!("the server at {} has no workers (start it with --workers HOST:PORT,...)", r.base),
+            Err(e) => anyhow::bail!("cannot ask the server at {}: {e}", r.base),
+        }
+    } else {
+        let cluster = crate::serve::cluster(&a.cluster)?.context("no workers")?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let workers = rt.block_on(cluster.status());
+        serde_json::json!({ "workers": workers, "unavailable": [] })
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let gib = |b: u64| format!("{:.1}", b as f64 / (1u64 << 30) as f64);
+    println!("{:<22} {:<11} {:<22} {:<18} {:>13} {:>8} {:>5}  {}", "WORKER", "STATE", "VERSION", "DEVICES", "FREE/TOTAL GiB", "RTT ms", "CONN", "MODELS / ERROR");
+    for w in v["workers"].as_array().into_iter().flatten() {
+        let reachable = w["reachable"].as_bool().unwrap_or(false);
+        let devices: Vec<&str> = w["devices"].as_array().into_iter().flatten().filter_map(|d| d["name"].as_str()).collect();
+        let version = match (w["hearth_version"].as_str(), w["rpc_version"].as_str()) {
+            (Some(h), Some(r)) => format!("{h} (rpc {r})"),
+            _ => "-".into(),
+        };
+        let models: Vec<&str> = w["hosts"].as_array().into_iter().flatten().filter_map(|m| m.as_str()).collect();
+        println!(
+            "{:<22} {:<11} {:<22} {:<18} {:>13} {:>8} {:>5}  {}",
+            w["address"].as_str().unwrap_or("?"),
+            if reachable { "reachable" } else { "UNREACHABLE" },
+            version,
+            if devices.is_empty() { "-".to_string() } else { devices.join(",") },
+            format!("{}/{}", gib(w["free"].as_u64().unwrap_or(0)), gib(w["total"].as_u64().unwrap_or(0))),
+            w["rtt_ms"].as_f64().map_or("-".into(), |r| format!("{r:.1}")),
+            w["connections"].as_u64().unwrap_or(0),
+            if reachable { models.join(", ") } else { w["error"].as_str().unwrap_or("").to_string() }
+        );
+    }
+    for u in v["unavailable"].as_array().into_iter().flatten() {
+        println!("unavailable: {}: {}", u["model"].as_str().unwrap_or("?"), u["error"].as_str().unwrap_or(""));
     }
     Ok(())
 }

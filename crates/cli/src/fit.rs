@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use hearth_gguf::fit::{estimate, kv_bytes_per_elem, max_context, ContextPlan};
+use hearth_gguf::fit::{estimate, kv_bytes_per_elem, max_context_by, ContextPlan};
+use hearth_gguf::plan::{place, Device, Split};
 use hearth_gguf::Gguf;
 
 use crate::args::FitArgs;
@@ -49,21 +50,50 @@ fn gib(n: u64) -> String {
     format!("{:.2} GiB", n as f64 / (1u64 << 30) as f64)
 }
 
+/// `--devices "cpu=24GiB,gpu0=120GiB"`: the devices in order, the first being the host.
+fn parse_devices(spec: &str) -> Result<Vec<Device>> {
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, size) = part.split_once('=').with_context(|| format!("--devices: {part:?} is not NAME=SIZE (e.g. cpu=24GiB)"))?;
+        out.push(Device { name: name.trim().to_string(), available: crate::serve::parse_bytes(size).with_context(|| format!("--devices: {part:?}"))? });
+    }
+    if out.is_empty() {
+        bail!("--devices lists no device (e.g. cpu=24GiB,w1=128GiB)");
+    }
+    Ok(out)
+}
+
+/// This machine, then the devices of the workers given (asked for their free memory now).
+fn real_devices(a: &FitArgs) -> Result<(Vec<Device>, Vec<String>)> {
+    let mut devices = vec![Device { name: "this machine".into(), available: available_memory() }];
+    let mut notes = Vec::new();
+    if let Some(cluster) = crate::serve::cluster(&a.cluster)? {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        for w in rt.block_on(cluster.status()) {
+            if !w.reachable {
+                notes.push(format!("worker {} is unreachable ({}): planned without it", w.address, w.error.unwrap_or_default()));
+                continue;
+            }
+            for d in w.devices {
+                devices.push(Device { name: format!("{} {}", w.address, d.name), available: d.free });
+            }
+        }
+    }
+    Ok((devices, notes))
+}
+
 pub fn fit(a: FitArgs) -> Result<()> {
     let (Some(k), Some(v)) = (kv_bytes_per_elem(&a.cache_type_k), kv_bytes_per_elem(&a.cache_type_v)) else {
         bail!("unknown KV cache type {:?}/{:?} (f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0, iq4_nl)", a.cache_type_k, a.cache_type_v);
     };
-    let (device, capacity) = match &a.devices {
-        None => ("cpu (available now)".to_string(), available_memory()),
-        Some(d) => {
-            let parts: Vec<&str> = d.split(',').filter(|p| !p.trim().is_empty()).collect();
-            if parts.len() != 1 {
-                bail!("--devices describes one device for now (e.g. cpu=24GiB); planning a split over several is not supported yet");
-            }
-            let (name, size) = parts[0].split_once('=').with_context(|| format!("{:?} is not NAME=SIZE (e.g. cpu=24GiB)", parts[0]))?;
-            (name.trim().to_string(), crate::serve::parse_bytes(size)?)
-        }
+    let (devices, notes) = match &a.devices {
+        Some(d) => (parse_devices(d)?, Vec::new()),
+        None => real_devices(&a)?,
     };
+    let split = Split { gpu_layers: a.gpu_layers, tensor_split: a.tensor_split.clone() };
+    if devices.len() == 1 && !split.is_auto() {
+        bail!("--gpu-layers/--tensor-split need devices besides the host: list them with --devices (e.g. cpu=24G,gpu0=16G) or give --workers");
+    }
     let (shards, read) = match local_headers(&a.model)? {
         Some(h) => (h, None),
         None => {
@@ -81,8 +111,10 @@ pub fn fit(a: FitArgs) -> Result<()> {
         flash_attn: a.flash_attn != hearth_engine::FlashAttn::Off,
     };
     let e = estimate(&shards, &plan);
-    let fits = e.total <= capacity;
-    let per_seq_max = max_context(&shards, &plan, a.parallel, capacity);
+    let placement = place(&shards, &plan, &devices, &split);
+    let fits = placement.fits;
+    let per_seq_max = max_context_by(&shards, &plan, a.parallel, |p| place(&shards, p, &devices, &split).fits);
+    let capacity: u64 = devices.iter().map(|d| d.available).sum();
     let summary = shards[0].summary();
     if a.json {
         let v = serde_json::json!({
@@ -93,24 +125,43 @@ pub fn fit(a: FitArgs) -> Result<()> {
             "context_per_sequence": a.ctx,
             "parallel": a.parallel,
             "estimate": e,
-            "device": device,
+            "device": devices.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(","),
             "available": capacity,
             "fits": fits,
             "max_context_per_sequence": per_seq_max,
+            "placement": placement,
+            "notes": notes,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("{}: {} {} {} in {} file(s)", a.model, summary.architecture, summary.parameter_size, summary.quantization, shards.len());
+    println!("{}: {} {} {} in {} file(s), {} layers", a.model, summary.architecture, summary.parameter_size, summary.quantization, shards.len(), placement.n_layer);
     if let Some(n) = read {
         println!("  (read {:.1} MB of headers, no weights)", n as f64 / 1e6);
+    }
+    for n in &notes {
+        println!("  note: {n}");
     }
     println!("  context         {} tokens x {} sequence(s), KV {}/{}", a.ctx, a.parallel, a.cache_type_k, a.cache_type_v);
     println!("  weights         {}", gib(e.weights));
     println!("  KV cache        {}", gib(e.kv_cache));
     println!("  compute buffer  {}", gib(e.compute));
     println!("  total           {}", gib(e.total));
-    println!("  {device:<15} {} -> {}", gib(capacity), if fits { "fits".to_string() } else { format!("does NOT fit (short by {})", gib(e.total - capacity)) });
+    println!();
+    for line in placement.table().lines() {
+        println!("  {line}");
+    }
+    println!();
+    if devices.len() > 1 {
+        let ts: Vec<String> = placement.tensor_split.iter().map(|x| format!("{x}")).collect();
+        println!("  split: --gpu-layers {} --tensor-split {}", placement.gpu_layers, ts.join(","));
+    }
+    if fits {
+        println!("  fits");
+    } else {
+        let short: u64 = placement.shortfalls().iter().map(|d| d.total - d.available).sum();
+        println!("  does NOT fit (short by {} in all)", gib(short));
+    }
     match per_seq_max {
         Some(n) => println!("  largest context that fits: {n} tokens per sequence"),
         None => println!("  no context fits: the weights alone need more"),

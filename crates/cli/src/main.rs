@@ -13,6 +13,7 @@ mod models;
 mod progress;
 mod run;
 mod serve;
+mod worker;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -31,7 +32,8 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_tracing(cli.verbose);
+    // A worker logs its controllers' connections and loads by default.
+    init_tracing(cli.verbose, matches!(cli.command, Command::Worker(_)));
     let result = match cli.command {
         Command::Run(args) => run::run(args, cli.verbose),
         Command::Pull(a) => match client::server() {
@@ -64,6 +66,10 @@ fn main() -> ExitCode {
         Command::Export(a) => models::export(a).map(|_| ExitCode::SUCCESS),
         Command::Serve(a) => serve::serve(a).map(|_| ExitCode::SUCCESS),
         Command::Runner(a) => serve::runner(&a.spec).map(|_| ExitCode::SUCCESS),
+        Command::Worker(a) => worker::worker(a).map(|_| ExitCode::SUCCESS),
+        Command::Cluster(c) => match c.command {
+            args::ClusterCommand::Status(a) => client::cluster_status(a).map(|_| ExitCode::SUCCESS),
+        },
     };
     match result {
         Ok(code) => code,
@@ -101,9 +107,10 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 /// Logs go to stderr. Quiet by default (warnings from hearth, nothing from llama.cpp);
 /// `-v` shows hearth's and llama.cpp's info, `-vv` debug. `HEARTH_LOG` (tracing's filter
 /// syntax) overrides both.
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, chatty: bool) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
+        0 if chatty => "info,llama.cpp=off",
         0 => "warn,llama.cpp=off",
         1 => "info,llama.cpp=info",
         _ => "debug,llama.cpp=debug",

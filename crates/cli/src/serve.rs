@@ -11,11 +11,16 @@ use crate::args::ServeArgs;
 
 /// `HOST:PORT`, `HOST` (port 11434) or `http://HOST:PORT`.
 pub fn parse_host(s: &str) -> Result<SocketAddr> {
+    parse_host_port(s, 11434)
+}
+
+/// `HOST:PORT`, or `HOST` with `default_port`.
+pub fn parse_host_port(s: &str, default_port: u16) -> Result<SocketAddr> {
     let s = s.trim().trim_start_matches("http://").trim_end_matches('/');
     let with_port = if s.parse::<SocketAddr>().is_ok() || s.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
         s.to_string()
     } else {
-        format!("{s}:11434")
+        format!("{s}:{default_port}")
     };
     use std::net::ToSocketAddrs;
     with_port
@@ -59,6 +64,20 @@ fn total_memory() -> u64 {
         .map_or(8 << 30, |kb| kb * 1024)
 }
 
+/// The workers from `--workers` / `HEARTH_WORKERS`, if any.
+pub fn cluster(w: &crate::args::WorkersArgs) -> Result<Option<Arc<hearth_server::cluster::Cluster>>> {
+    let workers: Vec<String> = w.workers.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    if workers.is_empty() {
+        return Ok(None);
+    }
+    let mut addrs = Vec::new();
+    for w in &workers {
+        addrs.push(parse_host_port(w, crate::worker::DEFAULT_PORT).with_context(|| format!("--workers: {w:?}"))?.to_string());
+    }
+    let token = hearth_cluster::ClusterToken::from_option(w.token.as_deref().filter(|t| !t.is_empty()));
+    Ok(Some(Arc::new(hearth_server::cluster::Cluster::new(addrs, token, crate::worker::versions()))))
+}
+
 /// The server's state from the flags.
 fn state(a: &ServeArgs) -> Result<(Arc<AppState>, std::path::PathBuf)> {
     let keep_alive = KeepAlive::parse_str(&a.keep_alive).map_err(|e| anyhow::anyhow!("--keep-alive: {e}"))?;
@@ -92,6 +111,8 @@ fn state(a: &ServeArgs) -> Result<(Arc<AppState>, std::path::PathBuf)> {
             keep_alive,
             load_timeout: Duration::from_secs(a.load_timeout),
             rpc_servers: a.rpc.clone(),
+            tensor_split: a.tensor_split.clone(),
+            cluster: cluster(&a.cluster)?,
         },
         store.clone(),
     );

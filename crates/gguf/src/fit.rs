@@ -91,26 +91,70 @@ pub fn estimate(shards: &[Gguf], plan: &ContextPlan) -> Estimate {
     // batch, or (without flash attention) the attention scores of a batch against one
     // sequence's cells, whichever is larger; plus the f16 mask and a little more. Checked
     // against llama.cpp's own figures in crates/engine/tests/fit_accuracy.rs.
-    let n_kv = (plan.n_ctx / plan.parallel.max(1)).div_ceil(256) * 256;
-    let logits = plan.n_ubatch * (s.n_vocab + 4 * s.n_embd) * 4;
-    let scores = if plan.flash_attn { 0 } else { n_kv * plan.n_ubatch * s.n_head * 4 };
-    let mask = n_kv * plan.n_ubatch * 2;
-    let compute = logits.max(scores) + mask + (2 << 20);
+    let c = compute_parts(first, plan);
+    let compute = c.with_output();
     let kv = kv as u64;
     Estimate { weights, kv_cache: kv, compute, total: weights + kv + compute }
+}
+
+/// The parts of the compute buffer, so a split can give each device its own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ComputeParts {
+    /// Output logits of a batch (and the last hidden states): on the device with the output.
+    pub logits: u64,
+    /// Attention scores of a batch (0 with flash attention) plus the f16 mask: on every device
+    /// that holds layers.
+    pub scores: u64,
+    pub mask: u64,
+    /// Inputs of a batch (embeddings): on the host.
+    pub input: u64,
+}
+
+impl ComputeParts {
+    /// The device holding the output layer (the whole estimate on one device).
+    pub fn with_output(&self) -> u64 {
+        self.logits.max(self.scores) + self.mask + (2 << 20)
+    }
+    /// A device holding repeating layers only.
+    pub fn layers_only(&self) -> u64 {
+        self.scores + self.mask + (2 << 20)
+    }
+}
+
+pub(crate) fn compute_parts(first: &Gguf, plan: &ContextPlan) -> ComputeParts {
+    let s = shape(first);
+    let n_kv = (plan.n_ctx / plan.parallel.max(1)).div_ceil(256) * 256;
+    ComputeParts {
+        logits: plan.n_ubatch * (s.n_vocab + 4 * s.n_embd) * 4,
+        scores: if plan.flash_attn { 0 } else { n_kv * plan.n_ubatch * s.n_head * 4 },
+        mask: n_kv * plan.n_ubatch * 2,
+        input: plan.n_ubatch * s.n_embd * 4 + (2 << 20),
+    }
+}
+
+/// KV cache bytes of one repeating layer.
+pub(crate) fn kv_per_layer(first: &Gguf, plan: &ContextPlan) -> u64 {
+    let s = shape(first);
+    (plan.n_ctx as f64 * s.n_head_kv as f64 * (s.head_k as f64 * plan.k_bytes_per_elem + s.head_v as f64 * plan.v_bytes_per_elem)) as u64
 }
 
 /// The largest context per sequence (a multiple of 256, at most the trained context) whose
 /// estimate for `parallel` sequences fits in `available` bytes, if any does.
 pub fn max_context(shards: &[Gguf], plan: &ContextPlan, parallel: u64, available: u64) -> Option<u64> {
+    max_context_by(shards, plan, parallel, |p| estimate(shards, p).total <= available)
+}
+
+/// The largest context per sequence (a multiple of 256, at most the trained context) for which
+/// `fits` holds, with `parallel` sequences.
+pub fn max_context_by(shards: &[Gguf], plan: &ContextPlan, parallel: u64, fits: impl Fn(&ContextPlan) -> bool) -> Option<u64> {
     let parallel = parallel.max(1);
-    let at = |per_seq: u64| estimate(shards, &ContextPlan { n_ctx: per_seq * parallel, ..*plan }).total;
-    if at(256) > available {
+    let at = |per_seq: u64| fits(&ContextPlan { n_ctx: per_seq * parallel, parallel, ..*plan });
+    if !at(256) {
         return None;
     }
     let limit = shards.first().and_then(|g| g.arch_u64("context_length")).unwrap_or(1 << 20).max(256);
     let (mut lo, mut hi) = (256u64, limit);
-    if at(hi) <= available {
+    if at(hi) {
         return Some(hi);
     }
     while hi - lo > 256 {
@@ -118,7 +162,7 @@ pub fn max_context(shards: &[Gguf], plan: &ContextPlan, parallel: u64, available
         if mid <= lo {
             break;
         }
-        if at(mid) <= available {
+        if at(mid) {
             lo = mid;
         } else {
             hi = mid;
@@ -128,18 +172,24 @@ pub fn max_context(shards: &[Gguf], plan: &ContextPlan, parallel: u64, available
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{GgufWriter, TensorData};
 
-    fn model() -> Gguf {
+    /// A llama header: `n_layer` layers, n_embd 64, 4 heads, 2 KV heads, 4096 context.
+    pub(crate) fn llama_header(n_layer: u32) -> GgufWriter {
         let mut w = GgufWriter::new();
         w.set("general.architecture", "llama");
-        w.set("llama.block_count", 2u32);
+        w.set("llama.block_count", n_layer);
         w.set("llama.embedding_length", 64u32);
         w.set("llama.attention.head_count", 4u32);
         w.set("llama.attention.head_count_kv", 2u32);
         w.set("llama.context_length", 4096u32);
+        w
+    }
+
+    fn model() -> Gguf {
+        let mut w = llama_header(2);
         w.tensor("w", vec![64u64, 64], 0, TensorData::Zeros(64 * 64 * 4));
         let bytes = w.to_bytes().unwrap();
         Gguf::read(&bytes[..], Some(bytes.len() as u64)).unwrap()

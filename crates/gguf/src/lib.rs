@@ -17,6 +17,7 @@ use std::io::Read;
 use std::path::Path;
 
 pub mod fit;
+pub mod plan;
 mod summary;
 pub mod writer;
 

@@ -51,6 +51,7 @@ impl From<SchedError> for ApiError {
             },
             SchedError::Runner(r) => ApiError::internal(r.to_string()),
             SchedError::Store(m) => ApiError::internal(m),
+            SchedError::TooLarge(m) => ApiError::internal(m),
         }
     }
 }
@@ -138,6 +139,25 @@ pub enum Event {
     Error(String),
 }
 
+/// Why a runner died, naming the worker it lost when that is the reason (the model is then
+/// marked unavailable until it loads again).
+pub async fn why_died(state: &Shared, model: &crate::scheduler::Loaded, died: String) -> String {
+    let Some(cluster) = state.sched.config.cluster.as_ref().filter(|_| !model.workers.is_empty()) else { return died };
+    let lost = cluster.unreachable(&model.workers).await;
+    if lost.is_empty() {
+        return died;
+    }
+    let names: Vec<String> = lost.iter().map(|(w, e)| format!("worker {w} ({e})")).collect();
+    let why = format!(
+        "{} lost {}: the request was cut off; the server is fine and the next request re-plans without it, or reloads once it is back",
+        model.name,
+        names.join(", ")
+    );
+    state.sched.mark_unavailable(&model.name, &why);
+    tracing::warn!("{why}");
+    why
+}
+
 /// A started generation: events, plus what the final chunk reports.
 pub struct Running {
     pub events: mpsc::Receiver<Event>,
@@ -191,6 +211,7 @@ pub async fn start(state: &Shared, model: &str, load: &LoadOptions, request: Req
     let (lease, mut stream, first, load_time) = open(state, model, load, &request).await?;
     let (tx, rx) = mpsc::channel(64);
     let metrics = state.metrics.clone();
+    let state2 = state.clone();
     let n_ctx = lease.model.ctx_per_seq;
     tokio::spawn(async move {
         // The lease lives as long as the stream: the model stays loaded and counted as busy.
@@ -208,7 +229,8 @@ pub async fn start(state: &Shared, model: &str, load: &LoadOptions, request: Req
                         return;
                     }
                     None => {
-                        let _ = tx.send(Event::Error(stream.died().to_string())).await;
+                        let died = stream.died().to_string();
+                        let _ = tx.send(Event::Error(why_died(&state2, &_lease.model, died).await)).await;
                         return;
                     }
                 },

@@ -9,16 +9,20 @@
 //! - [`scheduler`]: which model is loaded where, memory budget, keep-alive, queue bounds.
 //! - [`runner`]: the child processes that hold the engines.
 //! - [`metrics`]: Prometheus counters and histograms.
+//! - [`web`]: the web page at `/` and its assets; [`conversations`]: its chats, in SQLite.
 //!
 //! Invariants: no llama.cpp in the server process (engines live in runners); the server
 //! survives any runner's death; `run` takes its shutdown signal as an argument.
 
+pub mod conversations;
+pub mod cluster;
 pub mod core;
 pub mod metrics;
 pub mod ollama;
 pub mod openai;
 pub mod runner;
 pub mod scheduler;
+pub mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,7 +43,8 @@ pub use scheduler::{Config as SchedulerConfig, KeepAlive, Scheduler};
 /// Server settings beyond the scheduler's.
 #[derive(Debug, Clone, Default)]
 pub struct ServerConfig {
-    /// Required as `Authorization: Bearer <key>` on every route but `/` and `/health`.
+    /// Required as `Authorization: Bearer <key>` on every route but `/`, `/health` and the web
+    /// page's assets.
     pub api_key: Option<String>,
     /// Origins allowed by CORS besides localhost.
     pub cors_origins: Vec<String>,
@@ -63,10 +68,13 @@ pub fn router(state: Shared) -> Router {
     let api = Router::new()
         .merge(ollama::routes())
         .merge(openai::routes())
+        .merge(web::routes(&state))
         .route("/health", get(health))
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics_route))
+        .route("/api/cluster", get(cluster::route))
         .layer(axum::extract::DefaultBodyLimit::max(state.config.max_body.max(1 << 20)))
+        .layer(axum::middleware::from_fn(web::page))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests));
     let extra: Vec<HeaderValue> = state.config.cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
@@ -130,11 +138,12 @@ async fn metrics_route(State(s): State<Shared>) -> Response {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }
 
-/// `Authorization: Bearer <key>` when a key is set; `/` and `/health` stay open.
+/// `Authorization: Bearer <key>` when a key is set; `/`, `/health` and the page's assets stay
+/// open.
 async fn auth(State(s): State<Shared>, req: Request, next: Next) -> Response {
     let Some(key) = &s.config.api_key else { return next.run(req).await };
     let path = req.uri().path();
-    if path == "/" || path == "/health" || req.method() == Method::OPTIONS {
+    if path == "/" || path == "/health" || web::is_public(path) || req.method() == Method::OPTIONS {
         return next.run(req).await;
     }
     let given = req

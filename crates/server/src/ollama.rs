@@ -496,9 +496,22 @@ async fn ps(State(s): State<Shared>) -> Response {
                 "expires_at": core::rfc3339(m.expires_at()),
                 "size_vram": 0,
                 "context_length": m.ctx_per_seq,
+                "workers": m.workers,
+                "status": if m.runner.alive() { "loaded" } else { "unavailable" },
             })
         })
         .collect();
+    let mut models = models;
+    // Models that lost a worker: listed until they load again (hearth's addition).
+    for (name, why) in s.sched.unavailable() {
+        if let Some(m) = models.iter_mut().find(|m| m["name"] == name.as_str()) {
+            m["status"] = "unavailable".into();
+            m["error"] = why.clone().into();
+        }
+        if !models.iter().any(|m| m["name"] == name.as_str()) {
+            models.push(json!({"name": name, "model": name, "size": 0, "size_vram": 0, "status": "unavailable", "error": why}));
+        }
+    }
     axum::Json(json!({ "models": models })).into_response()
 }
 

@@ -97,6 +97,10 @@ pub struct Config {
     pub keep_alive: KeepAlive,
     pub load_timeout: Duration,
     pub rpc_servers: Vec<String>,
+    /// `--tensor-split` over the offload devices; empty: planned.
+    pub tensor_split: Vec<f32>,
+    /// Workers to place models over (`--workers`).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +115,9 @@ pub enum SchedError {
     Runner(#[from] RunnerError),
     #[error("{0}")]
     Store(String),
+    /// The model does not fit on this machine and its workers.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// Options a request may set for loading.
@@ -128,6 +135,10 @@ pub struct Loaded {
     pub ctx_per_seq: u32,
     pub estimate: u64,
     pub loaded_at: SystemTime,
+    /// Workers holding part of the model, and the tunnels to them (closed on unload).
+    pub workers: Vec<String>,
+    pub placement: Option<hearth_gguf::plan::Placement>,
+    pub tunnels: Vec<hearth_cluster::Tunnel>,
     in_flight: AtomicUsize,
     state: Mutex<LoadedState>,
 }
@@ -182,12 +193,26 @@ pub struct Scheduler {
     load_lock: tokio::sync::Mutex<()>,
     /// Models being loaded right now (for /health).
     loading: AtomicUsize,
+    /// Models whose runner died with a worker, and why; until they load again.
+    unavailable: Mutex<HashMap<String, String>>,
 }
 
 impl Scheduler {
     pub fn new(config: Config, store: Store) -> Arc<Scheduler> {
         let _ = std::fs::create_dir_all(&config.socket_dir);
-        Arc::new(Scheduler { config, store, models: Mutex::new(HashMap::new()), load_lock: tokio::sync::Mutex::new(()), loading: AtomicUsize::new(0) })
+        Arc::new(Scheduler { config, store, models: Mutex::new(HashMap::new()), load_lock: tokio::sync::Mutex::new(()), loading: AtomicUsize::new(0), unavailable: Mutex::new(HashMap::new()) })
+    }
+
+    /// Models that lost a worker, with why (shown by /api/ps and /api/cluster).
+    pub fn unavailable(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self.unavailable.lock().expect("not poisoned").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort();
+        v
+    }
+
+    /// Records that `name`'s runner died because of a worker.
+    pub fn mark_unavailable(&self, name: &str, why: &str) {
+        self.unavailable.lock().expect("not poisoned").insert(name.to_string(), why.to_string());
     }
 
     pub fn is_loading(&self) -> bool {
@@ -235,9 +260,31 @@ impl Scheduler {
             flash_attn: self.config.flash_attn != "off",
             ..hearth_gguf::fit::ContextPlan::f16(ctx as u64 * parallel as u64, self.config.ubatch_size as u64)
         };
-        // The weights of every shard (the header read is the first one's), plus KV and compute.
-        let e = hearth_gguf::fit::estimate(std::slice::from_ref(&gguf), &plan);
-        let estimate = e.kv_cache + e.compute + manifest.model_layers().map(|l| l.size).sum::<u64>();
+        let placed = match self.config.cluster.as_ref().filter(|c| !c.workers.is_empty()) {
+            Some(cluster) => {
+                let mut shards = Vec::new();
+                for l in manifest.model_layers() {
+                    let p = self.store.blob_path(&l.digest).map_err(|e| SchedError::Store(e.to_string()))?;
+                    shards.push(hearth_gguf::Gguf::open(&p).map_err(|e| SchedError::Store(format!("{name}: {e}")))?);
+                }
+                let digests: Vec<String> = manifest.model_layers().map(|l| l.digest.clone()).collect();
+                let split = hearth_gguf::plan::Split {
+                    gpu_layers: self.config.gpu_layers.filter(|&n| n >= 0).map(|n| n as u32),
+                    tensor_split: self.config.tensor_split.clone(),
+                };
+                Some(cluster.place(&name, &digests, &shards, &plan, self.config.memory_budget, &split).await.map_err(SchedError::TooLarge)?)
+            }
+            None => None,
+        };
+        let estimate = match &placed {
+            // This machine's share.
+            Some(p) => p.placement.devices[0].total,
+            None => {
+                // The weights of every shard (the header read is the first one's), plus KV and compute.
+                let e = hearth_gguf::fit::estimate(std::slice::from_ref(&gguf), &plan);
+                e.kv_cache + e.compute + manifest.model_layers().map(|l| l.size).sum::<u64>()
+            }
+        };
         self.make_room(&name, estimate).await?;
         let builtin_template = match gguf.get_str("tokenizer.chat_template") {
             Some(_) => None,
@@ -257,17 +304,29 @@ impl Scheduler {
             batch_size: self.config.batch_size,
             ubatch_size: self.config.ubatch_size,
             threads: self.config.threads,
-            gpu_layers: self.config.gpu_layers,
+            gpu_layers: placed.as_ref().map_or(self.config.gpu_layers, |p| Some(p.gpu_layers)),
             flash_attn: self.config.flash_attn.clone(),
             mmap: self.config.mmap,
             builtin_template,
-            rpc_servers: self.config.rpc_servers.clone(),
+            rpc_servers: match &placed {
+                Some(p) => p.tunnels.iter().map(|t| t.local_addr().to_string()).collect(),
+                None => self.config.rpc_servers.clone(),
+            },
+            tensor_split: placed.as_ref().map_or(self.config.tensor_split.clone(), |p| p.tensor_split.clone()),
         };
+        if let Some(p) = &placed {
+            tracing::info!(model = %name, workers = ?p.workers, "placement:\n{}", p.placement.table());
+        }
         self.loading.fetch_add(1, Ordering::Relaxed);
         tracing::info!(model = %name, ctx, parallel, estimate, "loading");
         let runner = Runner::spawn(&self.config.exe, &name, spec, self.config.load_timeout).await;
         self.loading.fetch_sub(1, Ordering::Relaxed);
         let runner = runner?;
+        self.unavailable.lock().expect("not poisoned").remove(&name);
+        let (workers, placement, tunnels) = match placed {
+            Some(p) => (p.workers, Some(p.placement), p.tunnels),
+            None => (Vec::new(), None, Vec::new()),
+        };
         let loaded = Arc::new(Loaded {
             name: name.clone(),
             digest,
@@ -275,6 +334,9 @@ impl Scheduler {
             ctx_per_seq: ctx,
             estimate,
             loaded_at: SystemTime::now(),
+            workers,
+            placement,
+            tunnels,
             in_flight: AtomicUsize::new(0),
             state: Mutex::new(LoadedState { last_used: Instant::now(), keep_alive: self.config.keep_alive, expires: None }),
         });

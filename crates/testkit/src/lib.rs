@@ -96,6 +96,7 @@ mod ollama;
 mod range;
 mod server;
 mod util;
+pub mod synthetic;
 
 use std::io;
 use std::net::TcpListener;

@@ -1,8 +1,12 @@
 //! Shared by the CLI's integration tests: the real test models.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
 use std::sync::OnceLock;
 
 /// Upstream llama.cpp's greedy answer (see crates/engine/tests/engine.rs).
@@ -29,3 +33,110 @@ pub fn fetch(which: &str) -> PathBuf {
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// A `hearth serve` on a free port with a store of its own.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+    pub store: PathBuf,
+}
+
+impl Server {
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_with(args, &[("smollm2", model_path())])
+    }
+
+    pub fn start_with(args: &[&str], models: &[(&str, PathBuf)]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        for (name, path) in models {
+            let st = Command::new(env!("CARGO_BIN_EXE_hearth"))
+                .args(["add", path.to_str().unwrap(), "--name", name, "--no-progress"])
+                .env("HEARTH_MODELS", &store)
+                .env("HEARTH_HOST", "127.0.0.1:1")
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args(["serve", "--host", "127.0.0.1:0", "-t", "2"])
+            .args(args)
+            .env("HEARTH_MODELS", &store)
+            .env_remove("HEARTH_API_KEY")
+            .env_remove("HEARTH_HOST")
+            .env_remove("HEARTH_WORKERS")
+            .env_remove("HEARTH_CLUSTER_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let url = loop {
+            line.clear();
+            assert!(err.read_line(&mut line).unwrap() > 0, "the server exited before listening");
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        // Keep draining stderr.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            let _ = err.read_to_string(&mut sink);
+        });
+        Server { child, url, _dir: dir, store }
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        match ureq::post(&format!("{}{path}", self.url)).timeout(Duration::from_secs(120)).send_json(body) {
+            Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
+            Err(e) => panic!("{path}: {e}"),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        match ureq::get(&format!("{}{path}", self.url)).timeout(Duration::from_secs(30)).call() {
+            Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
+            Err(e) => panic!("{path}: {e}"),
+        }
+    }
+
+    pub fn runner_pids(&self) -> Vec<u32> {
+        let out = Command::new("pgrep").args(["-P", &self.child.id().to_string()]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn chat(prompt: &str, n: u32) -> Value {
+    json!({"model": "smollm2", "messages": [{"role": "user", "content": prompt}], "stream": false,
+           "options": {"temperature": 0, "num_predict": n}})
+}
+
+pub fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+

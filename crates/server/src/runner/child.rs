@@ -20,6 +20,7 @@ pub fn main(spec_json: &str) -> Result<(), String> {
     model.gpu_layers = spec.gpu_layers;
     model.mmap = spec.mmap;
     model.rpc_servers = spec.rpc_servers.clone();
+    model.tensor_split = spec.tensor_split.clone();
     let mut o = EngineOptions::new(model);
     o.parallel = spec.parallel.max(1);
     o.ctx_size = spec.ctx_per_seq.saturating_mul(o.parallel);

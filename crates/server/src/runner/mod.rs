@@ -33,6 +33,9 @@ pub struct Spec {
     /// of the model's Ollama Go template).
     pub builtin_template: Option<String>,
     pub rpc_servers: Vec<String>,
+    /// Proportions over the offload devices (llama.cpp's `tensor_split`).
+    #[serde(default)]
+    pub tensor_split: Vec<f32>,
 }
 
 /// A chat message as the runner renders it with the model's template.

@@ -1,0 +1,464 @@
+//! Placement: which layers of a model go on which device, and what each device then needs.
+//! One planner for `hearth fit` (hypothetical hardware) and for the cluster (the controller's
+//! memory and its workers'), so what `fit` promises is what `serve` does.
+//!
+//! The model is cut the way llama.cpp cuts it: the input embedding stays on the host; the
+//! repeating layers `0..n_layer` and then the output layer (index `n_layer`) are laid out in
+//! order, the first ones on the host's CPU, the rest over the offload devices in llama.cpp's
+//! device order (RPC devices first, then local GPUs). [`Placement::gpu_layers`] and
+//! [`Placement::tensor_split`] are the llama.cpp parameters that reproduce the plan exactly:
+//! integer layer counts as the split make llama.cpp's float split points fall on the same
+//! layers (see [`assign_like_llama`]).
+
+use serde::Serialize;
+
+use crate::fit::{compute_parts, kv_per_layer, ContextPlan};
+use crate::Gguf;
+
+/// A device layers can go to. `available` is what the plan may use on it, in bytes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Device {
+    pub name: String,
+    pub available: u64,
+}
+
+/// How to split: by the planner, or as the user forced it with llama.cpp's flags.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Split {
+    /// `--gpu-layers`: how many of the `n_layer + 1` layers leave the host. `None`: all of them
+    /// when forced by `tensor_split`, or the planner's choice.
+    pub gpu_layers: Option<u32>,
+    /// `--tensor-split`: proportions over the offload devices (empty: the planner's choice, or
+    /// by available memory when `gpu_layers` is given, as llama.cpp does).
+    pub tensor_split: Vec<f32>,
+}
+
+impl Split {
+    pub fn is_auto(&self) -> bool {
+        self.gpu_layers.is_none() && self.tensor_split.iter().all(|&x| x == 0.0)
+    }
+}
+
+/// What one device gets.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DevicePlan {
+    pub name: String,
+    pub available: u64,
+    /// Repeating layers `first_layer .. first_layer + n_layers`.
+    pub first_layer: u32,
+    pub n_layers: u32,
+    /// Holds the output layer (norm + head).
+    pub output: bool,
+    /// Holds the input embedding (the host).
+    pub input: bool,
+    pub weights: u64,
+    pub kv_cache: u64,
+    pub compute: u64,
+    pub total: u64,
+    pub fits: bool,
+}
+
+impl DevicePlan {
+    /// "0-11", "12-29 + output", "input", "-".
+    pub fn layers_text(&self) -> String {
+        let mut parts = Vec::new();
+        if self.input {
+            parts.push("input".to_string());
+        }
+        match self.n_layers {
+            0 => {}
+            1 => parts.push(format!("{}", self.first_layer)),
+            n => parts.push(format!("{}-{}", self.first_layer, self.first_layer + n - 1)),
+        }
+        if self.output {
+            parts.push("output".into());
+        }
+        if parts.is_empty() {
+            "-".into()
+        } else {
+            parts.join(" + ")
+        }
+    }
+}
+
+/// A whole plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Placement {
+    /// The host first, then the offload devices in llama.cpp's order.
+    pub devices: Vec<DevicePlan>,
+    pub n_layer: u32,
+    /// llama.cpp's `n_gpu_layers` for this plan (output layer counted).
+    pub gpu_layers: u32,
+    /// llama.cpp's `tensor_split` for this plan: layers per offload device.
+    pub tensor_split: Vec<f32>,
+    pub fits: bool,
+}
+
+impl Placement {
+    /// The devices that do not fit, as "name: needs X, has Y" lines.
+    pub fn shortfalls(&self) -> Vec<&DevicePlan> {
+        self.devices.iter().filter(|d| !d.fits).collect()
+    }
+
+    /// A plain-text table: device, layers, weights, KV, compute, total, available, verdict.
+    pub fn table(&self) -> String {
+        let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64);
+        let mut rows = vec![["device", "layers", "weights", "KV cache", "compute", "total", "available", ""].map(String::from).to_vec()];
+        for d in &self.devices {
+            rows.push(vec![
+                d.name.clone(),
+                d.layers_text(),
+                mib(d.weights),
+                mib(d.kv_cache),
+                mib(d.compute),
+                mib(d.total),
+                mib(d.available),
+                if d.fits { "ok".into() } else { format!("short by {}", mib(d.total - d.available)) },
+            ]);
+        }
+        let widths: Vec<usize> = (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+        let mut out = String::new();
+        for r in rows {
+            let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            out.push_str(line.join("  ").trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Bytes of weights per unit of placement, read from tensor names.
+#[derive(Debug, Clone, PartialEq)]
+struct Units {
+    /// Input embedding and other tensors that stay on the host.
+    input: u64,
+    /// Repeating layers, `blk.N.*`.
+    layers: Vec<u64>,
+    /// `output.weight`, `output_norm.*` (and anything else after the layers).
+    output: u64,
+    /// With tied embeddings (no `output.weight`) the output device gets a copy of
+    /// `token_embd.weight` unless it is the host.
+    tied_copy: u64,
+}
+
+fn units(shards: &[Gguf]) -> Units {
+    let n_layer = shards.first().and_then(|g| g.arch_u64("block_count")).unwrap_or(0) as usize;
+    let mut u = Units { input: 0, layers: vec![0; n_layer], output: 0, tied_copy: 0 };
+    let mut has_output = false;
+    let mut token_embd = 0;
+    for t in shards.iter().flat_map(|g| g.tensors.iter()) {
+        let bytes = t.n_bytes().unwrap_or(0);
+        let layer = t.name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok());
+        match layer {
+            Some(i) if i < n_layer => u.layers[i] += bytes,
+            _ if t.name.starts_with("output") => {
+                has_output |= t.name == "output.weight";
+                u.output += bytes;
+            }
+            _ => {
+                if t.name == "token_embd.weight" {
+                    token_embd = bytes;
+                }
+                u.input += bytes;
+            }
+        }
+    }
+    if !has_output {
+        u.tied_copy = token_embd;
+    }
+    u
+}
+
+/// llama.cpp's own assignment (`llama_model::load_tensors`): unit `il` of `n_units`
+/// (`n_layer + 1`) goes to the host below `n_units - gpu_layers`, else to the offload device
+/// whose cumulative split point (f32, as llama.cpp computes it) first exceeds its position.
+/// Returns the device index per unit, 0 being the host.
+pub fn assign_like_llama(n_units: u32, gpu_layers: u32, splits: &[f32]) -> Vec<usize> {
+    let n_dev = splits.len();
+    let start = n_units.saturating_sub(gpu_layers);
+    let act = if n_dev == 0 { 0 } else { gpu_layers.min(n_units) };
+    let mut cum = Vec::with_capacity(n_dev);
+    let mut sum = 0f32;
+    for &s in splits {
+        sum += s;
+        cum.push(sum);
+    }
+    for c in &mut cum {
+        *c /= sum;
+    }
+    (0..n_units)
+        .map(|il| {
+            if il < start || il - start >= act {
+                return 0;
+            }
+            let x = (il - start) as f32 / act as f32;
+            1 + cum.iter().position(|&c| c > x).unwrap_or(n_dev - 1).min(n_dev - 1)
+        })
+        .collect()
+}
+
+/// Plans `shards` with `plan` over `devices` (the host first). With an automatic split the
+/// layers are spread in proportion to what each device can hold beyond its fixed needs
+/// (llama.cpp's default spreads by free memory too), falling back to filling devices in order
+/// when proportions do not fit; a forced split is laid out exactly as llama.cpp would.
+pub fn place(shards: &[Gguf], plan: &ContextPlan, devices: &[Device], split: &Split) -> Placement {
+    let Some(first) = shards.first() else {
+        return evaluate_empty(devices);
+    };
+    let u = units(shards);
+    let n_layer = u.layers.len() as u32;
+    let n_units = n_layer + 1;
+    let kv_layer = kv_per_layer(first, plan);
+    let c = compute_parts(first, plan);
+    // The output layer brings the logits buffer with it.
+    let cost = |i: usize| if i < u.layers.len() { u.layers[i] + kv_layer } else { u.output + c.logits };
+    let eval = |assign: &[usize]| evaluate(first, plan, devices, &u, kv_layer, assign);
+    let offload = devices.len().saturating_sub(1);
+    if devices.is_empty() {
+        return evaluate_empty(devices);
+    }
+    if !split.is_auto() {
+        let gpu_layers = split.gpu_layers.unwrap_or(n_units).min(n_units);
+        let splits: Vec<f32> = if split.tensor_split.iter().any(|&x| x != 0.0) {
+            (0..offload).map(|i| split.tensor_split.get(i).copied().unwrap_or(0.0)).collect()
+        } else {
+            devices[1..].iter().map(|d| d.available as f32).collect()
+        };
+        let assign = if splits.iter().sum::<f32>() > 0.0 { assign_like_llama(n_units, gpu_layers, &splits) } else { vec![0; n_units as usize] };
+        return eval(&assign);
+    }
+    // Fixed needs per device, whatever layers it gets.
+    let fixed = |d: usize| if d == 0 { u.input + c.input } else { c.layers_only() };
+    let room: Vec<u64> = devices.iter().enumerate().map(|(i, d)| d.available.saturating_sub(fixed(i))).collect();
+    let total_cost: u64 = (0..n_units as usize).map(cost).sum::<u64>();
+    let room_sum: u64 = room.iter().sum();
+    // Proportional: each device's share of the bytes, layers in order, rounding each cut to
+    // the nearer layer boundary.
+    let mut proportional = vec![0usize; n_units as usize];
+    if room_sum > 0 {
+        let mut target_end = 0f64;
+        let mut at = 0usize;
+        let mut acc = 0f64;
+        let last = room.iter().rposition(|&r| r > 0).unwrap_or(0);
+        for (d, r) in room.iter().enumerate() {
+            target_end += total_cost as f64 * *r as f64 / room_sum as f64;
+            while at < n_units as usize && (d == last || acc + cost(at) as f64 / 2.0 <= target_end) {
+                proportional[at] = d;
+                acc += cost(at) as f64;
+                at += 1;
+            }
+        }
+    }
+    let p = eval(&proportional);
+    if p.fits {
+        return p;
+    }
+    // In order: each device takes what it can hold, the output reserved on one device (the
+    // last that gets layers, as llama.cpp puts it), trying the last devices first.
+    let out_cost = cost(n_layer as usize);
+    for d_out in (0..devices.len()).rev() {
+        if room[d_out] < out_cost {
+            continue;
+        }
+        let mut left = room.clone();
+        left[d_out] -= out_cost;
+        let mut greedy = vec![d_out; n_units as usize];
+        let mut d = 0;
+        let mut placed = true;
+        for (i, slot) in greedy.iter_mut().enumerate().take(n_layer as usize) {
+            while d < d_out && left[d] < cost(i) {
+                d += 1;
+            }
+            if left[d] < cost(i) {
+                placed = false;
+                break;
+            }
+            left[d] -= cost(i);
+            *slot = d;
+        }
+        if placed {
+            let g = eval(&greedy);
+            if g.fits {
+                return g;
+            }
+        }
+    }
+    p
+}
+
+fn evaluate_empty(devices: &[Device]) -> Placement {
+    Placement { devices: Vec::new(), n_layer: 0, gpu_layers: 0, tensor_split: vec![0.0; devices.len().saturating_sub(1)], fits: false }
+}
+
+fn evaluate(first: &Gguf, plan: &ContextPlan, devices: &[Device], u: &Units, kv_layer: u64, assign: &[usize]) -> Placement {
+    let n_layer = u.layers.len();
+    let c = compute_parts(first, plan);
+    let mut out: Vec<DevicePlan> = devices
+        .iter()
+        .map(|d| DevicePlan {
+            name: d.name.clone(),
+            available: d.available,
+            first_layer: 0,
+            n_layers: 0,
+            output: false,
+            input: false,
+            weights: 0,
+            kv_cache: 0,
+            compute: 0,
+            total: 0,
+            fits: true,
+        })
+        .collect();
+    out[0].input = true;
+    out[0].weights += u.input;
+    for (i, &d) in assign.iter().enumerate() {
+        let dp = &mut out[d];
+        if i < n_layer {
+            if dp.n_layers == 0 {
+                dp.first_layer = i as u32;
+            }
+            dp.n_layers += 1;
+            dp.weights += u.layers[i];
+            dp.kv_cache += kv_layer;
+        } else {
+            dp.output = true;
+            dp.weights += u.output + if d == 0 { 0 } else { u.tied_copy };
+        }
+    }
+    // With every layer offloaded over two or more devices llama.cpp pipelines micro-batches:
+    // its scheduler keeps 4 copies of each device's inputs (the mask and the hidden state).
+    let on_host = assign.iter().filter(|&&d| d == 0).count();
+    let pipelined = on_host == 0 && devices.len() > 2;
+    let extra = if pipelined { 4 * (c.mask + c.input - (2 << 20)) } else { 0 };
+    for (i, dp) in out.iter_mut().enumerate() {
+        dp.compute = if dp.output {
+            c.with_output()
+        } else if dp.n_layers > 0 {
+            c.layers_only()
+        } else {
+            0
+        };
+        if i == 0 {
+            dp.compute = dp.compute.max(c.input);
+        }
+        dp.compute += extra;
+        dp.total = dp.weights + dp.kv_cache + dp.compute;
+        dp.fits = dp.total <= dp.available;
+    }
+    let on_host = on_host as u32;
+    let tensor_split = (1..devices.len()).map(|d| assign.iter().filter(|&&x| x == d).count() as f32).collect();
+    let fits = out.iter().all(|d| d.fits);
+    Placement { devices: out, n_layer: n_layer as u32, gpu_layers: (n_layer as u32 + 1) - on_host, tensor_split, fits }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TensorData;
+
+    /// A llama-like model: 8 layers of 1 MiB each, a 2 MiB embedding, tied output.
+    fn model(tied: bool) -> Gguf {
+        let mut w = crate::fit::tests::llama_header(8);
+        w.tensor("token_embd.weight", vec![512u64, 1024], 0, TensorData::Zeros(2 << 20));
+        for i in 0..8 {
+            w.tensor(&format!("blk.{i}.ffn_up.weight"), vec![256u64, 1024], 0, TensorData::Zeros(1 << 20));
+        }
+        w.tensor("output_norm.weight", vec![64u64], 0, TensorData::Zeros(256));
+        if !tied {
+            w.tensor("output.weight", vec![512u64, 1024], 0, TensorData::Zeros(2 << 20));
+        }
+        let bytes = w.to_bytes().unwrap();
+        Gguf::read(&bytes[..], Some(bytes.len() as u64)).unwrap()
+    }
+
+    fn dev(name: &str, mib: u64) -> Device {
+        Device { name: name.into(), available: mib << 20 }
+    }
+
+    const PLAN: ContextPlan = ContextPlan { n_ctx: 1024, n_ubatch: 1, k_bytes_per_elem: 2.0, v_bytes_per_elem: 2.0, parallel: 1, flash_attn: true };
+
+    #[test]
+    fn one_device_is_the_whole_estimate() {
+        let g = model(false);
+        let p = place(std::slice::from_ref(&g), &PLAN, &[dev("cpu", 1 << 20)], &Split::default());
+        let e = crate::fit::estimate(std::slice::from_ref(&g), &PLAN);
+        assert!(p.fits);
+        assert_eq!(p.devices[0].weights, e.weights);
+        assert_eq!(p.devices[0].kv_cache, e.kv_cache);
+        assert_eq!(p.devices[0].total, e.total);
+        assert_eq!(p.gpu_layers, 0);
+        assert_eq!(p.devices[0].layers_text(), "input + 0-7 + output");
+    }
+
+    #[test]
+    fn equal_devices_share_equally_and_llama_agrees() {
+        let g = model(false);
+        let devs = [dev("cpu", 100), dev("w1", 100), dev("w2", 100)];
+        let p = place(std::slice::from_ref(&g), &PLAN, &devs, &Split::default());
+        assert!(p.fits, "{}", p.table());
+        let layers: Vec<u32> = p.devices.iter().map(|d| d.n_layers).collect();
+        assert_eq!(layers.iter().sum::<u32>(), 8);
+        assert!(layers.iter().all(|&n| n >= 1), "{layers:?}");
+        // Balanced by bytes: no device is more than one layer plus the output ahead of another.
+        let totals: Vec<u64> = p.devices.iter().map(|d| d.total).collect();
+        let spread = totals.iter().max().unwrap() - totals.iter().min().unwrap();
+        assert!(spread <= (4 << 20), "{totals:?}");
+        assert!(p.devices[2].output);
+        // The llama.cpp parameters of the plan reproduce it.
+        let back = assign_like_llama(9, p.gpu_layers, &p.tensor_split);
+        let mut expect = Vec::new();
+        for (d, dp) in p.devices.iter().enumerate() {
+            expect.extend(std::iter::repeat_n(d, dp.n_layers as usize + dp.output as usize));
+        }
+        assert_eq!(back, expect);
+    }
+
+    #[test]
+    fn a_small_device_gets_less_and_overflow_is_reported() {
+        let g = model(false);
+        let p = place(std::slice::from_ref(&g), &PLAN, &[dev("cpu", 8), dev("big", 100)], &Split::default());
+        assert!(p.fits, "{}", p.table());
+        assert!(p.devices[0].n_layers < p.devices[1].n_layers);
+        let p = place(std::slice::from_ref(&g), &PLAN, &[dev("cpu", 3), dev("w1", 4)], &Split::default());
+        assert!(!p.fits);
+        assert!(!p.shortfalls().is_empty());
+        assert!(p.table().contains("short by"), "{}", p.table());
+    }
+
+    #[test]
+    fn the_output_goes_where_it_fits() {
+        let g = model(false);
+        // The last device is too small for the output layer: it gets nothing, the one before
+        // takes the output.
+        let p = place(std::slice::from_ref(&g), &PLAN, &[dev("cpu", 9), dev("w1", 9), dev("w2", 1)], &Split::default());
+        assert!(p.fits, "{}", p.table());
+        assert!(p.devices[1].output && p.devices[2].n_layers == 0 && !p.devices[2].output, "{}", p.table());
+        assert_eq!(p.tensor_split.last(), Some(&0.0));
+    }
+
+    #[test]
+    fn tied_output_is_copied_to_a_remote_output_device() {
+        let g = model(true);
+        let p = place(std::slice::from_ref(&g), &PLAN, &[dev("cpu", 100), dev("w1", 100)], &Split { gpu_layers: Some(9), tensor_split: vec![] });
+        assert_eq!(p.devices[0].n_layers, 0);
+        assert!(p.devices[1].output);
+        assert_eq!(p.devices[1].weights, (8 << 20) + 256 + (2 << 20));
+        let local = place(std::slice::from_ref(&g), &PLAN, &[dev("cpu", 100)], &Split::default());
+        assert_eq!(local.devices[0].weights, (10 << 20) + 256);
+    }
+
+    #[test]
+    fn forced_splits_follow_llama() {
+        let g = model(false);
+        let devs = [dev("cpu", 100), dev("w1", 100), dev("w2", 100)];
+        let p = place(std::slice::from_ref(&g), &PLAN, &devs, &Split { gpu_layers: Some(4), tensor_split: vec![1.0, 3.0] });
+        assert_eq!(p.devices[0].n_layers, 5);
+        assert_eq!(p.devices[1].n_layers, 1);
+        assert_eq!(p.devices[2].n_layers, 2);
+        assert!(p.devices[2].output);
+        assert_eq!(p.gpu_layers, 4);
+        assert_eq!(assign_like_llama(9, 0, &[1.0]), vec![0; 9]);
+        assert_eq!(assign_like_llama(9, 99, &[1.0, 1.0]), vec![1, 1, 1, 1, 1, 2, 2, 2, 2]);
+        assert_eq!(assign_like_llama(9, 9, &[4.0, 5.0]), vec![1, 1, 1, 1, 2, 2, 2, 2, 2]);
+    }
+}
