@@ -210,6 +210,12 @@ fn a_lost_worker_ends_only_its_request_and_the_model_comes_back() {
     assert_eq!(ps_workers(&s).len(), 3);
     let gone = ws[2].addr.clone();
     ws[2].kill();
+    // Idle, the model is seen to have lost the worker without waiting for a request.
+    let shows = || {
+        let (_, ps) = s.get("/api/ps");
+        ps["models"].as_array().unwrap().iter().any(|m| m["status"] == "unavailable" && m["error"].as_str().unwrap_or("").contains(&gone))
+    };
+    assert!(common::wait_until(Duration::from_secs(20), shows), "{}", s.get("/api/ps").1);
     assert!(UPSTREAM_GREEDY.starts_with(&answer(&s)));
     let now = ps_workers(&s);
     assert_eq!(now, vec![ws[0].addr.clone(), ws[1].addr.clone()], "re-planned without {gone}");

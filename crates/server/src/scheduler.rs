@@ -423,11 +423,26 @@ impl Scheduler {
         true
     }
 
-    /// Unloads idle models whose keep-alive ran out, and forgets dead runners. Run it often.
+    /// Unloads idle models whose keep-alive ran out, and forgets dead runners. An idle model
+    /// whose connection to a worker broke (the worker died or became unreachable) is unloaded
+    /// too and shown as unavailable: llama.cpp would only notice at its next use. Run it often.
     pub async fn reap(&self) {
         let now = SystemTime::now();
         let expired: Vec<Arc<Loaded>> = {
             let mut models = self.models.lock().expect("not poisoned");
+            for m in models.values().filter(|m| m.in_flight() == 0) {
+                let broken: Vec<&str> = m.tunnels.iter().filter(|t| t.stats().broken > 0).map(|t| t.worker()).collect();
+                if !broken.is_empty() && m.runner.alive() {
+                    let why = format!(
+                        "{} lost worker {} (its connection broke); the next request re-plans without it, or reloads once it is back",
+                        m.name,
+                        broken.join(", ")
+                    );
+                    tracing::warn!("{why}");
+                    self.mark_unavailable(&m.name, &why);
+                    m.runner.mark_dead();
+                }
+            }
             let names: Vec<String> = models
                 .values()
                 .filter(|m| {

@@ -172,6 +172,11 @@ impl Runner {
     }
 
     /// Whether the child is still running.
+    /// Treats the runner as gone (it is stopped by whoever unloads it).
+    pub fn mark_dead(&self) {
+        self.dead.store(true, Ordering::Relaxed);
+    }
+
     pub fn alive(&self) -> bool {
         if self.dead.load(Ordering::Relaxed) {
             return false;
