@@ -7,7 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DESKTOP, PHONE, launchBrowser, makeHome, screenshot, startRegistry, startServer, writePaddedGguf } from './support.mjs';
+import { DESKTOP, PHONE, launchBrowser, makeHome, screenshot, startRegistry, startServer, startWorker, writePaddedGguf } from './support.mjs';
 
 // Names in the store; the page lists them with their tag.
 const MODEL = 'smollm2';
@@ -407,6 +407,31 @@ describe('cluster page', () => {
     assert.match(await shown.locator('#cluster-summary').innerText(), /1 of 2 workers reachable/);
     await screenshot(shown, 'cluster-desktop-light');
     await closePage(shown);
+  });
+});
+
+describe('cluster page with a real worker', () => {
+  test('a worker on 127.0.0.1 shows its memory and the model placed on it', async () => {
+    const worker = await startWorker(home, 'web-test-token');
+    const clustered = await startServer(home, { args: ['--workers', worker.address, '--cluster-token', 'web-test-token', '--gpu-layers', '99'], log: 'serve-cluster.log' });
+    try {
+      const r = await fetch(`${clustered.url}/api/chat`, { method: 'POST', body: JSON.stringify({ model: MODEL, stream: false, messages: [{ role: 'user', content: 'Hi' }], options: { num_predict: 4 } }) });
+      assert.equal(r.status, 200, await r.text());
+      const page = await openPage({ url: clustered.url });
+      await page.waitForSelector('#nav-cluster:not([hidden])');
+      await page.click('#nav-cluster');
+      await page.waitForSelector('#workers .worker.ok');
+      const card = await page.locator('#workers .worker.ok').innerText();
+      assert.ok(card.includes(worker.address), card);
+      assert.match(card, /GB free of [\d.]+ GB/);
+      assert.match(card, new RegExp(MODEL));
+      assert.match(await page.locator('#cluster-summary').innerText(), /1 of 1 workers? reachable/);
+      await screenshot(page, 'cluster-real-desktop-light');
+      await closePage(page);
+    } finally {
+      await clustered.stop();
+      worker.stop();
+    }
   });
 });
 

@@ -143,6 +143,24 @@ export async function startRegistry(file, name) {
   return { reference, stop: () => proc.kill('SIGTERM') };
 }
 
+/** `hearth worker` on a free loopback port with `token`; resolves when it listens. */
+export async function startWorker(home, token) {
+  const proc = spawn(HEARTH, ['worker', '--listen', '127.0.0.1:0', '-t', '1', '--token', token, '--cache-dir', join(home.home, 'rpc-cache')],
+    { env: { ...home.env, OMP_WAIT_POLICY: 'passive' }, stdio: ['ignore', 'ignore', 'pipe'] });
+  const lines = createInterface({ input: proc.stderr });
+  const seen = [];
+  const address = await new Promise((ok, fail) => {
+    const timer = setTimeout(() => fail(new Error(`hearth worker did not listen; it printed ${JSON.stringify(seen)}`)), 60_000);
+    lines.on('line', (line) => {
+      seen.push(line);
+      const m = line.match(/listening on (\S+)/);
+      if (m) { clearTimeout(timer); ok(m[1]); }
+    });
+    proc.once('exit', () => { clearTimeout(timer); fail(new Error(`hearth worker exited; it printed ${JSON.stringify(seen)}`)); });
+  });
+  return { address, stop: () => proc.kill('SIGKILL') };
+}
+
 export async function launchBrowser() {
   need(CHROMIUM, 'apt-get install chromium (scripts/install-deps.sh)');
   return chromium.launch({

@@ -34,7 +34,8 @@ fn local_headers(model: &str) -> Result<Option<Vec<Gguf>>> {
     Ok(Some(out))
 }
 
-fn available_memory() -> u64 {
+/// MemAvailable from /proc/meminfo: what this machine can give a model now.
+pub(crate) fn available_memory() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {

@@ -145,6 +145,11 @@ impl Worker {
     fn status(&self, connections: usize) -> Value {
         let mut devices: Vec<hearth_engine::rpc::LocalDevice> =
             hearth_engine::rpc::local_devices().into_iter().filter(|d| self.devices.iter().any(|n| n.eq_ignore_ascii_case(&d.name))).collect();
+        // ggml reports the CPU's total RAM as free; what is available now is less.
+        let available = crate::fit::available_memory();
+        for d in devices.iter_mut().filter(|d| d.kind == "cpu" && available > 0) {
+            d.free = d.free.min(available);
+        }
         if let Some(limit) = self.mem_limit {
             for d in &mut devices {
                 d.free = d.free.min(limit);
