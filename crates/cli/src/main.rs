@@ -7,6 +7,7 @@
 
 mod args;
 mod bench;
+mod config;
 mod fit;
 mod client;
 mod models;
@@ -23,6 +24,10 @@ use clap::Parser;
 use crate::args::{Cli, Command};
 
 fn main() -> ExitCode {
+    if let Err(e) = config::apply() {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(1);
+    }
     let cli = match Cli::try_parse_from(args::normalize(std::env::args_os())) {
         Ok(cli) => cli,
         Err(e) => {

@@ -401,3 +401,31 @@ fn hearth_run_over_workers_answers_like_one_process() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("refused this controller's cluster token"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn the_config_file_names_the_workers_and_the_token() {
+    let w = Worker::start("127.0.0.1:0", &["--token", TOKEN]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, format!("workers = [\"{}\"]\ncluster_token = \"{TOKEN}\"\n", w.addr)).unwrap();
+    let status = |config: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args(["cluster", "status", "--json"])
+            .env("HEARTH_CONFIG", config)
+            .env("HEARTH_HOST", "127.0.0.1:1")
+            .env_remove("HEARTH_CLUSTER_TOKEN")
+            .env_remove("HEARTH_WORKERS")
+            .output()
+            .unwrap()
+    };
+    let out = status(&config);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["workers"][0]["address"], w.addr.as_str());
+    assert_eq!(v["workers"][0]["reachable"], true, "{v}");
+    // A bad file is an error naming it and the key.
+    std::fs::write(&config, "wrokers = []\n").unwrap();
+    let out = status(&config);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("config.toml") && text(&out.stderr).contains("wrokers"), "{}", text(&out.stderr));
+}
