@@ -49,3 +49,22 @@ pub(crate) fn tune(stream: &TcpStream) {
         tracing::debug!("cannot set TCP keepalive: {e}");
     }
 }
+
+/// The user id owning the socket at `peer` that is connected to `local`, both on IPv4
+/// loopback, from Linux's `/proc/net/tcp` (`None` where that cannot be told).
+pub(crate) fn loopback_peer_uid(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
+    let (SocketAddr::V4(peer), SocketAddr::V4(local)) = (peer, local) else { return None };
+    let hex = |a: std::net::SocketAddrV4| format!("{:08X}:{:04X}", u32::from_le_bytes(a.ip().octets()), a.port());
+    let (want_local, want_remote) = (hex(peer), hex(local));
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        (cols.get(1) == Some(&want_local.as_str()) && cols.get(2) == Some(&want_remote.as_str())).then(|| cols.get(7)?.parse().ok())?
+    })
+}
+
+/// This process's effective user id, from `/proc/self/status`.
+pub(crate) fn own_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|r| r.split_whitespace().nth(1)).and_then(|u| u.parse().ok())
+}

@@ -243,9 +243,22 @@ impl Dialer {
 }
 
 /// Accepts local connections until aborted, which aborts the connections too.
+/// Only processes of this user may use the port: it carries the cluster token's authority, and
+/// any local user can reach 127.0.0.1.
 async fn forward_all(listener: TcpListener, dialer: Arc<Dialer>, counters: Arc<TunnelCounters>) {
-    net::accept_each(&listener, "a forwarding port", |local, _| Some(forward(local, dialer.clone(), counters.clone())))
-        .await
+    let me = net::own_uid();
+    let port = listener.local_addr().ok();
+    net::accept_each(&listener, "a forwarding port", |local, peer| {
+        let theirs = port.and_then(|p| net::loopback_peer_uid(peer, p));
+        if let (Some(me), Some(theirs)) = (me, theirs) {
+            if me != theirs {
+                warn!(worker = dialer.worker, %peer, uid = theirs, "refused a connection to the forwarding port from another user");
+                return None;
+            }
+        }
+        Some(forward(local, dialer.clone(), counters.clone()))
+    })
+    .await
 }
 
 /// Carries one local connection to the worker.

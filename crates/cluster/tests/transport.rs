@@ -416,3 +416,26 @@ async fn a_tunnel_works_across_a_slow_link() {
     let data = Arc::new(pattern(2 << 20, 3));
     assert!(echo(tunnel.local_addr(), data.clone()).await == *data);
 }
+
+#[tokio::test]
+async fn another_local_user_cannot_use_the_forwarding_port() {
+    use std::os::unix::process::CommandExt;
+    let me = std::fs::read_to_string("/proc/self/status").unwrap();
+    if !me.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")) {
+        eprintln!("SKIPPED: needs root to connect as another user");
+        return;
+    }
+    let backend = Backend::start().await;
+    let worker = Worker::simple("t", backend.addr).await;
+    let tunnel = Tunnel::start(worker.addr(), ClusterToken::new("t"), versions()).await.unwrap();
+    // The same user gets through.
+    drop(exchanged(&tunnel).await);
+    // `nobody` connects, sends a byte and waits for the echo: the port closes on it instead.
+    let port = tunnel.local_addr().port();
+    let script = format!(
+        "import socket,sys\ns=socket.create_connection(('127.0.0.1',{port}))\ns.settimeout(10)\ns.sendall(b'x')\ntry:\n d=s.recv(1)\nexcept Exception:\n d=b''\nsys.exit(3 if d else 0)"
+    );
+    let status = tokio::task::spawn_blocking(move || std::process::Command::new("python3").args(["-c", &script]).uid(65534).gid(65534).status().unwrap()).await.unwrap();
+    assert_eq!(status.code(), Some(0), "another user's connection was forwarded");
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1, "only this user's connection reached the backend");
+}
