@@ -147,6 +147,17 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             tracing::warn!("listening on {addr}, reachable from other machines, without --api-key");
         }
         eprintln!("hearth {} listening on http://{} (Ollama and OpenAI APIs)", env!("CARGO_PKG_VERSION"), listener.local_addr()?);
+        if let Some(cluster) = state.sched.config.cluster.clone() {
+            // Say now what the workers answer, in the background: loads ask them again.
+            tokio::spawn(async move {
+                for w in cluster.status().await {
+                    match (w.reachable, &w.error) {
+                        (true, _) => eprintln!("worker {}: {} device(s), {:.1} GiB free, {:.1} ms", w.address, w.devices.len(), w.free as f64 / (1u64 << 30) as f64, w.rtt_ms.unwrap_or(0.0)),
+                        (false, e) => tracing::warn!("worker {}: {}", w.address, e.as_deref().unwrap_or("unreachable")),
+                    }
+                }
+            });
+        }
         hearth_server::run(listener, state, shutdown_signal()).await.context("the server failed")
     });
     let _ = std::fs::remove_dir_all(&socket_dir);
