@@ -139,6 +139,19 @@ pub struct BenchArgs {
     pub plot: Option<PathBuf>,
 }
 
+/// Where layers go besides this machine (shared by the commands that load models).
+#[derive(Debug, Args, Clone, Default)]
+pub struct OffloadArgs {
+    /// Raw llama.cpp RPC servers to offload to, comma-separated host:port (no token, no tunnel)
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT")]
+    pub rpc: Vec<String>,
+    /// Proportions of the offloaded layers per device, comma-separated (-ts) [default: planned by free memory]
+    #[arg(long = "tensor-split", value_delimiter = ',', value_name = "F,F,...")]
+    pub tensor_split: Vec<f32>,
+    #[command(flatten)]
+    pub cluster: WorkersArgs,
+}
+
 /// The workers a controller uses.
 #[derive(Debug, Args, Clone, Default)]
 pub struct WorkersArgs {
@@ -262,14 +275,8 @@ pub struct ServeArgs {
     pub batch_size: u32,
     #[arg(long = "ubatch-size", default_value_t = 512, value_name = "N")]
     pub ubatch_size: u32,
-    /// RPC servers to offload to, comma-separated host:port
-    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT")]
-    pub rpc: Vec<String>,
-    /// Proportions of the offloaded layers per worker device, comma-separated (-ts) [default: planned by free memory]
-    #[arg(long = "tensor-split", value_delimiter = ',', value_name = "F,F,...")]
-    pub tensor_split: Vec<f32>,
     #[command(flatten)]
-    pub cluster: WorkersArgs,
+    pub offload: OffloadArgs,
 }
 
 /// Settings read from the environment (flags win over them).
@@ -422,14 +429,8 @@ pub struct LoadArgs {
     /// KV cache type for V (-ctv)
     #[arg(long = "cache-type-v", default_value = "f16", value_name = "TYPE")]
     pub cache_type_v: CacheType,
-    /// RPC servers to offload to, comma-separated host:port
-    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT")]
-    pub rpc: Vec<String>,
-    /// Fraction of the model for each device, comma-separated (-ts)
-    #[arg(long = "tensor-split", value_delimiter = ',', value_name = "F,F,...")]
-    pub tensor_split: Vec<f32>,
     #[command(flatten)]
-    pub cluster: WorkersArgs,
+    pub offload: OffloadArgs,
 }
 
 /// How tokens are picked. Defaults are llama.cpp's.

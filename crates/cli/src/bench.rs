@@ -216,14 +216,8 @@ pub fn bench(mut a: BenchArgs) -> Result<()> {
     let Some(model) = a.model.clone() else { bail!("--model is needed: the model name the endpoints know") };
     // Without --url: hearth itself, started here on a free port with this machine's store.
     let _local = if a.urls.is_empty() {
-        #[derive(clap::Parser)]
-        struct Wrap {
-            #[command(flatten)]
-            serve: crate::args::ServeArgs,
-        }
         let most = a.concurrency.iter().copied().max().unwrap_or(1).to_string();
-        let w = <Wrap as clap::Parser>::try_parse_from(["serve", "--parallel", &most]).context("server defaults")?;
-        let bg = crate::serve::background(w.serve)?;
+        let bg = crate::serve::background(crate::serve::default_args(&["--parallel", &most])?)?;
         eprintln!("started hearth on {} (no --url given)", bg.url);
         a.urls.push(bg.url.clone());
         Some(bg)

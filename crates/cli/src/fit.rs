@@ -66,21 +66,18 @@ fn parse_devices(spec: &str) -> Result<Vec<Device>> {
 
 /// This machine, then the devices of the workers given (asked for their free memory now).
 fn real_devices(a: &FitArgs) -> Result<(Vec<Device>, Vec<String>)> {
-    let mut devices = vec![Device { name: "this machine".into(), available: available_memory() }];
-    let mut notes = Vec::new();
-    if let Some(cluster) = crate::serve::cluster(&a.cluster)? {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        for w in rt.block_on(cluster.status()) {
-            if !w.reachable {
-                notes.push(format!("worker {} is unreachable ({}): planned without it", w.address, w.error.unwrap_or_default()));
-                continue;
-            }
-            for d in w.devices {
-                devices.push(Device { name: format!("{} {}", w.address, d.name), available: d.free });
-            }
-        }
-    }
-    Ok((devices, notes))
+    let Some(cluster) = crate::serve::cluster(&a.cluster)? else {
+        return Ok((vec![Device { name: "this machine".into(), available: available_memory() }], Vec::new()));
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let statuses = rt.block_on(cluster.status());
+    let notes = statuses
+        .iter()
+        .filter(|w| !w.reachable)
+        .map(|w| format!("worker {} is unreachable ({}): planned without it", w.address, w.error.as_deref().unwrap_or("")))
+        .collect();
+    let up: Vec<_> = statuses.iter().filter(|w| w.reachable).collect();
+    Ok((hearth_server::cluster::devices(available_memory(), &up).0, notes))
 }
 
 pub fn fit(a: FitArgs) -> Result<()> {

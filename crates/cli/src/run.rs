@@ -15,7 +15,7 @@ use crate::args::{LoadArgs, RunArgs, SamplingArgs};
 
 pub fn run(args: RunArgs, verbose: u8) -> Result<ExitCode> {
     let is_path = std::path::Path::new(&args.model).exists() || args.model.ends_with(".gguf") || args.model.contains(std::path::MAIN_SEPARATOR);
-    if !args.load.cluster.workers.is_empty() {
+    if !args.load.offload.cluster.workers.is_empty() {
         // Over workers: through a server in this process, so that a lost worker ends a
         // runner (and this answer) with a message instead of aborting the whole process.
         if is_path {
@@ -28,7 +28,7 @@ pub fn run(args: RunArgs, verbose: u8) -> Result<ExitCode> {
         drop(bg);
         return code;
     }
-    if !is_path && args.load.rpc.is_empty() {
+    if !is_path && args.load.offload.rpc.is_empty() {
         if let Some(remote) = crate::client::server() {
             let backend = Backend::Remote { options: remote_options(&args), remote, model: args.model.clone(), raw: args.raw };
             return converse(backend, &args, args.system.clone(), args.sampling.stop.clone(), verbose);
@@ -62,32 +62,16 @@ pub fn run(args: RunArgs, verbose: u8) -> Result<ExitCode> {
 
 /// A one-model server's settings from `hearth run`'s load flags.
 fn serve_args_for(load: &LoadArgs) -> Result<crate::args::ServeArgs> {
-    #[derive(clap::Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        serve: crate::args::ServeArgs,
-    }
-    let mut argv: Vec<String> = vec!["serve".into(), "--parallel".into(), "1".into(), "--ctx-size".into(), load.ctx_size.to_string()];
-    argv.extend(["--ubatch-size".into(), load.ubatch_size.to_string(), "--batch-size".into(), load.batch_size.to_string()]);
-    let fa = match load.flash_attn {
-        hearth_engine::FlashAttn::On => "on",
-        hearth_engine::FlashAttn::Off => "off",
-        hearth_engine::FlashAttn::Auto => "auto",
-    };
-    argv.extend(["--flash-attn".into(), fa.into()]);
-    if let Some(t) = load.threads {
-        argv.extend(["--threads".into(), t.to_string()]);
-    }
-    if let Some(n) = load.gpu_layers {
-        argv.extend(["--gpu-layers".into(), n.to_string()]);
-    }
-    if load.no_mmap {
-        argv.push("--no-mmap".into());
-    }
-    let mut w = <Wrap as clap::Parser>::try_parse_from(argv).context("server settings")?;
-    w.serve.tensor_split = load.tensor_split.clone();
-    w.serve.cluster = load.cluster.clone();
-    Ok(w.serve)
+    let mut a = crate::serve::default_args(&["--parallel", "1"])?;
+    a.ctx_size = load.ctx_size;
+    a.ubatch_size = load.ubatch_size;
+    a.batch_size = load.batch_size;
+    a.flash_attn = load.flash_attn;
+    a.threads = load.threads;
+    a.gpu_layers = load.gpu_layers;
+    a.no_mmap = load.no_mmap;
+    a.offload = load.offload.clone();
+    Ok(a)
 }
 
 /// The request options for a server, from the flags (the context only when set).
@@ -156,8 +140,8 @@ pub fn engine_options(model: &std::path::Path, load: &LoadArgs) -> EngineOptions
     m.gpu_layers = load.gpu_layers;
     m.mmap = !load.no_mmap;
     m.mlock = load.mlock;
-    m.rpc_servers = load.rpc.clone();
-    m.tensor_split = load.tensor_split.clone();
+    m.rpc_servers = load.offload.rpc.clone();
+    m.tensor_split = load.offload.tensor_split.clone();
     let mut o = EngineOptions::new(m);
     o.ctx_size = load.ctx_size;
     o.batch_size = load.batch_size;

@@ -110,9 +110,9 @@ fn state(a: &ServeArgs) -> Result<(Arc<AppState>, std::path::PathBuf)> {
             memory_budget,
             keep_alive,
             load_timeout: Duration::from_secs(a.load_timeout),
-            rpc_servers: a.rpc.clone(),
-            tensor_split: a.tensor_split.clone(),
-            cluster: cluster(&a.cluster)?,
+            rpc_servers: a.offload.rpc.clone(),
+            tensor_split: a.offload.tensor_split.clone(),
+            cluster: cluster(&a.offload.cluster)?,
         },
         store.clone(),
     );
@@ -162,6 +162,17 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     });
     let _ = std::fs::remove_dir_all(&socket_dir);
     result
+}
+
+/// `hearth serve`'s settings from these flags and the defaults (for servers started in-process).
+pub fn default_args(flags: &[&str]) -> Result<ServeArgs> {
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+    let argv = std::iter::once("serve").chain(flags.iter().copied());
+    Ok(<Wrap as clap::Parser>::try_parse_from(argv).context("server settings")?.serve)
 }
 
 /// A server on a free loopback port, in this process, until the returned handle is dropped

@@ -111,22 +111,27 @@ pub fn tensor_filter(first: u32, count: u32, output: bool, tied: bool) -> impl F
 /// Preloads the whole model (or the layers asked) from this machine's store.
 fn preload_model(store: &hearth_store::Store, model: &str, cache_dir: &Path, filter: Option<&dyn Fn(&str) -> bool>, show: bool) -> Result<Preloaded> {
     let manifest = store.get(model).with_context(|| format!("{model} is not in this machine's store (hearth pull it here first)"))?;
-    let mut total = Preloaded::default();
     let paths: Vec<PathBuf> = manifest.model_layers().map(|l| store.blob_path(&l.digest)).collect::<Result<_, _>>()?;
     let bytes: u64 = manifest.model_layers().map(|l| l.size).sum();
     let progress = crate::progress::Progress::new(!show);
     let id = format!("preloading {model}");
     use hearth_store::Reporter;
     progress.start(&id, Some(bytes), 0);
-    let all = |_: &str| true;
+    let total = preload_files(&paths, cache_dir, filter.unwrap_or(&|_| true), &|n| progress.advance(&id, n))?;
+    progress.finish(&id);
+    Ok(total)
+}
+
+/// [`preload_file`] over every file of a model, summed.
+fn preload_files(paths: &[PathBuf], cache_dir: &Path, wanted: &dyn Fn(&str) -> bool, progress: &dyn Fn(u64)) -> Result<Preloaded> {
+    let mut total = Preloaded::default();
     for path in paths {
-        let gguf = Gguf::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let p = preload_file(&path, &gguf, cache_dir, filter.unwrap_or(&all), &|n| progress.advance(&id, n))?;
+        let gguf = Gguf::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let p = preload_file(path, &gguf, cache_dir, wanted, progress)?;
         total.tensors += p.tensors;
         total.bytes += p.bytes;
         total.present += p.present;
     }
-    progress.finish(&id);
     Ok(total)
 }
 
@@ -185,19 +190,15 @@ impl Worker {
         let digests: Vec<String> = req.get("digests").and_then(Value::as_array).map(|a| a.iter().filter_map(|d| d.as_str().map(String::from)).collect()).unwrap_or_default();
         let num = |k: &str| req.get(k).and_then(Value::as_u64).unwrap_or(0) as u32;
         let filter = tensor_filter(num("first_layer"), num("n_layers"), req.get("output").and_then(Value::as_bool).unwrap_or(false), req.get("tied").and_then(Value::as_bool).unwrap_or(false));
-        let mut total = Preloaded::default();
-        let start = Instant::now();
+        let mut paths = Vec::new();
         for d in &digests {
-            let path = match store.blob_path(d) {
-                Ok(p) if p.is_file() => p,
+            match store.blob_path(d) {
+                Ok(p) if p.is_file() => paths.push(p),
                 _ => return Ok(json!({"found": false})),
-            };
-            let gguf = Gguf::open(&path).map_err(|e| e.to_string())?;
-            let p = preload_file(&path, &gguf, &self.cache_dir, &filter, &|_| {}).map_err(|e| format!("{e:#}"))?;
-            total.tensors += p.tensors;
-            total.bytes += p.bytes;
-            total.present += p.present;
+            }
         }
+        let start = Instant::now();
+        let total = preload_files(&paths, &self.cache_dir, &filter, &|_| {}).map_err(|e| format!("{e:#}"))?;
         tracing::info!(model = %name, tensors = total.tensors, present = total.present, mb = total.bytes / 1_000_000, secs = start.elapsed().as_secs_f64(), "preloaded from the local store");
         Ok(json!({"found": !digests.is_empty(), "preloaded": total}))
     }

@@ -150,14 +150,7 @@ impl Cluster {
             tracing::warn!(worker = %s.address, error = s.error.as_deref().unwrap_or(""), "worker unreachable; planning without it");
         }
         let up: Vec<&WorkerStatus> = statuses.iter().filter(|s| s.reachable).collect();
-        let mut devices = vec![Device { name: "this machine".into(), available: host_available }];
-        let mut owner = vec![None];
-        for (wi, s) in up.iter().enumerate() {
-            for d in &s.devices {
-                devices.push(Device { name: format!("{} {}", s.address, d.name), available: d.free });
-                owner.push(Some(wi));
-            }
-        }
+        let (devices, owner) = devices(host_available, &up);
         let placement = place(shards, plan, &devices, split);
         if !placement.fits {
             let mut msg = format!("{model} does not fit on this machine and the workers that answer:\n{}", placement.table());
@@ -206,6 +199,20 @@ impl Cluster {
         }
         Ok(Placed { gpu_layers: placement.gpu_layers as i32, tensor_split, workers, tunnels, placement })
     }
+}
+
+/// The devices a plan may use: this machine first, then every device of the workers `up`, in
+/// llama.cpp's order, each with the index in `up` of its worker (`None` for this machine).
+pub fn devices(host_available: u64, up: &[&WorkerStatus]) -> (Vec<Device>, Vec<Option<usize>>) {
+    let mut devices = vec![Device { name: "this machine".into(), available: host_available }];
+    let mut owner = vec![None];
+    for (wi, s) in up.iter().enumerate() {
+        for d in &s.devices {
+            devices.push(Device { name: format!("{} {}", s.address, d.name), available: d.free });
+            owner.push(Some(wi));
+        }
+    }
+    (devices, owner)
 }
 
 /// Shared handle.
