@@ -17,7 +17,18 @@ python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 venv_try="$(mktemp -d)"
 python3 -m venv "$venv_try/v" >/dev/null 2>&1 || need+=(python3-venv)
 rm -rf "$venv_try"
-ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+# What bindgen loads: libclang.so, libclang-*.so or libclang.so.* (not libclang-cpp.so.N, a
+# different library that stock Debian images carry).
+have_libclang() {
+  local f
+  for f in /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* \
+           /usr/lib/*-linux-gnu/libclang.so* /usr/lib/*-linux-gnu/libclang-[0-9]*.so* ${LIBCLANG_PATH:+"$LIBCLANG_PATH"/libclang*.so*}; do
+    case "$(basename "$f")" in libclang-cpp*) continue ;; esac
+    [ -e "$f" ] && return 0
+  done
+  return 1
+}
+have_libclang || need+=(libclang-dev)
 command -v curl >/dev/null || need+=(curl)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)

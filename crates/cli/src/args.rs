@@ -4,10 +4,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use hearth_engine::{CacheType, FlashAttn};
+use hearth_protocol::LoadSettings;
 
-/// Overrides the log filter (tracing's syntax, e.g. `debug` or `hearth=debug,llama.cpp=info`).
-pub const ENV_LOG: &str = "HEARTH_LOG";
 
 #[derive(Debug, Parser)]
 #[command(name = "hearth", version, about = "Run large language models on hardware you own")]
@@ -64,34 +62,15 @@ pub enum Command {
 pub struct FitArgs {
     /// A store name, a .gguf path, or a remote reference (hf.co/USER/REPO:QUANT, a URL, a registry model)
     pub model: String,
-    /// Context per sequence, in tokens
-    #[arg(long = "ctx", short = 'c', default_value_t = 4096)]
-    pub ctx: u64,
-    /// Sequences decoded together
+    /// Sequences decoded together (-np)
     #[arg(long, default_value_t = 1)]
-    pub parallel: u64,
-    /// Physical batch size (-ub)
-    #[arg(long = "ubatch-size", default_value_t = 512)]
-    pub ubatch: u64,
-    /// Flash attention (-fa): on, off or auto (auto is on for the CPU)
-    #[arg(long = "flash-attn", default_value = "auto", value_name = "on|off|auto")]
-    pub flash_attn: FlashAttn,
-    /// KV cache type for K (-ctk)
-    #[arg(long = "cache-type-k", default_value = "f16")]
-    pub cache_type_k: String,
-    /// KV cache type for V (-ctv)
-    #[arg(long = "cache-type-v", default_value = "f16")]
-    pub cache_type_v: String,
+    pub parallel: u32,
     /// The devices to fit in, in order, e.g. "cpu=24GiB" or "cpu=128G,w1=128G,w2=128G"
     /// (the first is the host) [default: this machine's available memory, then the workers']
     #[arg(long)]
     pub devices: Option<String>,
-    /// Layers to put on the devices after the first (-ngl) [default: planned]
-    #[arg(long = "gpu-layers", visible_alias = "n-gpu-layers", value_name = "N")]
-    pub gpu_layers: Option<u32>,
-    /// Proportions over the devices after the first (-ts) [default: planned]
-    #[arg(long = "tensor-split", value_delimiter = ',', value_name = "F,F,...")]
-    pub tensor_split: Vec<f32>,
+    #[command(flatten)]
+    pub load: LoadSettings,
     #[command(flatten)]
     pub cluster: WorkersArgs,
     /// Allow plain http for a registry host
@@ -139,27 +118,14 @@ pub struct BenchArgs {
     pub plot: Option<PathBuf>,
 }
 
-/// Where layers go besides this machine (shared by the commands that load models).
-#[derive(Debug, Args, Clone, Default)]
-pub struct OffloadArgs {
-    /// Raw llama.cpp RPC servers to offload to, comma-separated host:port (no token, no tunnel)
-    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT")]
-    pub rpc: Vec<String>,
-    /// Proportions of the offloaded layers per device, comma-separated (-ts) [default: planned by free memory]
-    #[arg(long = "tensor-split", value_delimiter = ',', value_name = "F,F,...")]
-    pub tensor_split: Vec<f32>,
-    #[command(flatten)]
-    pub cluster: WorkersArgs,
-}
-
 /// The workers a controller uses.
 #[derive(Debug, Args, Clone, Default)]
 pub struct WorkersArgs {
     /// Workers (`hearth worker`) to spread models over, comma-separated HOST:PORT
-    #[arg(long, env = "HEARTH_WORKERS", value_delimiter = ',', value_name = "HOST:PORT")]
+    #[arg(long, env = crate::env::WORKERS, value_delimiter = ',', value_name = "HOST:PORT")]
     pub workers: Vec<String>,
     /// The shared cluster secret the workers were started with
-    #[arg(long = "cluster-token", env = "HEARTH_CLUSTER_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(long = "cluster-token", env = crate::env::CLUSTER_TOKEN, hide_env_values = true, value_name = "TOKEN")]
     pub token: Option<String>,
 }
 
@@ -181,7 +147,7 @@ pub struct WorkerArgs {
     #[arg(long = "cache-dir", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// The shared cluster secret; controllers must present it
-    #[arg(long, env = "HEARTH_CLUSTER_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(long, env = crate::env::CLUSTER_TOKEN, hide_env_values = true, value_name = "TOKEN")]
     pub token: Option<String>,
     /// Allow a non-loopback --listen without a token (anyone who reaches the port can use it)
     #[arg(long)]
@@ -227,28 +193,28 @@ pub struct RunnerArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on: HOST:PORT, HOST, or http://HOST:PORT
-    #[arg(long, env = "HEARTH_HOST", default_value = "127.0.0.1:11434")]
+    #[arg(long, env = crate::env::HOST, default_value = "127.0.0.1:11434")]
     pub host: String,
     /// Sequences decoded together per model (continuous batching)
-    #[arg(long, env = "HEARTH_NUM_PARALLEL", default_value_t = 4, value_name = "N")]
+    #[arg(long, env = crate::env::NUM_PARALLEL, default_value_t = 4, value_name = "N")]
     pub parallel: u32,
     /// Requests waiting per model beyond the running ones; past it the answer is 503
-    #[arg(long = "max-queue", env = "HEARTH_MAX_QUEUE", default_value_t = 64, value_name = "N")]
+    #[arg(long = "max-queue", env = crate::env::MAX_QUEUE, default_value_t = 64, value_name = "N")]
     pub max_queue: usize,
     /// Models loaded at once
-    #[arg(long = "max-loaded-models", env = "HEARTH_MAX_LOADED_MODELS", default_value_t = 3, value_name = "N")]
+    #[arg(long = "max-loaded-models", env = crate::env::MAX_LOADED_MODELS, default_value_t = 3, value_name = "N")]
     pub max_loaded_models: usize,
     /// Memory all loaded models may use together, e.g. 12G or 800M [default: 80% of RAM]
-    #[arg(long = "memory-budget", env = "HEARTH_MEMORY_BUDGET", value_name = "BYTES")]
+    #[arg(long = "memory-budget", env = crate::env::MEMORY_BUDGET, value_name = "BYTES")]
     pub memory_budget: Option<String>,
     /// How long a model stays loaded after its last request (e.g. 5m, 1h, 0, -1 for ever)
-    #[arg(long = "keep-alive", env = "HEARTH_KEEP_ALIVE", default_value = "5m", value_name = "DURATION")]
+    #[arg(long = "keep-alive", env = crate::env::KEEP_ALIVE, default_value = "5m", value_name = "DURATION")]
     pub keep_alive: String,
     /// Require `Authorization: Bearer KEY` on every route except / and /health
-    #[arg(long = "api-key", env = "HEARTH_API_KEY", value_name = "KEY", hide_env_values = true)]
+    #[arg(long = "api-key", env = crate::env::API_KEY, value_name = "KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Allow browser requests from this origin (repeatable; localhost is always allowed)
-    #[arg(long = "cors-origin", env = "HEARTH_ORIGINS", value_delimiter = ',', value_name = "ORIGIN")]
+    #[arg(long = "cors-origin", env = crate::env::ORIGINS, value_delimiter = ',', value_name = "ORIGIN")]
     pub cors_origin: Vec<String>,
     /// Largest request body, in bytes (model uploads to /api/blobs are not limited)
     #[arg(long = "max-body", default_value_t = 64 << 20, value_name = "BYTES")]
@@ -256,33 +222,12 @@ pub struct ServeArgs {
     /// Seconds a model may take to load
     #[arg(long = "load-timeout", default_value_t = 600, value_name = "SECONDS")]
     pub load_timeout: u64,
-    /// Context per sequence in tokens, unless a request sets num_ctx
-    #[arg(short = 'c', long = "ctx-size", env = "HEARTH_CONTEXT_LENGTH", default_value_t = 4096, value_name = "N")]
-    pub ctx_size: u32,
-    /// Layers to offload to GPUs or RPC devices (-ngl)
-    #[arg(long = "gpu-layers", value_name = "N", allow_negative_numbers = true)]
-    pub gpu_layers: Option<i32>,
-    /// Flash attention (-fa): on, off or auto
-    #[arg(long = "flash-attn", default_value = "auto", value_name = "on|off|auto")]
-    pub flash_attn: FlashAttn,
-    /// Read models into memory instead of memory-mapping them
-    #[arg(long = "no-mmap")]
-    pub no_mmap: bool,
-    /// Threads per model (default: physical cores)
-    #[arg(short = 't', long, value_name = "N")]
-    pub threads: Option<usize>,
-    #[arg(short = 'b', long = "batch-size", default_value_t = 2048, value_name = "N")]
-    pub batch_size: u32,
-    #[arg(long = "ubatch-size", default_value_t = 512, value_name = "N")]
-    pub ubatch_size: u32,
     #[command(flatten)]
-    pub offload: OffloadArgs,
+    pub load: LoadSettings,
+    #[command(flatten)]
+    pub cluster: WorkersArgs,
 }
 
-/// Settings read from the environment (flags win over them).
-pub const ENV_STALL_TIMEOUT: &str = "HEARTH_STALL_TIMEOUT";
-pub const ENV_CONNECTIONS: &str = "HEARTH_PULL_CONNECTIONS";
-pub const ENV_RETRIES: &str = "HEARTH_PULL_RETRIES";
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
@@ -388,49 +333,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub system: Option<String>,
     #[command(flatten)]
-    pub load: LoadArgs,
+    pub load: LoadSettings,
+    #[command(flatten)]
+    pub cluster: WorkersArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
-}
-
-/// How the model is loaded and run (shared by the commands that load models).
-#[derive(Debug, Args, Clone)]
-pub struct LoadArgs {
-    /// Context size in tokens (0 = the model's training context)
-    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096, value_name = "N")]
-    pub ctx_size: u32,
-    /// Layers to offload to GPUs or RPC devices (-ngl; default: as many as llama.cpp decides)
-    #[arg(long = "gpu-layers", visible_alias = "n-gpu-layers", value_name = "N", allow_negative_numbers = true)]
-    pub gpu_layers: Option<i32>,
-    /// Flash attention (-fa): on, off or auto
-    #[arg(long = "flash-attn", default_value = "auto", value_name = "on|off|auto")]
-    pub flash_attn: FlashAttn,
-    /// Read the model into memory instead of memory-mapping it
-    #[arg(long = "no-mmap")]
-    pub no_mmap: bool,
-    /// Lock the model in RAM
-    #[arg(long)]
-    pub mlock: bool,
-    /// Threads for generation (default: physical cores)
-    #[arg(short = 't', long, value_name = "N")]
-    pub threads: Option<usize>,
-    /// Threads for prompt processing (-tb; default: --threads)
-    #[arg(long = "threads-batch", value_name = "N")]
-    pub threads_batch: Option<usize>,
-    /// Logical batch size: most tokens per decode step
-    #[arg(short = 'b', long = "batch-size", default_value_t = 2048, value_name = "N")]
-    pub batch_size: u32,
-    /// Physical batch size (-ub)
-    #[arg(long = "ubatch-size", default_value_t = 512, value_name = "N")]
-    pub ubatch_size: u32,
-    /// KV cache type for K (-ctk): f16, q8_0, q4_0, ...
-    #[arg(long = "cache-type-k", default_value = "f16", value_name = "TYPE")]
-    pub cache_type_k: CacheType,
-    /// KV cache type for V (-ctv)
-    #[arg(long = "cache-type-v", default_value = "f16", value_name = "TYPE")]
-    pub cache_type_v: CacheType,
-    #[command(flatten)]
-    pub offload: OffloadArgs,
 }
 
 /// How tokens are picked. Defaults are llama.cpp's.
@@ -512,8 +419,28 @@ mod tests {
         let cli = Cli::try_parse_from(args).unwrap();
         let Command::Run(run) = cli.command else { panic!("run") };
         assert_eq!(run.load.gpu_layers, Some(99));
-        assert_eq!(run.load.flash_attn, FlashAttn::On);
-        assert_eq!(run.load.ctx_size, 512);
+        assert_eq!(run.load.flash_attn, hearth_protocol::FlashAttn::On);
+        assert_eq!(run.load.ctx_size, Some(512));
+    }
+
+    #[test]
+    fn load_flags_are_the_same_everywhere() {
+        let flags = ["-c", "512", "-ngl", "-1", "-ts", "1,2", "-fa", "off", "-ctk", "q8_0", "-b", "64", "-ub", "32", "-t", "2", "--no-mmap"];
+        let parse = |cmd: &[&str]| {
+            let mut args = vec!["hearth"];
+            args.extend(cmd);
+            args.extend(flags);
+            match Cli::try_parse_from(normalize(args.into_iter().map(OsString::from))).unwrap().command {
+                Command::Run(a) => a.load,
+                Command::Serve(a) => a.load,
+                Command::Fit(a) => a.load,
+                _ => unreachable!(),
+            }
+        };
+        let run = parse(&["run", "m.gguf"]);
+        assert_eq!(run, parse(&["serve"]));
+        assert_eq!(run, parse(&["fit", "m.gguf"]));
+        assert_eq!((run.ctx_size, run.gpu_layers, run.tensor_split.as_slice(), run.batch_size), (Some(512), Some(-1), &[1.0, 2.0][..], 64));
     }
 
     #[test]

@@ -8,8 +8,6 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-/// The server's address variable, shared with `hearth serve`.
-pub const ENV_HOST: &str = "HEARTH_HOST";
 
 pub struct Remote {
     pub base: String,
@@ -18,18 +16,18 @@ pub struct Remote {
 
 /// The server at `HEARTH_HOST`, if a hearth server answers there.
 pub fn server() -> Option<Remote> {
-    let host = std::env::var(ENV_HOST).unwrap_or_else(|_| "127.0.0.1:11434".into());
+    let host = crate::env::var(crate::env::HOST).unwrap_or_else(|| "127.0.0.1:11434".into());
     let host = host.trim().trim_end_matches('/');
     let base = if host.starts_with("http://") || host.starts_with("https://") { host.to_string() } else { format!("http://{host}") };
     let resp = ureq::get(&format!("{base}/")).timeout(Duration::from_millis(500)).call().ok()?;
     let body = resp.into_string().ok()?;
-    body.starts_with("hearth is running").then(|| Remote { base, key: std::env::var("HEARTH_API_KEY").ok().filter(|k| !k.is_empty()) })
+    body.starts_with("hearth is running").then(|| Remote { base, key: crate::env::var(crate::env::API_KEY) })
 }
 
 impl Remote {
     /// The server at `base` (`http://HOST:PORT`), without checking it.
     pub fn at(base: &str) -> Remote {
-        Remote { base: base.trim_end_matches('/').to_string(), key: std::env::var("HEARTH_API_KEY").ok().filter(|k| !k.is_empty()) }
+        Remote { base: base.trim_end_matches('/').to_string(), key: crate::env::var(crate::env::API_KEY) }
     }
 
     fn request(&self, method: &str, path: &str) -> ureq::Request {

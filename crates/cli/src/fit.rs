@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use hearth_gguf::fit::{estimate, kv_bytes_per_elem, max_context_by, ContextPlan};
-use hearth_gguf::plan::{place, Device, Split};
+use hearth_gguf::fit::{estimate, max_context_by};
+use hearth_gguf::plan::{place, Device};
 use hearth_gguf::Gguf;
 
 use crate::args::FitArgs;
@@ -56,7 +56,7 @@ fn parse_devices(spec: &str) -> Result<Vec<Device>> {
     let mut out = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (name, size) = part.split_once('=').with_context(|| format!("--devices: {part:?} is not NAME=SIZE (e.g. cpu=24GiB)"))?;
-        out.push(Device { name: name.trim().to_string(), available: crate::serve::parse_bytes(size).with_context(|| format!("--devices: {part:?}"))? });
+        out.push(Device { name: name.trim().to_string(), available: crate::units::parse_bytes(size).with_context(|| format!("--devices: {part:?}"))? });
     }
     if out.is_empty() {
         bail!("--devices lists no device (e.g. cpu=24GiB,w1=128GiB)");
@@ -77,18 +77,15 @@ fn real_devices(a: &FitArgs) -> Result<(Vec<Device>, Vec<String>)> {
         .map(|w| format!("worker {} is unreachable ({}): planned without it", w.address, w.error.as_deref().unwrap_or("")))
         .collect();
     let up: Vec<_> = statuses.iter().filter(|w| w.reachable).collect();
-    Ok((hearth_server::cluster::devices(available_memory(), &up).0, notes))
+    Ok((hearth_runtime::placement::devices(available_memory(), &up).0, notes))
 }
 
 pub fn fit(a: FitArgs) -> Result<()> {
-    let (Some(k), Some(v)) = (kv_bytes_per_elem(&a.cache_type_k), kv_bytes_per_elem(&a.cache_type_v)) else {
-        bail!("unknown KV cache type {:?}/{:?} (f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0, iq4_nl)", a.cache_type_k, a.cache_type_v);
-    };
     let (devices, notes) = match &a.devices {
         Some(d) => (parse_devices(d)?, Vec::new()),
         None => real_devices(&a)?,
     };
-    let split = Split { gpu_layers: a.gpu_layers, tensor_split: a.tensor_split.clone() };
+    let split = hearth_runtime::split(&a.load);
     if devices.len() == 1 && !split.is_auto() {
         bail!("--gpu-layers/--tensor-split need devices besides the host: list them with --devices (e.g. cpu=24G,gpu0=16G) or give --workers");
     }
@@ -100,18 +97,11 @@ pub fn fit(a: FitArgs) -> Result<()> {
             (h, Some(n))
         }
     };
-    let plan = ContextPlan {
-        n_ctx: a.ctx * a.parallel.max(1),
-        n_ubatch: a.ubatch,
-        k_bytes_per_elem: k,
-        v_bytes_per_elem: v,
-        parallel: a.parallel.max(1),
-        flash_attn: a.flash_attn != hearth_engine::FlashAttn::Off,
-    };
+    let plan = hearth_runtime::context_plan(&a.load, a.load.ctx(), a.parallel);
     let e = estimate(&shards, &plan);
     let placement = place(&shards, &plan, &devices, &split);
     let fits = placement.fits;
-    let per_seq_max = max_context_by(&shards, &plan, a.parallel, |p| place(&shards, p, &devices, &split).fits);
+    let per_seq_max = max_context_by(&shards, &plan, a.parallel as u64, |p| place(&shards, p, &devices, &split).fits);
     let capacity: u64 = devices.iter().map(|d| d.available).sum();
     let summary = shards[0].summary();
     if a.json {
@@ -120,7 +110,7 @@ pub fn fit(a: FitArgs) -> Result<()> {
             "summary": summary,
             "files": shards.len(),
             "header_bytes_read": read,
-            "context_per_sequence": a.ctx,
+            "context_per_sequence": a.load.ctx(),
             "parallel": a.parallel,
             "estimate": e,
             "device": devices.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(","),
@@ -140,7 +130,7 @@ pub fn fit(a: FitArgs) -> Result<()> {
     for n in &notes {
         println!("  note: {n}");
     }
-    println!("  context         {} tokens x {} sequence(s), KV {}/{}", a.ctx, a.parallel, a.cache_type_k, a.cache_type_v);
+    println!("  context         {} tokens x {} sequence(s), KV {}/{}", a.load.ctx(), a.parallel, a.load.cache_type_k, a.load.cache_type_v);
     println!("  weights         {}", gib(e.weights));
     println!("  KV cache        {}", gib(e.kv_cache));
     println!("  compute buffer  {}", gib(e.compute));

@@ -7,28 +7,33 @@
 
 mod args;
 mod bench;
-mod config;
-mod fit;
 mod client;
+mod env;
+mod fit;
 mod models;
 mod progress;
 mod run;
+mod runner;
 mod serve;
+mod units;
 mod worker;
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use crate::args::{Cli, Command};
 
 fn main() -> ExitCode {
-    if let Err(e) = config::apply() {
+    if let Err(e) = env::load() {
         eprintln!("error: {e:#}");
         return ExitCode::from(1);
     }
-    let cli = match Cli::try_parse_from(args::normalize(std::env::args_os())) {
+    let parsed = env::with_file_defaults(Cli::command())
+        .try_get_matches_from(args::normalize(std::env::args_os()))
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             // --help and --version are not errors.
@@ -70,7 +75,7 @@ fn main() -> ExitCode {
         Command::Import(a) => models::import(a).map(|_| ExitCode::SUCCESS),
         Command::Export(a) => models::export(a).map(|_| ExitCode::SUCCESS),
         Command::Serve(a) => serve::serve(a).map(|_| ExitCode::SUCCESS),
-        Command::Runner(a) => serve::runner(&a.spec).map(|_| ExitCode::SUCCESS),
+        Command::Runner(a) => runner::main(&a.spec).map_err(|e| anyhow::anyhow!(e)).map(|_| ExitCode::SUCCESS),
         Command::Worker(a) => worker::worker(a).map(|_| ExitCode::SUCCESS),
         Command::Cluster(c) => match c.command {
             args::ClusterCommand::Status(a) => client::cluster_status(a).map(|_| ExitCode::SUCCESS),
@@ -90,14 +95,26 @@ fn main() -> ExitCode {
             if let Some(hint) = run::hint(&err) {
                 let _ = writeln!(stderr, "hint: {hint}");
             }
-            ExitCode::from(1)
+            ExitCode::from(if is_internal(&err) { 2 } else { 1 })
         }
     }
 }
 
+/// Whether `err` is hearth's own failure (exit 2) rather than the user's input or
+/// environment (exit 1): a runner or engine that broke, a store that cannot be read back.
+fn is_internal(err: &anyhow::Error) -> bool {
+    use hearth_engine::EngineError as E;
+    use hearth_runtime::RuntimeError as R;
+    err.chain().any(|c| {
+        matches!(c.downcast_ref::<R>(), Some(R::Internal(_) | R::RunnerDied { .. } | R::Store(_)))
+            || matches!(c.downcast_ref::<E>(), Some(E::Decode(_) | E::Stopped | E::Context(_) | E::Embedding(_)))
+            || c.downcast_ref::<tokio::task::JoinError>().is_some()
+    })
+}
+
 fn no_server_is(r: Option<client::Remote>) -> anyhow::Result<client::Remote> {
     r.ok_or_else(|| {
-        let host = std::env::var(client::ENV_HOST).unwrap_or_else(|_| "127.0.0.1:11434".into());
+        let host = env::var(env::HOST).unwrap_or_else(|| "127.0.0.1:11434".into());
         anyhow::anyhow!("no hearth server answers at {host}; start one with `hearth serve` (or set HEARTH_HOST)")
     })
 }
@@ -120,8 +137,7 @@ fn init_tracing(verbose: u8, chatty: bool) {
         1 => "info,llama.cpp=info",
         _ => "debug,llama.cpp=debug",
     };
-    let filter = std::env::var(args::ENV_LOG)
-        .ok()
+    let filter = env::var(env::LOG)
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
     tracing_subscriber::fmt()

@@ -10,17 +10,23 @@ use hearth_store::download::DownloadOptions;
 use hearth_store::{interop, LayerKind, Manifest, PullOptions, Store};
 use serde::Serialize;
 
-use crate::args::{self, AddArgs, CpArgs, ExportArgs, ImportArgs, ListArgs, PullArgs, RmArgs, ShowArgs, Tool};
+use crate::args::{AddArgs, CpArgs, ExportArgs, ImportArgs, ListArgs, PullArgs, RmArgs, ShowArgs, Tool};
 use crate::progress::Progress;
 
+/// The directory of the model store: `$HEARTH_MODELS` (or the config file's `models`), else
+/// `~/.hearth/models`.
+pub fn store_root() -> PathBuf {
+    crate::env::var(crate::env::MODELS).map(PathBuf::from).unwrap_or_else(Store::default_root)
+}
+
 pub fn store() -> Result<Store> {
-    let root = Store::default_root();
+    let root = store_root();
     Store::open(&root).with_context(|| format!("cannot open the model store at {}", root.display()))
 }
 
 fn env_parse<T: std::str::FromStr>(var: &str) -> Result<Option<T>> {
-    match std::env::var(var) {
-        Ok(v) if !v.trim().is_empty() => v.trim().parse().map(Some).map_err(|_| anyhow::anyhow!("{var}={v:?} is not a valid number")),
+    match crate::env::var(var) {
+        Some(v) if !v.trim().is_empty() => v.trim().parse().map(Some).map_err(|_| anyhow::anyhow!("{var}={v:?} is not a valid number")),
         _ => Ok(None),
     }
 }
@@ -28,13 +34,13 @@ fn env_parse<T: std::str::FromStr>(var: &str) -> Result<Option<T>> {
 /// Flag, then environment, then default.
 fn download_options(a: &PullArgs) -> Result<DownloadOptions> {
     let mut o = DownloadOptions::default();
-    if let Some(n) = a.connections.or(env_parse(args::ENV_CONNECTIONS)?) {
+    if let Some(n) = a.connections.or(env_parse(crate::env::PULL_CONNECTIONS)?) {
         if n == 0 || n > 64 {
             bail!("--connections must be between 1 and 64, not {n}");
         }
         o.connections = n;
     }
-    if let Some(s) = a.stall_timeout.or(env_parse(args::ENV_STALL_TIMEOUT)?) {
+    if let Some(s) = a.stall_timeout.or(env_parse(crate::env::STALL_TIMEOUT)?) {
         if !(s > 0.0 && s.is_finite()) {
             bail!("--stall-timeout must be a positive number of seconds, not {s}");
         }
@@ -42,7 +48,7 @@ fn download_options(a: &PullArgs) -> Result<DownloadOptions> {
         // Short stall timeouts (tests, fast local mirrors) get short backoffs too.
         o.backoff = o.backoff.min(o.stall_timeout / 4);
     }
-    if let Some(n) = a.retries.or(env_parse(args::ENV_RETRIES)?) {
+    if let Some(n) = a.retries.or(env_parse(crate::env::PULL_RETRIES)?) {
         o.max_attempts = n.max(1);
     }
     Ok(o)

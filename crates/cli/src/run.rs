@@ -7,35 +7,35 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use hearth_store::LayerKind;
 use hearth_engine::{
-    Canceller, ChatMessage, ChatTemplate, Engine, EngineError, EngineOptions, Event, FinishReason,
-    GenerateRequest, ModelOptions, Prompt, SamplingParams, Timings,
+    Canceller, ChatMessage, ChatTemplate, Engine, EngineError, EngineOptions, Event, FinishReason, GenerateRequest,
+    Prompt, SamplingParams, Timings,
 };
 
-use crate::args::{LoadArgs, RunArgs, SamplingArgs};
+use crate::args::{RunArgs, SamplingArgs};
 
 pub fn run(args: RunArgs, verbose: u8) -> Result<ExitCode> {
     let is_path = std::path::Path::new(&args.model).exists() || args.model.ends_with(".gguf") || args.model.contains(std::path::MAIN_SEPARATOR);
-    if !args.load.offload.cluster.workers.is_empty() {
+    if !args.cluster.workers.is_empty() {
         // Over workers: through a server in this process, so that a lost worker ends a
         // runner (and this answer) with a message instead of aborting the whole process.
         if is_path {
             anyhow::bail!("--workers runs models from the store; add the file first: hearth add {}", args.model);
         }
-        let bg = crate::serve::background(serve_args_for(&args.load)?)?;
+        let bg = crate::serve::background(serve_args_for(&args)?)?;
         let remote = crate::client::Remote::at(&bg.url);
         let backend = Backend::Remote { options: remote_options(&args), remote, model: args.model.clone(), raw: args.raw };
         let code = converse(backend, &args, args.system.clone(), args.sampling.stop.clone(), verbose);
         drop(bg);
         return code;
     }
-    if !is_path && args.load.offload.rpc.is_empty() {
+    if !is_path && args.load.rpc.is_empty() {
         if let Some(remote) = crate::client::server() {
             let backend = Backend::Remote { options: remote_options(&args), remote, model: args.model.clone(), raw: args.raw };
             return converse(backend, &args, args.system.clone(), args.sampling.stop.clone(), verbose);
         }
     }
     let model = crate::models::resolve(&args.model)?;
-    let engine = Engine::start(engine_options(&model.path, &args.load))?;
+    let engine = Engine::start(EngineOptions::from_settings(&model.path, &args.load, 1))?;
     let info = engine.model().info();
     let template = (!args.raw).then(|| {
         // The GGUF's own Jinja template first; an Ollama Go template only picks a family.
@@ -60,17 +60,11 @@ pub fn run(args: RunArgs, verbose: u8) -> Result<ExitCode> {
     converse(Backend::Local { engine, template }, &args, system, stop, verbose)
 }
 
-/// A one-model server's settings from `hearth run`'s load flags.
-fn serve_args_for(load: &LoadArgs) -> Result<crate::args::ServeArgs> {
+/// A one-model server's settings: `hearth run`'s load flags and workers, one sequence.
+fn serve_args_for(args: &RunArgs) -> Result<crate::args::ServeArgs> {
     let mut a = crate::serve::default_args(&["--parallel", "1"])?;
-    a.ctx_size = load.ctx_size;
-    a.ubatch_size = load.ubatch_size;
-    a.batch_size = load.batch_size;
-    a.flash_attn = load.flash_attn;
-    a.threads = load.threads;
-    a.gpu_layers = load.gpu_layers;
-    a.no_mmap = load.no_mmap;
-    a.offload = load.offload.clone();
+    a.load = args.load.clone();
+    a.cluster = args.cluster.clone();
     Ok(a)
 }
 
@@ -89,8 +83,8 @@ fn remote_options(args: &RunArgs) -> serde_json::Value {
     if !s.stop.is_empty() {
         o["stop"] = serde_json::json!(s.stop);
     }
-    if args.load.ctx_size != 4096 {
-        o["num_ctx"] = args.load.ctx_size.into();
+    if let Some(ctx) = args.load.ctx_size {
+        o["num_ctx"] = ctx.into();
     }
     o
 }
@@ -133,25 +127,6 @@ fn converse(backend: Backend, args: &RunArgs, system: Option<String>, stop: Vec<
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-pub fn engine_options(model: &std::path::Path, load: &LoadArgs) -> EngineOptions {
-    let mut m = ModelOptions::new(model);
-    m.gpu_layers = load.gpu_layers;
-    m.mmap = !load.no_mmap;
-    m.mlock = load.mlock;
-    m.rpc_servers = load.offload.rpc.clone();
-    m.tensor_split = load.offload.tensor_split.clone();
-    let mut o = EngineOptions::new(m);
-    o.ctx_size = load.ctx_size;
-    o.batch_size = load.batch_size;
-    o.ubatch_size = load.ubatch_size;
-    o.threads = load.threads;
-    o.threads_batch = load.threads_batch;
-    o.flash_attn = load.flash_attn;
-    o.cache_type_k = load.cache_type_k;
-    o.cache_type_v = load.cache_type_v;
-    o
 }
 
 fn sampling(s: &SamplingArgs) -> SamplingParams {

@@ -5,52 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use hearth_server::{AppState, KeepAlive, Scheduler, SchedulerConfig, ServerConfig};
+use hearth_runtime::placement::Cluster;
+use hearth_runtime::{Config as SchedulerConfig, KeepAlive, Runtime, Scheduler};
+use hearth_server::{AppState, ServerConfig};
 
 use crate::args::ServeArgs;
-
-/// `HOST:PORT`, `HOST` (port 11434) or `http://HOST:PORT`.
-pub fn parse_host(s: &str) -> Result<SocketAddr> {
-    parse_host_port(s, 11434)
-}
-
-/// `HOST:PORT`, or `HOST` with `default_port`.
-pub fn parse_host_port(s: &str, default_port: u16) -> Result<SocketAddr> {
-    let s = s.trim().trim_start_matches("http://").trim_end_matches('/');
-    let with_port = if s.parse::<SocketAddr>().is_ok() || s.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
-        s.to_string()
-    } else {
-        format!("{s}:{default_port}")
-    };
-    use std::net::ToSocketAddrs;
-    with_port
-        .to_socket_addrs()
-        .with_context(|| format!("{s:?} is not an address (expected HOST:PORT)"))?
-        .next()
-        .with_context(|| format!("{s:?} resolves to no address"))
-}
-
-/// `12G`, `800M`, `1.5G`, or a number of bytes.
-pub fn parse_bytes(s: &str) -> Result<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
-        Some((i, _)) => {
-            let unit = s[i..].to_ascii_uppercase();
-            let m: f64 = match unit.trim_end_matches("IB").trim_end_matches('B') {
-                "" => 1.0,
-                "K" => 1024.0,
-                "M" => 1024.0 * 1024.0,
-                "G" => 1024.0 * 1024.0 * 1024.0,
-                "T" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-                _ => bail!("{s:?} is not a size (use e.g. 800M or 12G)"),
-            };
-            (&s[..i], m)
-        }
-        None => (s, 1.0),
-    };
-    let n: f64 = num.trim().parse().with_context(|| format!("{s:?} is not a size (use e.g. 800M or 12G)"))?;
-    Ok((n * mult) as u64)
-}
+use crate::units::{parse_bytes, parse_host, parse_host_port};
 
 fn total_memory() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -65,21 +25,21 @@ fn total_memory() -> u64 {
 }
 
 /// The workers from `--workers` / `HEARTH_WORKERS`, if any.
-pub fn cluster(w: &crate::args::WorkersArgs) -> Result<Option<Arc<hearth_server::cluster::Cluster>>> {
+pub fn cluster(w: &crate::args::WorkersArgs) -> Result<Option<Arc<Cluster>>> {
     let workers: Vec<String> = w.workers.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
     if workers.is_empty() {
         return Ok(None);
     }
     let mut addrs = Vec::new();
     for w in &workers {
-        addrs.push(parse_host_port(w, crate::worker::DEFAULT_PORT).with_context(|| format!("--workers: {w:?}"))?.to_string());
+        addrs.push(parse_host_port(w, crate::units::WORKER_PORT).with_context(|| format!("--workers: {w:?}"))?.to_string());
     }
     let token = hearth_cluster::ClusterToken::from_option(w.token.as_deref().filter(|t| !t.is_empty()));
-    Ok(Some(Arc::new(hearth_server::cluster::Cluster::new(addrs, token, crate::worker::versions()))))
+    Ok(Some(Arc::new(Cluster::new(addrs, token, crate::units::versions()))))
 }
 
 /// The server's state from the flags.
-fn state(a: &ServeArgs) -> Result<(Arc<AppState>, std::path::PathBuf)> {
+fn state(a: &ServeArgs) -> Result<Arc<AppState>> {
     let keep_alive = KeepAlive::parse_str(&a.keep_alive).map_err(|e| anyhow::anyhow!("--keep-alive: {e}"))?;
     let memory_budget = match &a.memory_budget {
         Some(b) => parse_bytes(b)?,
@@ -87,43 +47,28 @@ fn state(a: &ServeArgs) -> Result<(Arc<AppState>, std::path::PathBuf)> {
     };
     let store = crate::models::store()?;
     let exe = std::env::current_exe().context("cannot find the hearth binary to start runners")?;
-    let socket_dir = std::env::temp_dir().join(format!("hearth-{}-{:x}", std::process::id(), Instant::now().elapsed().as_nanos()));
-    let sched = Scheduler::new(
-        SchedulerConfig {
-            exe,
-            socket_dir: socket_dir.clone(),
-            parallel: a.parallel.max(1),
-            ctx_size: a.ctx_size,
-            batch_size: a.batch_size,
-            ubatch_size: a.ubatch_size,
-            threads: a.threads,
-            gpu_layers: a.gpu_layers,
-            flash_attn: match a.flash_attn {
-                hearth_engine::FlashAttn::On => "on",
-                hearth_engine::FlashAttn::Off => "off",
-                hearth_engine::FlashAttn::Auto => "auto",
-            }
-            .into(),
-            mmap: !a.no_mmap,
-            max_loaded: a.max_loaded_models.max(1),
-            max_queue: a.max_queue,
-            memory_budget,
-            keep_alive,
-            load_timeout: Duration::from_secs(a.load_timeout),
-            rpc_servers: a.offload.rpc.clone(),
-            tensor_split: a.offload.tensor_split.clone(),
-            cluster: cluster(&a.offload.cluster)?,
-        },
-        store.clone(),
-    );
-    let state = Arc::new(AppState {
-        sched,
-        store,
-        config: ServerConfig { api_key: a.api_key.clone(), cors_origins: a.cors_origin.clone(), max_body: a.max_body },
+    let sched = Scheduler::new(SchedulerConfig {
+        exe,
+        socket_parent: std::env::temp_dir(),
+        parallel: a.parallel.max(1),
+        load: a.load.clone(),
+        max_loaded: a.max_loaded_models.max(1),
+        max_queue: a.max_queue,
+        memory_budget,
+        keep_alive,
+        load_timeout: Duration::from_secs(a.load_timeout),
+        cluster: cluster(&a.cluster)?,
+    })?;
+    let db = match crate::env::var(crate::env::DB) {
+        Some(p) => std::path::PathBuf::from(p),
+        None => hearth_server::conversations::default_path(store.root()),
+    };
+    Ok(Arc::new(AppState {
+        runtime: Runtime::new(sched, store),
+        config: ServerConfig { api_key: a.api_key.clone(), cors_origins: a.cors_origin.clone(), max_body: a.max_body, db },
         metrics: hearth_server::metrics::Metrics::new(),
         started: Instant::now(),
-    });
-    Ok((state, socket_dir))
+    }))
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
@@ -139,15 +84,15 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
 
 pub fn serve(a: ServeArgs) -> Result<()> {
     let addr = parse_host(&a.host)?;
-    let (state, socket_dir) = state(&a)?;
+    let state = state(&a)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    let result = rt.block_on(async move {
+    rt.block_on(async move {
         let listener = bind(addr).await?;
         if !addr.ip().is_loopback() && a.api_key.is_none() {
             tracing::warn!("listening on {addr}, reachable from other machines, without --api-key");
         }
         eprintln!("hearth {} listening on http://{} (Ollama and OpenAI APIs)", env!("CARGO_PKG_VERSION"), listener.local_addr()?);
-        if let Some(cluster) = state.sched.config.cluster.clone() {
+        if let Some(cluster) = state.runtime.sched.config.cluster.clone() {
             // Say now what the workers answer, in the background: loads ask them again.
             tokio::spawn(async move {
                 for w in cluster.status().await {
@@ -159,9 +104,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             });
         }
         hearth_server::run(listener, state, shutdown_signal()).await.context("the server failed")
-    });
-    let _ = std::fs::remove_dir_all(&socket_dir);
-    result
+    })
 }
 
 /// `hearth serve`'s settings from these flags and the defaults (for servers started in-process).
@@ -181,7 +124,6 @@ pub struct Background {
     pub url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    socket_dir: std::path::PathBuf,
 }
 
 impl Drop for Background {
@@ -192,12 +134,11 @@ impl Drop for Background {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_dir_all(&self.socket_dir);
     }
 }
 
 pub fn background(a: ServeArgs) -> Result<Background> {
-    let (state, socket_dir) = state(&a)?;
+    let state = state(&a)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     let listener = rt.block_on(bind(SocketAddr::from(([127, 0, 0, 1], 0))))?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -207,7 +148,7 @@ pub fn background(a: ServeArgs) -> Result<Background> {
             let _ = rx.await;
         }));
     });
-    Ok(Background { url, stop: Some(tx), thread: Some(thread), socket_dir })
+    Ok(Background { url, stop: Some(tx), thread: Some(thread) })
 }
 
 async fn shutdown_signal() {
@@ -218,26 +159,4 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     eprintln!("shutting down");
-}
-
-pub fn runner(spec: &str) -> Result<()> {
-    hearth_server::runner::child::main(spec).map_err(|e| anyhow::anyhow!(e))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hosts_and_sizes() {
-        assert_eq!(parse_host("127.0.0.1:8080").unwrap().port(), 8080);
-        assert_eq!(parse_host("http://127.0.0.1:9/").unwrap().port(), 9);
-        assert_eq!(parse_host("127.0.0.1").unwrap().port(), 11434);
-        assert!(parse_host("no such host:x").is_err());
-        assert_eq!(parse_bytes("800M").unwrap(), 800 << 20);
-        assert_eq!(parse_bytes("1.5G").unwrap(), 3 << 29);
-        assert_eq!(parse_bytes("12GiB").unwrap(), 12 << 30);
-        assert_eq!(parse_bytes("1000").unwrap(), 1000);
-        assert!(parse_bytes("lots").is_err());
-    }
 }

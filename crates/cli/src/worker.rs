@@ -14,14 +14,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use hearth_cluster::{ClusterToken, Control, ControlContext, Gate, Versions};
+use hearth_cluster::{ClusterToken, Control, ControlContext, Gate};
+use crate::units::versions;
 use hearth_gguf::Gguf;
 use serde_json::{json, Value};
 
 use crate::args::WorkerArgs;
 
-/// The worker's public port unless `--listen` says otherwise (llama.cpp's `rpc-server`'s).
-pub const DEFAULT_PORT: u16 = 50052;
+/// The worker's public port unless `--listen` says otherwise.
+pub use crate::units::WORKER_PORT as DEFAULT_PORT;
 
 /// ggml RPC sends tensors above this size by hash first (`HASH_THRESHOLD` in ggml-rpc.cpp).
 pub const HASH_THRESHOLD: u64 = 10 * 1024 * 1024;
@@ -37,10 +38,6 @@ pub fn fnv1a64(data: &[u8], mut hash: u64) -> u64 {
 
 pub const FNV_OFFSET: u64 = 0xcbf29ce484222325;
 
-/// The versions a controller and a worker must share.
-pub fn versions() -> Versions {
-    Versions { hearth: env!("CARGO_PKG_VERSION").to_string(), rpc_proto: hearth_engine::rpc::RPC_PROTO.to_string() }
-}
 
 /// What a preload did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -227,7 +224,7 @@ fn free_loopback_port() -> Result<SocketAddr> {
 pub fn worker(a: WorkerArgs) -> Result<()> {
     let token = ClusterToken::from_option(a.token.as_deref().filter(|t| !t.is_empty()));
     let listen = match &a.listen {
-        Some(l) => crate::serve::parse_host_port(l, DEFAULT_PORT)?,
+        Some(l) => crate::units::parse_host_port(l, DEFAULT_PORT)?,
         None if token.is_authenticated() => SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
         None => SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
     };
@@ -240,11 +237,11 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
         }
         tracing::warn!("listening on {listen} WITHOUT a cluster token (--insecure): any peer that reaches this port can use this machine");
     }
-    let mem_limit = a.mem.as_deref().map(crate::serve::parse_bytes).transpose()?;
+    let mem_limit = a.mem.as_deref().map(crate::units::parse_bytes).transpose()?;
     let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()));
     let cache_dir = match &a.cache_dir {
         Some(d) => d.clone(),
-        None => hearth_store::Store::default_root().parent().map(|p| p.join("rpc-cache")).unwrap_or_else(|| PathBuf::from("rpc-cache")),
+        None => crate::models::store_root().parent().map(|p| p.join("rpc-cache")).unwrap_or_else(|| PathBuf::from("rpc-cache")),
     };
     std::fs::create_dir_all(&cache_dir).with_context(|| format!("cannot create the cache directory {}", cache_dir.display()))?;
     let devices = if a.devices.is_empty() { hearth_engine::rpc::default_serve_devices() } else { a.devices.clone() };

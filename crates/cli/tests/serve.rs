@@ -104,7 +104,7 @@ fn a_runner_killed_mid_stream_fails_that_request_and_the_next_one_works() {
     let pids = s.runner_pids();
     assert_eq!(pids.len(), 1);
     // SAFETY: killing our own child's child.
-    unsafe { libc::kill(pids[0] as i32, libc::SIGKILL) };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0] as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     let mut rest = String::new();
     reader.read_to_string(&mut rest).unwrap();
     let last = rest.lines().filter(|l| l.starts_with('{')).last().unwrap_or_default();
@@ -133,7 +133,7 @@ fn sigterm_shuts_down_cleanly() {
     assert_eq!(s.post("/api/chat", chat("Hi", 2)).0, 200);
     let pids = s.runner_pids();
     // SAFETY: our own child.
-    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let mut status = None;
     assert!(wait_until(Duration::from_secs(15), || {
         status = s.child.try_wait().unwrap();

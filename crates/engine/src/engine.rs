@@ -26,74 +26,20 @@ use crate::sampling::{Sampler, SamplingParams};
 use crate::text::{StopMatcher, StopOutcome, Utf8Stream};
 use crate::{sys, EngineError, Token};
 
-/// When flash attention is used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FlashAttn {
-    On,
-    Off,
-    /// llama.cpp decides per device (its default).
-    #[default]
-    Auto,
-}
+pub use hearth_protocol::{CacheType, FinishReason, FlashAttn, LoadSettings, Timings};
 
-impl std::str::FromStr for FlashAttn {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "on" | "1" | "true" => Ok(FlashAttn::On),
-            "off" | "0" | "false" => Ok(FlashAttn::Off),
-            "auto" => Ok(FlashAttn::Auto),
-            _ => Err(format!("{s:?} is not on, off or auto")),
-        }
-    }
-}
-
-/// The element type of the KV cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CacheType {
-    F32,
-    #[default]
-    F16,
-    Bf16,
-    Q8_0,
-    Q4_0,
-    Q4_1,
-    Iq4Nl,
-    Q5_0,
-    Q5_1,
-}
-
-impl CacheType {
-    fn ggml(self) -> sys::ggml_type {
-        match self {
-            CacheType::F32 => sys::GGML_TYPE_F32,
-            CacheType::F16 => sys::GGML_TYPE_F16,
-            CacheType::Bf16 => sys::GGML_TYPE_BF16,
-            CacheType::Q8_0 => sys::GGML_TYPE_Q8_0,
-            CacheType::Q4_0 => sys::GGML_TYPE_Q4_0,
-            CacheType::Q4_1 => sys::GGML_TYPE_Q4_1,
-            CacheType::Iq4Nl => sys::GGML_TYPE_IQ4_NL,
-            CacheType::Q5_0 => sys::GGML_TYPE_Q5_0,
-            CacheType::Q5_1 => sys::GGML_TYPE_Q5_1,
-        }
-    }
-}
-
-impl std::str::FromStr for CacheType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s.to_ascii_lowercase().as_str() {
-            "f32" => CacheType::F32,
-            "f16" => CacheType::F16,
-            "bf16" => CacheType::Bf16,
-            "q8_0" => CacheType::Q8_0,
-            "q4_0" => CacheType::Q4_0,
-            "q4_1" => CacheType::Q4_1,
-            "iq4_nl" => CacheType::Iq4Nl,
-            "q5_0" => CacheType::Q5_0,
-            "q5_1" => CacheType::Q5_1,
-            _ => return Err(format!("{s:?} is not a KV cache type (f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1)")),
-        })
+/// The ggml type of a KV cache type.
+fn ggml_type(c: CacheType) -> sys::ggml_type {
+    match c {
+        CacheType::F32 => sys::GGML_TYPE_F32,
+        CacheType::F16 => sys::GGML_TYPE_F16,
+        CacheType::Bf16 => sys::GGML_TYPE_BF16,
+        CacheType::Q8_0 => sys::GGML_TYPE_Q8_0,
+        CacheType::Q4_0 => sys::GGML_TYPE_Q4_0,
+        CacheType::Q4_1 => sys::GGML_TYPE_Q4_1,
+        CacheType::Iq4Nl => sys::GGML_TYPE_IQ4_NL,
+        CacheType::Q5_0 => sys::GGML_TYPE_Q5_0,
+        CacheType::Q5_1 => sys::GGML_TYPE_Q5_1,
     }
 }
 
@@ -132,6 +78,30 @@ impl EngineOptions {
             flash_attn: FlashAttn::Auto,
             cache_type_k: CacheType::F16,
             cache_type_v: CacheType::F16,
+        }
+    }
+
+    /// The options for `settings` (the same struct from the flags to the runner's spec), with
+    /// `parallel` sequences of `settings.ctx()` tokens each.
+    pub fn from_settings(path: impl Into<std::path::PathBuf>, settings: &LoadSettings, parallel: u32) -> Self {
+        let mut m = ModelOptions::new(path);
+        m.gpu_layers = settings.gpu_layers;
+        m.mmap = !settings.no_mmap;
+        m.mlock = settings.mlock;
+        m.rpc_servers = settings.rpc.clone();
+        m.tensor_split = settings.tensor_split.clone();
+        let parallel = parallel.max(1);
+        Self {
+            model: m,
+            ctx_size: settings.ctx().saturating_mul(parallel),
+            batch_size: settings.batch_size,
+            ubatch_size: settings.ubatch_size,
+            parallel,
+            threads: settings.threads,
+            threads_batch: settings.threads_batch,
+            flash_attn: settings.flash_attn,
+            cache_type_k: settings.cache_type_k,
+            cache_type_v: settings.cache_type_v,
         }
     }
 }
@@ -184,55 +154,6 @@ impl GenerateRequest {
             grammar: None,
             logprobs: None,
         }
-    }
-}
-
-/// Why a generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// An end-of-generation token or a stop string.
-    Stop,
-    /// `max_tokens` reached, or the context is full.
-    Length,
-    /// The caller cancelled it (or went away).
-    Cancelled,
-}
-
-/// Per-request timings and token counts: what a server reports as usage (OpenAI's
-/// `prompt_tokens`/`completion_tokens`, Ollama's `prompt_eval_count`/`eval_count`), counted
-/// by the engine, so nothing needs to be tokenized again to report them. Times in milliseconds.
-/// Serializable: servers pass them on as they are.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Timings {
-    /// Tokens in the prompt (after tokenization, BOS included), cached ones included.
-    pub prompt_tokens: u32,
-    /// Prompt tokens whose KV was reused from an earlier request.
-    pub cached_tokens: u32,
-    /// From the start of prompt processing to the first sampled token.
-    pub prompt_ms: f64,
-    /// Tokens generated: one per [`Event::Token`]. The end-of-generation token that ends a
-    /// generation is not counted (it is not part of the answer).
-    pub generated_tokens: u32,
-    /// From the first sampled token to the end.
-    pub generation_ms: f64,
-    /// Time the request waited for a free slot.
-    pub queue_ms: f64,
-    /// Time it took to load the model (the same for every request of an engine).
-    pub load_ms: f64,
-}
-
-impl Timings {
-    /// Prompt tokens evaluated per second (cached ones excluded).
-    pub fn prompt_per_second(&self) -> f64 {
-        let n = self.prompt_tokens.saturating_sub(self.cached_tokens) as f64;
-        if self.prompt_ms > 0.0 { n * 1e3 / self.prompt_ms } else { 0.0 }
-    }
-
-    /// Generated tokens per second, counted from the first token.
-    pub fn generation_per_second(&self) -> f64 {
-        // The first token comes out of prompt processing; the rest each took a decode step.
-        let n = self.generated_tokens.saturating_sub(1) as f64;
-        if self.generation_ms > 0.0 { n * 1e3 / self.generation_ms } else { 0.0 }
     }
 }
 
@@ -448,7 +369,7 @@ impl Engine {
     /// longer than the context, bad sampling values, a grammar that does not parse) come back
     /// here, not as events.
     pub fn generate(&self, req: GenerateRequest) -> Result<Generation, EngineError> {
-        req.sampling.validate()?;
+        req.sampling.validate().map_err(EngineError::InvalidRequest)?;
         if let Some(n) = req.logprobs {
             if n > MAX_TOP_LOGPROBS {
                 return Err(EngineError::InvalidRequest(format!(
@@ -667,8 +588,8 @@ impl Worker {
             FlashAttn::Off => sys::LLAMA_FLASH_ATTN_TYPE_DISABLED,
             FlashAttn::Auto => sys::LLAMA_FLASH_ATTN_TYPE_AUTO,
         };
-        cp.type_k = opts.cache_type_k.ggml();
-        cp.type_v = opts.cache_type_v.ggml();
+        cp.type_k = ggml_type(opts.cache_type_k);
+        cp.type_v = ggml_type(opts.cache_type_v);
         cp.no_perf = false;
         // One KV stream per sequence: each gets ctx_size / parallel cells, and a long
         // sequence cannot starve the others.

@@ -10,6 +10,9 @@
 //!
 //! This crate knows nothing of HTTP, of the command line or of where models are stored.
 
+// The one crate allowed `unsafe` (the workspace denies it): every call into llama.cpp.
+#![allow(unsafe_code)]
+
 mod engine;
 mod grammar;
 mod log;
@@ -22,7 +25,7 @@ pub mod text;
 
 pub use engine::{
     CacheType, Canceller, Engine, EngineOptions, Event, FinishReason, FlashAttn, GenerateRequest,
-    Generation, Output, Prompt, Timings,
+    Generation, LoadSettings, Output, Prompt, Timings,
 };
 pub use grammar::{Grammar, JSON_OBJECT_GBNF};
 pub use logprobs::{TokenLogprob, TokenLogprobs, MAX_TOP_LOGPROBS};

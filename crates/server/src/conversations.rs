@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// The database file, when not the default `hearth.db` beside the store.
+/// The variable that points at another database file (read by the cli).
 pub const ENV_DB: &str = "HEARTH_DB";
 
 /// The schema, one step per entry; entry `i` takes the database from version `i` to `i + 1`.
@@ -131,13 +132,10 @@ pub struct Update {
     pub options: Option<Map<String, Value>>,
 }
 
-/// Where the database lives: `$HEARTH_DB`, else `hearth.db` in the directory that holds the
-/// store (`~/.hearth/hearth.db` for the default store), so a test's temporary store gets a
-/// temporary database.
+/// Where the database lives unless `HEARTH_DB` says otherwise (the cli decides): `hearth.db`
+/// in the directory that holds the store (`~/.hearth/hearth.db` for the default store), so a
+/// test's temporary store gets a temporary database.
 pub fn default_path(store_root: &Path) -> PathBuf {
-    if let Some(p) = std::env::var_os(ENV_DB).filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
     store_root.parent().unwrap_or(store_root).join("hearth.db")
 }
 
@@ -567,9 +565,6 @@ mod tests {
 
     #[test]
     fn default_path_is_beside_the_store() {
-        // HEARTH_DB is not set in the test environment.
-        if std::env::var_os(ENV_DB).is_none() {
-            assert_eq!(default_path(Path::new("/home/u/.hearth/models")), Path::new("/home/u/.hearth/hearth.db"));
-        }
+        assert_eq!(default_path(Path::new("/home/u/.hearth/models")), Path::new("/home/u/.hearth/hearth.db"));
     }
 }

@@ -1,27 +1,27 @@
-//! The HTTP server: the Ollama API and the OpenAI API on one port, over one store and one
-//! scheduler of runner processes.
+//! The HTTP server: the Ollama API and the OpenAI API on one port: thin adapters over
+//! [`hearth_runtime`], which knows no HTTP.
 //!
 //! - [`ollama`] and [`openai`]: the two APIs. Siblings that never import each other: each
-//!   parses its own request shapes into [`core::Job`] and renders [`core::Event`]s back in its
-//!   own format, errors included.
-//! - [`core`]: what both share: parsing request bodies with the failing field named, running a
-//!   job on a runner, timings.
-//! - [`scheduler`]: which model is loaded where, memory budget, keep-alive, queue bounds.
-//! - [`runner`]: the child processes that hold the engines.
+//!   parses its own request shapes into the runtime's request ([`hearth_runtime::protocol::runner::Generate`])
+//!   and renders the runtime's [`hearth_runtime::Event`]s back in its own format.
+//! - [`error`]: errors in each API's shape, one mapping of [`hearth_runtime::RuntimeError`]
+//!   per API, and the body extractor that names the failing field.
+//! - [`observe`]: a generation with its metrics recorded; times in each API's units.
+//! - [`cluster`]: `GET /api/cluster`.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`web`]: the web page at `/` and its assets; [`conversations`]: its chats, in SQLite.
 //!
-//! Invariants: no llama.cpp in the server process (engines live in runners); the server
-//! survives any runner's death; `run` takes its shutdown signal as an argument.
+//! Invariants: this crate does not link llama.cpp (`cargo tree -p hearth-server` has no
+//! `llama-cpp-sys-2`): engines live in runner processes; the server survives any runner's
+//! death; `run` takes its shutdown signal as an argument.
 
-pub mod conversations;
 pub mod cluster;
-pub mod core;
+pub mod conversations;
+pub mod error;
 pub mod metrics;
+pub mod observe;
 pub mod ollama;
 pub mod openai;
-pub mod runner;
-pub mod scheduler;
 pub mod web;
 
 use std::future::Future;
@@ -35,12 +35,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use hearth_store::Store;
+use hearth_runtime::Runtime;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-pub use scheduler::{Config as SchedulerConfig, KeepAlive, Scheduler};
-
-/// Server settings beyond the scheduler's.
+/// Server settings beyond the runtime's.
 #[derive(Debug, Clone, Default)]
 pub struct ServerConfig {
     /// Required as `Authorization: Bearer <key>` on every route but `/`, `/health` and the web
@@ -50,12 +48,13 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     /// Largest JSON body accepted.
     pub max_body: usize,
+    /// The web page's conversation database.
+    pub db: std::path::PathBuf,
 }
 
 /// Shared by every handler.
 pub struct AppState {
-    pub sched: Arc<Scheduler>,
-    pub store: Store,
+    pub runtime: Runtime,
     pub config: ServerConfig,
     pub metrics: metrics::Metrics,
     pub started: Instant,
@@ -94,7 +93,7 @@ pub fn router(state: Shared) -> Router {
 /// Serves on `listener` until `shutdown` resolves; then stops accepting, lets running
 /// requests finish (up to a grace period) and stops every runner.
 pub async fn run(listener: tokio::net::TcpListener, state: Shared, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    let sched = state.sched.clone();
+    let sched = state.runtime.sched.clone();
     let reaper = {
         let sched = sched.clone();
         tokio::spawn(async move {
@@ -124,7 +123,7 @@ pub async fn run(listener: tokio::net::TcpListener, state: Shared, shutdown: imp
 }
 
 async fn health(State(s): State<Shared>) -> Response {
-    if s.sched.is_loading() {
+    if s.runtime.sched.is_loading() {
         let body = serde_json::json!({"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}});
         (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
     } else {
@@ -133,7 +132,7 @@ async fn health(State(s): State<Shared>) -> Response {
 }
 
 async fn metrics_route(State(s): State<Shared>) -> Response {
-    let loaded = s.sched.loaded();
+    let loaded = s.runtime.sched.loaded();
     let text = s.metrics.render(&loaded);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }
@@ -156,21 +155,41 @@ async fn auth(State(s): State<Shared>, req: Request, next: Next) -> Response {
         return next.run(req).await;
     }
     let msg = "missing or wrong API key: send Authorization: Bearer <key>";
+    let e = error::ApiError { code: Some("invalid_api_key"), ..error::ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", msg) };
     if path.starts_with("/v1/") {
-        core::openai_error(StatusCode::UNAUTHORIZED, msg, "invalid_request_error", Some("invalid_api_key"))
+        e.openai()
     } else {
-        core::ollama_error(StatusCode::UNAUTHORIZED, msg)
+        e.ollama()
     }
 }
 
 async fn count_requests(State(s): State<Shared>, req: Request, next: Next) -> Response {
-    let route = core::route_label(req.uri().path());
+    let route = metrics::route_label(req.uri().path());
     let resp = next.run(req).await;
     s.metrics.request(&route, resp.status().as_u16());
     resp
 }
 
-/// A body for NDJSON / SSE streams fed from a channel.
-pub(crate) fn stream_body(rx: tokio::sync::mpsc::Receiver<Result<String, std::io::Error>>) -> Body {
-    Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+/// A streamed body: each item of `stream` is one NDJSON line or SSE frame. Dropping the body
+/// (the client went away) drops the stream and with it the generation, which cancels it.
+pub(crate) fn stream_body<S>(stream: S) -> Body
+where
+    S: futures_util::Stream<Item = String> + Send + 'static,
+{
+    use futures_util::StreamExt;
+    Body::from_stream(stream.map(Ok::<_, std::convert::Infallible>))
+}
+
+/// Now, as RFC 3339 with nanoseconds (Ollama's `created_at`).
+pub(crate) fn now_rfc3339() -> String {
+    rfc3339(std::time::SystemTime::now())
+}
+
+pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
+    let dt = time::OffsetDateTime::from(t);
+    dt.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+pub(crate) fn unix_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::scheduler::Loaded;
+use hearth_runtime::Loaded;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
@@ -114,4 +114,23 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
+}
+
+/// A label for metrics that does not explode with model names.
+pub fn route_label(path: &str) -> String {
+    let known = [
+        "/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/tags", "/api/ps", "/api/show", "/api/pull",
+        "/api/delete", "/api/copy", "/api/create", "/api/version", "/v1/chat/completions", "/v1/completions",
+        "/v1/embeddings", "/health", "/metrics",
+    ];
+    if let Some(k) = known.iter().find(|k| path == **k) {
+        return k.to_string();
+    }
+    if path.starts_with("/api/blobs/") {
+        return "/api/blobs".into();
+    }
+    if path.starts_with("/v1/models") {
+        return "/v1/models".into();
+    }
+    if path == "/" { "/".into() } else { "other".into() }
 }

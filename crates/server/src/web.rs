@@ -23,7 +23,7 @@ use serde::Deserialize;
 use sha2::Digest;
 
 use crate::conversations::{Conversations, DbError, NewMessage, Update};
-use crate::core::{self, ApiError};
+use crate::error::{parse, ApiError};
 use crate::Shared;
 
 /// Files served under `/ui/<version>/`, embedded at build time from `web/`.
@@ -94,7 +94,7 @@ pub fn is_public(path: &str) -> bool {
 
 /// The routes of the page's assets and of the conversations API.
 pub fn routes(state: &Shared) -> Router<Shared> {
-    let db = Arc::new(Conversations::new(crate::conversations::default_path(state.store.root())));
+    let db = Arc::new(Conversations::new(state.config.db.clone()));
     Router::new()
         .route("/ui/{*path}", get(asset))
         .route("/hearth/conversations", get(list).post(create))
@@ -223,7 +223,7 @@ async fn create(Extension(db): Db, body: Bytes) -> Response {
     let b: CreateBody = if body.is_empty() {
         CreateBody::default()
     } else {
-        match core::parse(&body) {
+        match parse(&body) {
             Ok(b) => b,
             Err(e) => return e.ollama(),
         }
@@ -247,7 +247,7 @@ async fn get_one(Extension(db): Db, Path(id): Path<String>) -> Response {
 /// `PATCH /hearth/conversations/{id}` `{title?, model?, system?, options?}`: rename, or
 /// change its settings.
 async fn update(Extension(db): Db, Path(id): Path<String>, body: Bytes) -> Response {
-    let parsed = conversation_id(&id).and_then(|id| Ok((id, core::parse::<Update>(&body)?)));
+    let parsed = conversation_id(&id).and_then(|id| Ok((id, parse::<Update>(&body)?)));
     match parsed {
         Ok((id, u)) => blocking(db, move |db| db.update(id, u)).await,
         Err(e) => e.ollama(),
@@ -274,7 +274,7 @@ struct MessagesBody {
 /// `POST /hearth/conversations/{id}/messages` `{from?, messages}`: appends, or replaces the
 /// messages from `from` on (regenerate, edit-and-resend); the conversation with its messages.
 async fn set_messages(Extension(db): Db, Path(id): Path<String>, body: Bytes) -> Response {
-    let parsed = conversation_id(&id).and_then(|id| Ok((id, core::parse::<MessagesBody>(&body)?)));
+    let parsed = conversation_id(&id).and_then(|id| Ok((id, parse::<MessagesBody>(&body)?)));
     match parsed {
         Ok((id, b)) => blocking(db, move |db| db.set_messages(id, b.from, b.messages)).await,
         Err(e) => e.ollama(),

@@ -134,11 +134,9 @@ pub struct Store {
 }
 
 impl Store {
-    /// The store at `$HEARTH_MODELS`, else `~/.hearth/models`.
+    /// `~/.hearth/models`: the store unless the caller was told another root (the cli reads
+    /// [`ENV_MODELS`]).
     pub fn default_root() -> PathBuf {
-        if let Some(p) = std::env::var_os(ENV_MODELS) {
-            return PathBuf::from(p);
-        }
         home().join(".hearth").join("models")
     }
 

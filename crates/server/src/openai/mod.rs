@@ -7,12 +7,14 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use hearth_runtime::protocol::runner::{Generate, Message, Prompt};
+use hearth_runtime::protocol::{FinishReason, Logprobs, SamplingParams as Sampling, Timings};
+use hearth_runtime::{Event, LoadOptions};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::core::{self, ApiError, Event};
-use crate::runner::{Message, PromptSpec, Reply, Request, Sampling, Timings};
-use crate::scheduler::LoadOptions;
+use crate::error::{openai_stream_error, parse, ApiError, OpenAiError, OpenAiJson};
+use crate::observe::Observed;
 use crate::Shared;
 
 pub fn routes() -> Router<Shared> {
@@ -37,7 +39,7 @@ fn model_object(name: &str, created: u64) -> Value {
 }
 
 async fn models(State(s): State<Shared>) -> Response {
-    match s.store.list() {
+    match s.runtime.store.list() {
         Ok(list) => {
             let data: Vec<Value> = list
                 .iter()
@@ -49,11 +51,9 @@ async fn models(State(s): State<Shared>) -> Response {
     }
 }
 
-async fn model(State(s): State<Shared>, Path(id): Path<String>) -> Response {
-    match s.store.get(&id) {
-        Ok(m) => axum::Json(model_object(&m.name, core::unix_secs())).into_response(),
-        Err(_) => ApiError::not_found(format!("model '{id}' not found")).openai(),
-    }
+async fn model(State(s): State<Shared>, Path(id): Path<String>) -> Result<Response, OpenAiError> {
+    let m = s.runtime.resolve(&id)?;
+    Ok(axum::Json(model_object(&m.name, crate::unix_secs())).into_response())
 }
 
 #[derive(Deserialize)]
@@ -235,165 +235,143 @@ fn timings(t: &Timings) -> Value {
     })
 }
 
-fn finish_reason(r: &str) -> &'static str {
+fn finish_reason(r: FinishReason) -> &'static str {
     match r {
-        "length" => "length",
-        _ => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Stop | FinishReason::Cancelled => "stop",
     }
 }
 
-async fn chat(State(s): State<Shared>, body: Bytes) -> Response {
-    let (b, common): (ChatBody, Common) = match core::parse(&body).and_then(|b| Ok((b, core::parse(&body)?))) {
-        Ok(b) => b,
-        Err(e) => return e.openai(),
-    };
+async fn chat(State(s): State<Shared>, body: Bytes) -> Result<Response, OpenAiError> {
+    let (b, common): (ChatBody, Common) = (parse(&body)?, parse(&body)?);
     if b.messages.is_empty() {
-        return ApiError::bad_request("invalid field `messages`: at least one message is needed").openai();
+        return Err(ApiError::bad_request("invalid field `messages`: at least one message is needed").into());
     }
-    let messages = b.messages.iter().map(|m| Message { role: m.role.clone(), content: text_of(&m.content) }).collect();
-    run(s, common, PromptSpec::Messages(messages), true).await
+    let messages = b.messages.iter().map(|m| Message::new(m.role.clone(), text_of(&m.content))).collect();
+    run(s, common, Prompt::Messages(messages), true).await
 }
 
-async fn completions(State(s): State<Shared>, body: Bytes) -> Response {
-    let (b, mut common): (CompletionBody, Common) = match core::parse(&body).and_then(|b| Ok((b, core::parse(&body)?))) {
-        Ok(b) => b,
-        Err(e) => return e.openai(),
-    };
+async fn completions(State(s): State<Shared>, body: Bytes) -> Result<Response, OpenAiError> {
+    let (b, mut common): (CompletionBody, Common) = (parse(&body)?, parse(&body)?);
     let prompt = match &b.prompt {
         Value::String(p) => p.clone(),
         Value::Array(a) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or_default().to_string(),
-        _ => return ApiError::bad_request("invalid field `prompt`: expected a string (or a list of one string)").openai(),
+        _ => return Err(ApiError::bad_request("invalid field `prompt`: expected a string (or a list of one string)").into()),
     };
     // OpenAI's default for completions.
     if common.max_tokens.is_none() && common.max_completion_tokens.is_none() {
         common.max_tokens = Some(16);
     }
-    run(s, common, PromptSpec::Text(prompt), false).await
+    run(s, common, Prompt::Text(prompt), false).await
 }
 
-async fn run(s: Shared, c: Common, prompt: PromptSpec, is_chat: bool) -> Response {
-    let sampling = match c.sampling() {
-        Ok(x) => x,
-        Err(e) => return e.openai(),
-    };
-    let json_mode = match c.json() {
-        Ok(j) => j,
-        Err(e) => return e.openai(),
-    };
-    let logprobs = match c.logprobs(is_chat) {
-        Ok(l) => l,
-        Err(e) => return e.openai(),
-    };
-    let name = hearth_store::reference::normalize_name(&c.model).unwrap_or(c.model.clone());
-    let request = Request::Generate {
-        prompt,
-        sampling,
+async fn run(s: Shared, c: Common, prompt: Prompt, is_chat: bool) -> Result<Response, OpenAiError> {
+    let sampling = c.sampling()?;
+    let json_mode = c.json()?;
+    let logprobs = c.logprobs(is_chat)?;
+    let model = s.runtime.resolve(&c.model)?;
+    let request = Generate {
         max_tokens: c.max_completion_tokens.or(c.max_tokens),
         stop: c.stop.map(Stop::into_vec).unwrap_or_default(),
         json: json_mode,
         ignore_eos: c.ignore_eos,
         logprobs,
+        ..Generate::new(prompt, sampling)
     };
-    let mut running = match core::start(&s, &c.model, &LoadOptions::default(), request).await {
-        Ok(r) => r,
-        Err(e) => return e.openai(),
-    };
+    let generation = s.runtime.generate(&model, &LoadOptions::default(), request).await?;
+    let mut g = Observed::new(generation, s.metrics.clone());
+    let name = model.name;
     let id = format!("{}-{:x}", if is_chat { "chatcmpl" } else { "cmpl" }, rand_id());
-    let created = core::unix_secs();
+    let created = crate::unix_secs();
     let object = if is_chat { "chat.completion" } else { "text_completion" };
     if !c.stream {
         let mut text = String::new();
         let mut lps = Vec::new();
-        while let Some(e) = running.events.recv().await {
-            match e {
-                Event::Text(t) => text.push_str(&t),
-                Event::Logprobs(l) => lps.push(l),
+        while let Some(e) = g.next().await {
+            match e? {
+                Event::Token { text: t, logprobs: l } => {
+                    text.push_str(&t);
+                    lps.extend(l);
+                }
                 Event::Done { reason, timings: t } => {
                     let lp = logprobs.map(|_| logprobs_json(&lps, is_chat)).unwrap_or(Value::Null);
                     let choice = if is_chat {
-                        json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason(&reason), "logprobs": lp})
+                        json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason(reason), "logprobs": lp})
                     } else {
-                        json!({"index": 0, "text": text, "finish_reason": finish_reason(&reason), "logprobs": lp})
+                        json!({"index": 0, "text": text, "finish_reason": finish_reason(reason), "logprobs": lp})
                     };
-                    return axum::Json(json!({
+                    return Ok(axum::Json(json!({
                         "id": id, "object": object, "created": created, "model": name,
                         "choices": [choice], "usage": usage(&t), "timings": timings(&t),
                     }))
-                    .into_response();
+                    .into_response());
                 }
-                Event::Error(m) => return ApiError::internal(m).openai(),
             }
         }
-        return ApiError::internal("the generation ended without a result").openai();
+        return Err(ApiError::internal("the generation ended without a result").into());
     }
     let include_usage = c.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        let chunk_object = if is_chat { "chat.completion.chunk" } else { "text_completion" };
-        let frame = |choices: Value, extra: Option<(&str, Value)>| -> String {
-            let mut v = json!({"id": id, "object": chunk_object, "created": created, "model": name, "choices": choices});
-            if let Some((k, x)) = extra {
-                v[k] = x;
-            }
-            format!("data: {}\n\n", serde_json::to_string(&v).expect("values serialize"))
-        };
-        let delta = |text: &str, first: bool, lp: Value| -> Value {
-            if is_chat {
-                let mut d = json!({"content": text});
-                if first {
-                    d["role"] = json!("assistant");
-                }
-                json!([{"index": 0, "delta": d, "finish_reason": null, "logprobs": lp}])
-            } else {
-                json!([{"index": 0, "text": text, "finish_reason": null, "logprobs": lp}])
-            }
-        };
-        if is_chat && tx.send(Ok(frame(delta("", true, Value::Null), None))).await.is_err() {
-            return;
+    let chunk_object = if is_chat { "chat.completion.chunk" } else { "text_completion" };
+    let frame = move |choices: Value, extra: Option<(&str, Value)>| -> String {
+        let mut v = json!({"id": id, "object": chunk_object, "created": created, "model": name, "choices": choices});
+        if let Some((k, x)) = extra {
+            v[k] = x;
         }
-        let mut pending: Vec<crate::runner::Logprobs> = Vec::new();
-        while let Some(e) = running.events.recv().await {
-            let out = match e {
-                Event::Logprobs(l) => {
-                    pending.push(l);
-                    continue;
-                }
-                Event::Text(t) if t.is_empty() && pending.is_empty() => continue,
-                Event::Text(t) => {
-                    let lp = if pending.is_empty() { Value::Null } else { logprobs_json(&std::mem::take(&mut pending), is_chat) };
-                    frame(delta(&t, false, lp), None)
-                }
-                Event::Done { reason, timings: t } => {
-                    let last = if is_chat {
-                        json!([{"index": 0, "delta": {}, "finish_reason": finish_reason(&reason), "logprobs": null}])
-                    } else {
-                        json!([{"index": 0, "text": "", "finish_reason": finish_reason(&reason), "logprobs": null}])
-                    };
-                    let mut end = frame(last, Some(("timings", timings(&t))));
-                    if include_usage {
-                        end.push_str(&frame(json!([]), Some(("usage", usage(&t)))));
+        format!("data: {}\n\n", serde_json::to_string(&v).expect("values serialize"))
+    };
+    let delta = move |text: &str, first: bool, lp: Value| -> Value {
+        if is_chat {
+            let mut d = json!({"content": text});
+            if first {
+                d["role"] = json!("assistant");
+            }
+            json!([{"index": 0, "delta": d, "finish_reason": null, "logprobs": lp}])
+        } else {
+            json!([{"index": 0, "text": text, "finish_reason": null, "logprobs": lp}])
+        }
+    };
+    // The role comes first, in a frame of its own (as OpenAI sends it).
+    let first = is_chat.then(|| frame(delta("", true, Value::Null), None));
+    let frames = futures_util::stream::unfold(Some((g, Vec::<Logprobs>::new())), move |state| {
+        let frame = frame.clone();
+        async move {
+            let (mut g, mut pending) = state?;
+            loop {
+                let out = match g.next().await? {
+                    Ok(Event::Token { text, logprobs: l }) => {
+                        pending.extend(l);
+                        if text.is_empty() {
+                            continue;
+                        }
+                        let lp = if pending.is_empty() { Value::Null } else { logprobs_json(&std::mem::take(&mut pending), is_chat) };
+                        frame(delta(&text, false, lp), None)
                     }
-                    end.push_str("data: [DONE]\n\n");
-                    let _ = tx.send(Ok(end)).await;
-                    return;
-                }
-                Event::Error(m) => {
-                    let v = json!({"error": {"message": m, "type": "server_error", "param": null, "code": null}});
-                    let _ = tx.send(Ok(format!("data: {v}\n\n"))).await;
-                    return;
-                }
-            };
-            if tx.send(Ok(out)).await.is_err() {
-                return;
+                    Ok(Event::Done { reason, timings: t }) => {
+                        let last = if is_chat {
+                            json!([{"index": 0, "delta": {}, "finish_reason": finish_reason(reason), "logprobs": null}])
+                        } else {
+                            json!([{"index": 0, "text": "", "finish_reason": finish_reason(reason), "logprobs": null}])
+                        };
+                        let mut end = frame(last, Some(("timings", timings(&t))));
+                        if include_usage {
+                            end.push_str(&frame(json!([]), Some(("usage", usage(&t)))));
+                        }
+                        end.push_str("data: [DONE]\n\n");
+                        return Some((end, None));
+                    }
+                    Err(e) => return Some((format!("data: {}\n\n", openai_stream_error(e)), None)),
+                };
+                return Some((out, Some((g, pending))));
             }
         }
     });
-    ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], crate::stream_body(rx)).into_response()
+    let frames = futures_util::StreamExt::chain(futures_util::stream::iter(first), frames);
+    Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], crate::stream_body(frames)).into_response())
 }
 
 /// OpenAI's logprobs object: `{content: [{token, logprob, bytes, top_logprobs}]}` for chat,
 /// `{tokens, token_logprobs, top_logprobs}` for completions.
-fn logprobs_json(lps: &[crate::runner::Logprobs], is_chat: bool) -> Value {
+fn logprobs_json(lps: &[Logprobs], is_chat: bool) -> Value {
     if is_chat {
         let content: Vec<Value> = lps
             .iter()
@@ -417,61 +395,54 @@ fn logprobs_json(lps: &[crate::runner::Logprobs], is_chat: bool) -> Value {
 fn rand_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(core::unix_secs());
+    h.write_u64(crate::unix_secs());
     h.finish()
 }
 
 #[derive(Deserialize)]
-struct EmbeddingsBody {
+pub struct EmbeddingsBody {
     model: String,
     input: Value,
     #[serde(default)]
     encoding_format: Option<String>,
 }
 
-async fn embeddings(State(s): State<Shared>, body: Bytes) -> Response {
-    let b: EmbeddingsBody = match core::parse(&body) {
-        Ok(b) => b,
-        Err(e) => return e.openai(),
-    };
+async fn embeddings(State(s): State<Shared>, OpenAiJson(b): OpenAiJson<EmbeddingsBody>) -> Result<Response, OpenAiError> {
     let base64 = match b.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
-        Some(other) => return ApiError::bad_request(format!("invalid field `encoding_format`: {other:?} is not \"float\" or \"base64\"")).openai(),
+        Some(other) => return Err(ApiError::bad_request(format!("invalid field `encoding_format`: {other:?} is not \"float\" or \"base64\"")).into()),
     };
     let inputs: Vec<String> = match &b.input {
         Value::String(x) => vec![x.clone()],
         Value::Array(a) if a.iter().all(Value::is_string) => a.iter().map(|x| x.as_str().unwrap_or_default().to_string()).collect(),
-        _ => return ApiError::bad_request("invalid field `input`: expected a string or a list of strings").openai(),
+        _ => return Err(ApiError::bad_request("invalid field `input`: expected a string or a list of strings").into()),
     };
     if inputs.is_empty() {
-        return ApiError::bad_request("invalid field `input`: empty").openai();
+        return Err(ApiError::bad_request("invalid field `input`: empty").into());
     }
-    match core::one_reply(&s, &b.model, &LoadOptions::default(), Request::Embed { inputs, normalize: true }).await {
-        Ok((Reply::Embeddings { embeddings, prompt_tokens }, _)) => {
-            let data: Vec<Value> = embeddings
-                .into_iter()
-                .enumerate()
-                .map(|(i, e)| {
-                    // base64: the floats' little-endian bytes, as OpenAI sends them.
-                    let embedding = if base64 {
-                        use base64::Engine;
-                        json!(base64::engine::general_purpose::STANDARD.encode(e.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>()))
-                    } else {
-                        json!(e)
-                    };
-                    json!({"object": "embedding", "embedding": embedding, "index": i})
-                })
-                .collect();
-            axum::Json(json!({
-                "object": "list",
-                "data": data,
-                "model": hearth_store::reference::normalize_name(&b.model).unwrap_or(b.model.clone()),
-                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-            }))
-            .into_response()
-        }
-        Ok(_) => ApiError::internal("unexpected runner reply").openai(),
-        Err(e) => e.openai(),
-    }
+    let model = s.runtime.resolve(&b.model)?;
+    let e = s.runtime.embed(&model, &LoadOptions::default(), inputs, true).await?;
+    let data: Vec<Value> = e
+        .vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            // base64: the floats' little-endian bytes, as OpenAI sends them.
+            let embedding = if base64 {
+                use base64::Engine;
+                json!(base64::engine::general_purpose::STANDARD.encode(e.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>()))
+            } else {
+                json!(e)
+            };
+            json!({"object": "embedding", "embedding": embedding, "index": i})
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "object": "list",
+        "data": data,
+        "model": model.name,
+        "usage": {"prompt_tokens": e.prompt_tokens, "total_tokens": e.prompt_tokens},
+    }))
+    .into_response())
 }

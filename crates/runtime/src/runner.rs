@@ -1,5 +1,6 @@
-//! The server's side of a runner: spawning the child, waiting for it, sending requests,
-//! noticing its death.
+//! The server's side of a runner (the child process `EXE runner --spec JSON` that holds one
+//! model's engine): spawning it, waiting for it, sending requests, noticing its death. The
+//! protocol is [`hearth_protocol::runner`].
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -11,14 +12,24 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::{Child, ChildStdin};
 
-use super::{Info, Reply, Request, Spec};
+use hearth_protocol::runner::{line, Info, Reply, Request, Spec};
 
+/// Why a runner could not start, or stopped.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RunnerError {
     #[error("cannot start the runner for {model}: {reason}")]
     Start { model: String, reason: String },
     #[error("the runner for {model} stopped unexpectedly{}", if .detail.is_empty() { String::new() } else { format!(": {}", .detail) })]
     Died { model: String, detail: String },
+}
+
+impl From<RunnerError> for crate::RuntimeError {
+    fn from(e: RunnerError) -> crate::RuntimeError {
+        match e {
+            RunnerError::Start { model, reason } => crate::RuntimeError::LoadFailed { model, why: reason },
+            RunnerError::Died { model, detail } => crate::RuntimeError::RunnerDied { model, why: detail },
+        }
+    }
 }
 
 /// A running child process holding one model.
@@ -49,14 +60,6 @@ impl Runner {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                // Die with the server, even when it is SIGKILLed.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
         let mut child = cmd.spawn().map_err(|e| start_err(format!("cannot run {}: {e}", exe.display())))?;
         let pid = child.id().unwrap_or(0);
         let stderr_lines = Arc::new(Mutex::new(VecDeque::new()));
@@ -114,17 +117,7 @@ impl Runner {
         let mut runner = Runner {
             model: model.to_string(),
             spec,
-            info: Info {
-                n_ctx_seq: 0,
-                parallel: 0,
-                n_ctx_train: 0,
-                n_embd: 0,
-                n_vocab: 0,
-                n_params: 0,
-                size_bytes: 0,
-                load_ms: 0.0,
-                description: String::new(),
-            },
+            info: Info::default(),
             pid,
             child: Mutex::new(Some(child)),
             stdin: Mutex::new(stdin),
@@ -149,9 +142,7 @@ impl Runner {
             self.dead.store(true, Ordering::Relaxed);
             died()
         })?;
-        let mut line = serde_json::to_vec(req).expect("requests serialize");
-        line.push(b'\n');
-        conn.write_all(&line).await.map_err(|_| died())?;
+        conn.write_all(&line(req)).await.map_err(|_| died())?;
         let (read, write) = conn.into_split();
         Ok(ReplyStream {
             lines: BufReader::new(read).lines(),
@@ -171,12 +162,12 @@ impl Runner {
         }
     }
 
-    /// Whether the child is still running.
     /// Treats the runner as gone (it is stopped by whoever unloads it).
     pub fn mark_dead(&self) {
         self.dead.store(true, Ordering::Relaxed);
     }
 
+    /// Whether the child is still running.
     pub fn alive(&self) -> bool {
         if self.dead.load(Ordering::Relaxed) {
             return false;
@@ -238,11 +229,10 @@ impl ReplyStream {
     }
 }
 
-/// A fresh socket path for a runner.
+/// A fresh socket path for a runner in `dir` (the runtime's private directory).
 pub fn socket_path(dir: &Path, model: &str) -> PathBuf {
-    let n: u64 = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let safe: String = model.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).take(40).collect();
-    dir.join(format!("runner-{}-{safe}-{n:x}.sock", std::process::id()))
+    dir.join(format!("runner-{n}-{safe}.sock"))
 }

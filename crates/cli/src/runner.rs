@@ -1,37 +1,26 @@
-//! The runner process: loads one model into an engine and serves it on a Unix socket until
-//! its parent goes away.
+//! `hearth runner --spec JSON` (hidden): the runner process. Loads one model into an engine
+//! and serves it on a Unix socket, speaking [`hearth_protocol::runner`], until its parent goes
+//! away. It lives in the binary, not in the server crate, so the server never links llama.cpp.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 
-use hearth_engine::{
-    ChatMessage, ChatTemplate, Engine, EngineError, EngineOptions, Event, FinishReason, GenerateRequest, ModelOptions,
-    Prompt,
-};
-
-use super::{ErrorKind, Info, Message, PromptSpec, Reply, Request, Spec};
+use hearth_engine::{ChatMessage, ChatTemplate, Engine, EngineError, EngineOptions, Event, GenerateRequest, Prompt};
+use hearth_protocol::runner::{line, ErrorKind, Generate, Info, Message, Prompt as PromptSpec, Reply, Request, Spec};
 
 /// Runs the runner. Returns only on a startup failure; otherwise the process exits when its
 /// parent closes our stdin (or dies: the parent also sets a parent-death signal).
 pub fn main(spec_json: &str) -> Result<(), String> {
     let spec: Spec = serde_json::from_str(spec_json).map_err(|e| format!("bad runner spec: {e}"))?;
-    let mut model = ModelOptions::new(&spec.model);
-    model.gpu_layers = spec.gpu_layers;
-    model.mmap = spec.mmap;
-    model.rpc_servers = spec.rpc_servers.clone();
-    model.tensor_split = spec.tensor_split.clone();
-    let mut o = EngineOptions::new(model);
-    o.parallel = spec.parallel.max(1);
-    o.ctx_size = spec.ctx_per_seq.saturating_mul(o.parallel);
-    o.batch_size = spec.batch_size;
-    o.ubatch_size = spec.ubatch_size;
-    o.threads = spec.threads;
-    o.flash_attn = spec.flash_attn.parse().map_err(|e: String| e)?;
-    let engine = Engine::start(o).map_err(|e| e.to_string())?;
+    // Die with the server, even when it is SIGKILLed. Should it have died before this line,
+    // our stdin is already closed and the reader below exits at once.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    let engine = Engine::start(EngineOptions::from_settings(&spec.model, &spec.load, spec.parallel)).map_err(|e| e.to_string())?;
     let info = engine.model().info().clone();
-    let template = match (&info.chat_template, &spec.builtin_template) {
-        (None, Some(name)) => ChatTemplate::Builtin(name.clone()),
+    // The GGUF's own Jinja template first; an Ollama Go template only picks a family.
+    let template = match (&info.chat_template, spec.go_template.as_deref().and_then(ChatTemplate::from_go_template)) {
+        (None, Some(t)) => t,
         _ => ChatTemplate::for_model(&info),
     };
     let _ = std::fs::remove_file(&spec.socket);
@@ -78,9 +67,7 @@ struct State {
 }
 
 fn send(w: &mut impl Write, reply: &Reply) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(reply).expect("replies serialize");
-    line.push(b'\n');
-    w.write_all(&line)?;
+    w.write_all(&line(reply))?;
     w.flush()
 }
 
@@ -109,13 +96,6 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
     };
     match request {
         Request::Info => send(&mut writer, &Reply::Info(state.info.clone())),
-        Request::Render { messages: m } => match state.template.render(&messages(&m), true) {
-            Ok(text) => {
-                let tokens = state.engine.tokenize_prompt(&text).map(|t| t.len() as u32).unwrap_or(0);
-                send(&mut writer, &Reply::Rendered { text, tokens })
-            }
-            Err(e) => send(&mut writer, &error_reply(&e)),
-        },
         Request::Embed { inputs, normalize } => {
             let prompt_tokens = inputs
                 .iter()
@@ -126,7 +106,7 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
                 Err(e) => send(&mut writer, &error_reply(&e)),
             }
         }
-        Request::Generate { prompt, sampling, max_tokens, stop, json, ignore_eos, logprobs } => {
+        Request::Generate(Generate { prompt, sampling, max_tokens, stop, json, ignore_eos, logprobs }) => {
             let text = match prompt {
                 PromptSpec::Text(t) => t,
                 PromptSpec::Messages(m) => match state.template.render(&messages(&m), true) {
@@ -168,25 +148,16 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
                         id,
                         text,
                         logprobs: logprobs.map(|l| {
-                            let alt = |t: &hearth_engine::TokenLogprob| super::Alternative {
+                            let alt = |t: &hearth_engine::TokenLogprob| hearth_protocol::Alternative {
                                 token: t.text.clone(),
                                 bytes: t.bytes.clone(),
                                 logprob: t.logprob,
                             };
-                            super::Logprobs { chosen: alt(&l.chosen), top: l.top.iter().map(alt).collect() }
+                            hearth_protocol::Logprobs { chosen: alt(&l.chosen), top: l.top.iter().map(alt).collect() }
                         }),
                     },
                     Event::Done { text, reason, timings } => {
-                        let reply = Reply::Done {
-                            text,
-                            reason: match reason {
-                                FinishReason::Stop => "stop",
-                                FinishReason::Length => "length",
-                                FinishReason::Cancelled => "cancelled",
-                            }
-                            .into(),
-                            timings,
-                        };
+                        let reply = Reply::Done { text, reason, timings };
                         send(&mut writer, &reply)?;
                         break;
                     }

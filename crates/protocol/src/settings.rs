@@ -1,0 +1,206 @@
+//! How a model is loaded and run: one [`LoadSettings`] from the flags to the engine.
+
+use serde::{Deserialize, Serialize};
+
+/// When flash attention is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlashAttn {
+    On,
+    Off,
+    /// llama.cpp decides per device (its default).
+    #[default]
+    Auto,
+}
+
+impl FlashAttn {
+    /// Whether a memory plan should count on it (auto is on for the CPU, as llama.cpp does).
+    pub fn planned_on(self) -> bool {
+        self != FlashAttn::Off
+    }
+}
+
+impl std::str::FromStr for FlashAttn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "on" | "1" | "true" => Ok(FlashAttn::On),
+            "off" | "0" | "false" => Ok(FlashAttn::Off),
+            "auto" => Ok(FlashAttn::Auto),
+            _ => Err(format!("{s:?} is not on, off or auto")),
+        }
+    }
+}
+
+impl std::fmt::Display for FlashAttn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FlashAttn::On => "on",
+            FlashAttn::Off => "off",
+            FlashAttn::Auto => "auto",
+        })
+    }
+}
+
+/// The element type of the KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheType {
+    F32,
+    #[default]
+    F16,
+    Bf16,
+    Q8_0,
+    Q4_0,
+    Q4_1,
+    Iq4Nl,
+    Q5_0,
+    Q5_1,
+}
+
+impl CacheType {
+    /// llama.cpp's name of the type.
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheType::F32 => "f32",
+            CacheType::F16 => "f16",
+            CacheType::Bf16 => "bf16",
+            CacheType::Q8_0 => "q8_0",
+            CacheType::Q4_0 => "q4_0",
+            CacheType::Q4_1 => "q4_1",
+            CacheType::Iq4Nl => "iq4_nl",
+            CacheType::Q5_0 => "q5_0",
+            CacheType::Q5_1 => "q5_1",
+        }
+    }
+}
+
+impl std::str::FromStr for CacheType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "f32" => CacheType::F32,
+            "f16" => CacheType::F16,
+            "bf16" => CacheType::Bf16,
+            "q8_0" => CacheType::Q8_0,
+            "q4_0" => CacheType::Q4_0,
+            "q4_1" => CacheType::Q4_1,
+            "iq4_nl" => CacheType::Iq4Nl,
+            "q5_0" => CacheType::Q5_0,
+            "q5_1" => CacheType::Q5_1,
+            _ => return Err(format!("{s:?} is not a KV cache type (f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1)")),
+        })
+    }
+}
+
+impl std::fmt::Display for CacheType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a model is loaded and run. Names, flags and defaults follow llama.cpp's. The same struct
+/// is the flags of `hearth run`, `serve` and `fit`, the runner's spec and the engine's options:
+/// nothing is copied field by field on the way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+#[serde(default)]
+pub struct LoadSettings {
+    /// Context size in tokens; per sequence for `serve` (unless a request sets num_ctx), the
+    /// whole context for `run` (0 = the model's training context) [default: 4096]
+    #[cfg_attr(feature = "clap", arg(short = 'c', long = "ctx-size", visible_alias = "ctx", env = "HEARTH_CONTEXT_LENGTH", value_name = "N"))]
+    pub ctx_size: Option<u32>,
+    /// Logical batch size: most tokens per decode step
+    #[cfg_attr(feature = "clap", arg(short = 'b', long = "batch-size", default_value_t = 2048, value_name = "N"))]
+    pub batch_size: u32,
+    /// Physical batch size (-ub)
+    #[cfg_attr(feature = "clap", arg(long = "ubatch-size", default_value_t = 512, value_name = "N"))]
+    pub ubatch_size: u32,
+    /// Threads for generation [default: physical cores]
+    #[cfg_attr(feature = "clap", arg(short = 't', long, value_name = "N"))]
+    pub threads: Option<usize>,
+    /// Threads for prompt processing (-tb) [default: --threads]
+    #[cfg_attr(feature = "clap", arg(long = "threads-batch", value_name = "N"))]
+    pub threads_batch: Option<usize>,
+    /// Layers to offload to GPUs or RPC devices (-ngl) [default: planned / llama.cpp decides]
+    #[cfg_attr(feature = "clap", arg(long = "gpu-layers", visible_alias = "n-gpu-layers", value_name = "N", allow_negative_numbers = true))]
+    pub gpu_layers: Option<i32>,
+    /// Proportions of the offloaded layers per device, comma-separated (-ts) [default: planned by free memory]
+    #[cfg_attr(feature = "clap", arg(long = "tensor-split", value_delimiter = ',', value_name = "F,F,..."))]
+    pub tensor_split: Vec<f32>,
+    /// Flash attention (-fa): on, off or auto
+    #[cfg_attr(feature = "clap", arg(long = "flash-attn", default_value = "auto", value_name = "on|off|auto"))]
+    pub flash_attn: FlashAttn,
+    /// KV cache type for K (-ctk): f16, q8_0, q4_0, ...
+    #[cfg_attr(feature = "clap", arg(long = "cache-type-k", default_value = "f16", value_name = "TYPE"))]
+    pub cache_type_k: CacheType,
+    /// KV cache type for V (-ctv)
+    #[cfg_attr(feature = "clap", arg(long = "cache-type-v", default_value = "f16", value_name = "TYPE"))]
+    pub cache_type_v: CacheType,
+    /// Read the model into memory instead of memory-mapping it
+    #[cfg_attr(feature = "clap", arg(long = "no-mmap"))]
+    pub no_mmap: bool,
+    /// Lock the model in RAM
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub mlock: bool,
+    /// Raw llama.cpp RPC servers to offload to, comma-separated host:port (no token, no tunnel)
+    #[cfg_attr(feature = "clap", arg(long, value_delimiter = ',', value_name = "HOST:PORT"))]
+    pub rpc: Vec<String>,
+}
+
+impl LoadSettings {
+    /// The context size when none is given.
+    pub const DEFAULT_CTX: u32 = 4096;
+
+    /// The context size asked for, or the default.
+    pub fn ctx(&self) -> u32 {
+        self.ctx_size.unwrap_or(Self::DEFAULT_CTX)
+    }
+}
+
+impl Default for LoadSettings {
+    fn default() -> Self {
+        LoadSettings {
+            ctx_size: None,
+            batch_size: 2048,
+            ubatch_size: 512,
+            threads: None,
+            threads_batch: None,
+            gpu_layers: None,
+            tensor_split: Vec::new(),
+            flash_attn: FlashAttn::Auto,
+            cache_type_k: CacheType::F16,
+            cache_type_v: CacheType::F16,
+            no_mmap: false,
+            mlock: false,
+            rpc: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for c in [CacheType::F32, CacheType::F16, CacheType::Bf16, CacheType::Q8_0, CacheType::Q4_0, CacheType::Q4_1, CacheType::Iq4Nl, CacheType::Q5_0, CacheType::Q5_1] {
+            assert_eq!(c.name().parse::<CacheType>(), Ok(c));
+            assert_eq!(serde_json::to_value(c).unwrap(), serde_json::json!(c.name()));
+        }
+        for f in [FlashAttn::On, FlashAttn::Off, FlashAttn::Auto] {
+            assert_eq!(f.to_string().parse::<FlashAttn>(), Ok(f));
+        }
+        assert!("q9".parse::<CacheType>().is_err());
+    }
+
+    #[test]
+    fn settings_survive_json() {
+        let s = LoadSettings { ctx_size: Some(512), gpu_layers: Some(-1), tensor_split: vec![1.0, 2.0], flash_attn: FlashAttn::Off, cache_type_k: CacheType::Q8_0, ..LoadSettings::default() };
+        let back: LoadSettings = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        let defaults: LoadSettings = serde_json::from_str("{}").unwrap();
+        assert_eq!(defaults, LoadSettings::default());
+        assert_eq!(defaults.ctx(), 4096);
+    }
+}

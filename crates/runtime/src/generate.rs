@@ -1,0 +1,213 @@
+//! Running requests on a model's runner: [`Runtime::generate`] returns a [`Generation`], a
+//! typed stream of [`Event`]s read straight from the runner's socket; [`Runtime::embed`]
+//! returns the vectors. Errors before the first token (unknown model, too large, prompt too
+//! long) come back from the call, so an API can answer with a status code; later ones come
+//! from the stream.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hearth_protocol::runner::{ErrorKind, Generate, Reply, Request};
+use hearth_protocol::{FinishReason, Logprobs, Timings};
+
+use crate::runner::ReplyStream;
+use crate::scheduler::{Lease, LoadOptions, Scheduler};
+use crate::{Model, RuntimeError};
+
+/// What a generation streams.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Text released by one token (possibly empty: an unfinished character or a possible stop
+    /// string is held back), with the token's log-probabilities when the request asked.
+    Token { text: String, logprobs: Option<Logprobs> },
+    /// The end.
+    Done { reason: FinishReason, timings: Timings },
+}
+
+/// A running generation. Dropping it closes the runner connection, which cancels it.
+pub struct Generation {
+    sched: Arc<Scheduler>,
+    // Held as long as the stream: the model stays loaded and counted as busy.
+    lease: Lease,
+    replies: ReplyStream,
+    pending: VecDeque<Event>,
+    finished: bool,
+    /// The model's normalized name.
+    pub model: String,
+    /// Time spent loading the model for this request (zero when it was loaded).
+    pub load_duration: Duration,
+    /// When the request reached the runtime.
+    pub started: Instant,
+    /// The context per sequence it runs with.
+    pub n_ctx: u32,
+}
+
+impl Generation {
+    /// The next event; `None` after [`Event::Done`] or an error.
+    pub async fn next(&mut self) -> Option<Result<Event, RuntimeError>> {
+        if let Some(e) = self.pending.pop_front() {
+            return Some(Ok(e));
+        }
+        if self.finished {
+            return None;
+        }
+        let reply = match self.replies.next().await {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
+                self.finished = true;
+                return Some(Err(e.into()));
+            }
+            None => {
+                self.finished = true;
+                let died = match self.replies.died() {
+                    crate::runner::RunnerError::Died { detail, .. } => detail,
+                    other => other.to_string(),
+                };
+                let why = self.sched.why_died(&self.lease.model, died).await;
+                return Some(Err(RuntimeError::RunnerDied { model: self.model.clone(), why }));
+            }
+        };
+        match reply_event(reply, &self.model) {
+            Ok((first, then)) => {
+                if let Some(done) = then {
+                    self.finished = true;
+                    self.pending.push_back(done);
+                }
+                match first {
+                    Some(e) => Some(Ok(e)),
+                    None => self.pending.pop_front().map(Ok),
+                }
+            }
+            Err(e) => {
+                self.finished = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// A runner's reply as events: a token, or the last text and the end.
+fn reply_event(reply: Reply, model: &str) -> Result<(Option<Event>, Option<Event>), RuntimeError> {
+    match reply {
+        Reply::Token { text, logprobs, .. } => Ok((Some(Event::Token { text, logprobs }), None)),
+        Reply::Done { text, reason, timings } => {
+            let rest = (!text.is_empty()).then_some(Event::Token { text, logprobs: None });
+            Ok((rest, Some(Event::Done { reason, timings })))
+        }
+        Reply::Error { kind, message } => Err(runner_error(kind, message)),
+        other => Err(RuntimeError::Internal(format!("the runner for {model} answered a generation with {other:?}"))),
+    }
+}
+
+fn runner_error(kind: ErrorKind, message: String) -> RuntimeError {
+    match kind {
+        ErrorKind::BadRequest => RuntimeError::Rejected(message),
+        ErrorKind::Internal => RuntimeError::Internal(message),
+    }
+}
+
+/// Embeddings of some inputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    pub prompt_tokens: u32,
+    pub load_duration: Duration,
+}
+
+/// The runtime: the scheduler of runner processes, and requests run on them. Knows no HTTP.
+pub struct Runtime {
+    pub sched: Arc<Scheduler>,
+    pub store: hearth_store::Store,
+}
+
+impl Runtime {
+    pub fn new(sched: Scheduler, store: hearth_store::Store) -> Runtime {
+        Runtime { sched: Arc::new(sched), store }
+    }
+
+    /// The model `name` of the store, resolved once for a request.
+    pub fn resolve(&self, name: &str) -> Result<Model, RuntimeError> {
+        Model::resolve(&self.store, name)
+    }
+
+    /// Loads `model` (if needed) and keeps it for its keep-alive, without running anything.
+    pub async fn load(&self, model: &Model, load: &LoadOptions) -> Result<(), RuntimeError> {
+        self.sched.acquire(model, load).await.map(drop)
+    }
+
+    /// Starts `request` on `model`, loading it first if needed.
+    pub async fn generate(&self, model: &Model, load: &LoadOptions, request: Generate) -> Result<Generation, RuntimeError> {
+        request.sampling.validate().map_err(|why| RuntimeError::Invalid { field: "sampling".into(), why })?;
+        let started = Instant::now();
+        let (lease, replies, first, load_duration) = self.open(model, load, &Request::Generate(request)).await?;
+        let n_ctx = lease.model.ctx_per_seq;
+        let mut g = Generation {
+            sched: self.sched.clone(),
+            lease,
+            replies,
+            pending: VecDeque::new(),
+            finished: false,
+            model: model.name.clone(),
+            load_duration,
+            started,
+            n_ctx,
+        };
+        let (first, then) = reply_event(first, &model.name)?;
+        g.pending.extend(first);
+        if let Some(done) = then {
+            g.finished = true;
+            g.pending.push_back(done);
+        }
+        Ok(g)
+    }
+
+    /// The embeddings of `inputs` (normalized to unit length when `normalize`).
+    pub async fn embed(&self, model: &Model, load: &LoadOptions, inputs: Vec<String>, normalize: bool) -> Result<Embeddings, RuntimeError> {
+        let (_lease, _stream, reply, load_duration) = self.open(model, load, &Request::Embed { inputs, normalize }).await?;
+        match reply {
+            Reply::Embeddings { embeddings, prompt_tokens } => Ok(Embeddings { vectors: embeddings, prompt_tokens, load_duration }),
+            Reply::Error { kind, message } => Err(runner_error(kind, message)),
+            other => Err(RuntimeError::Internal(format!("the runner for {} answered embeddings with {other:?}", model.name))),
+        }
+    }
+
+    /// Unloads `name` now (if idle) or when its last request ends. False when it is not loaded.
+    pub async fn unload(&self, name: &str) -> bool {
+        match hearth_store::reference::normalize_name(name) {
+            Ok(n) => self.sched.unload(&n).await,
+            Err(_) => false,
+        }
+    }
+
+    /// Acquires the model and sends `request` to its runner: the lease, the stream, its first
+    /// reply (an error reply becomes the error), and how long loading took. A runner that died
+    /// since its last request is found out here: it is marked dead, and a second attempt starts
+    /// a fresh one.
+    async fn open(&self, model: &Model, load: &LoadOptions, request: &Request) -> Result<(Lease, ReplyStream, Reply, Duration), RuntimeError> {
+        let started = Instant::now();
+        let was_loaded = self.sched.is_loaded(&model.name);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let lease = self.sched.acquire(model, load).await?;
+            let mut stream = match lease.model.runner.request(request).await {
+                Ok(s) => s,
+                Err(_) if attempt == 1 => continue,
+                Err(e) => return Err(e.into()),
+            };
+            match stream.next().await {
+                Some(Ok(Reply::Error { kind, message })) => return Err(runner_error(kind, message)),
+                Some(Ok(r)) => {
+                    let load_time = if was_loaded { Duration::ZERO } else { started.elapsed() };
+                    return Ok((lease, stream, r, load_time));
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None if attempt == 1 => {
+                    let _ = stream.died();
+                }
+                None => return Err(stream.died().into()),
+            }
+        }
+    }
+}

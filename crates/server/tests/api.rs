@@ -1,0 +1,192 @@
+//! The API adapters, fast: the real server (router, runtime, scheduler, runner sockets) with a
+//! fake runner (`tests/fake_runner/main.rs`) that speaks the real runner protocol without
+//! llama.cpp. Snapshots (insta) pin the NDJSON and SSE streams, whole answers, error bodies
+//! and status codes of both APIs, with times and ids scrubbed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hearth_runtime::protocol::LoadSettings;
+use hearth_runtime::{Config, KeepAlive, Runtime, Scheduler};
+use hearth_server::{AppState, ServerConfig};
+use serde_json::{json, Value};
+
+/// A server on 127.0.0.1:0 over a store holding one small model, `tiny`.
+struct Server {
+    url: String,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    async fn start(memory_budget: u64) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let store = hearth_store::Store::open(dir.path().join("models")).unwrap();
+        let file = dir.path().join("tiny.gguf");
+        let mut w = hearth_gguf::writer::GgufWriter::new();
+        w.set("general.architecture", "llama").set("general.name", "tiny");
+        w.zeroed_tensor("token_embd.weight", [64, 256], 0).unwrap();
+        w.write_to_path(&file).unwrap();
+        hearth_store::pull::add_local(&store, &file, Some("tiny"), &hearth_store::NoProgress).unwrap();
+        let sched = Scheduler::new(Config {
+            exe: env!("CARGO_BIN_EXE_hearth-fake-runner").into(),
+            socket_parent: dir.path().to_path_buf(),
+            parallel: 2,
+            load: LoadSettings { ctx_size: Some(256), ..LoadSettings::default() },
+            max_loaded: 2,
+            max_queue: 4,
+            memory_budget,
+            keep_alive: KeepAlive::For(Duration::from_secs(60)),
+            load_timeout: Duration::from_secs(20),
+            cluster: None,
+        })
+        .unwrap();
+        let state = Arc::new(AppState {
+            runtime: Runtime::new(sched, store),
+            config: ServerConfig { max_body: 1 << 20, db: dir.path().join("hearth.db"), ..ServerConfig::default() },
+            metrics: hearth_server::metrics::Metrics::new(),
+            started: Instant::now(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            hearth_server::run(listener, state, async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Server { url, _dir: dir, stop: Some(tx), task: Some(task) }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> String {
+        let r = reqwest::Client::new().post(format!("{}{path}", self.url)).json(&body).send().await.unwrap();
+        render(r).await
+    }
+
+    async fn get(&self, path: &str) -> String {
+        render(reqwest::get(format!("{}{path}", self.url)).await.unwrap()).await
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+        }
+    }
+}
+
+/// Times, dates and ids change from run to run.
+fn scrub(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                match k.as_str() {
+                    "created_at" | "created" | "id" | "total_duration" | "load_duration" | "expires_at" | "modified_at" | "digest" => *x = json!("[scrubbed]"),
+                    _ => scrub(x),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(scrub),
+        _ => {}
+    }
+}
+
+/// Status, the headers that matter, and the body: JSON pretty-printed, NDJSON one value per
+/// line, SSE one `data:` frame per line, each scrubbed.
+async fn render(r: reqwest::Response) -> String {
+    let status = r.status().as_u16();
+    let header = |n: &str| r.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (ctype, retry) = (header("content-type").unwrap_or_default(), header("retry-after"));
+    let body = r.text().await.unwrap();
+    let json_line = |l: &str| -> String {
+        match serde_json::from_str::<Value>(l) {
+            Ok(mut v) => {
+                scrub(&mut v);
+                serde_json::to_string(&v).unwrap()
+            }
+            Err(_) => l.to_string(),
+        }
+    };
+    let shown = if ctype.starts_with("application/x-ndjson") {
+        body.lines().map(json_line).collect::<Vec<_>>().join("\n")
+    } else if ctype.starts_with("text/event-stream") {
+        body.split("\n\n").filter(|f| !f.is_empty()).map(|f| format!("data: {}", json_line(f.trim_start_matches("data: ")))).collect::<Vec<_>>().join("\n")
+    } else if let Ok(mut v) = serde_json::from_str::<Value>(&body) {
+        scrub(&mut v);
+        serde_json::to_string_pretty(&v).unwrap()
+    } else {
+        body
+    };
+    let retry = retry.map(|r| format!("retry-after: {r}\n")).unwrap_or_default();
+    format!("status: {status}\ncontent-type: {ctype}\n{retry}\n{shown}\n")
+}
+
+fn chat(content: &str, stream: bool) -> Value {
+    json!({"model": "tiny", "messages": [{"role": "user", "content": content}], "stream": stream})
+}
+
+#[tokio::test]
+async fn ollama_generation() {
+    let s = Server::start(1 << 30).await;
+    insta::assert_snapshot!("ollama_chat_stream", s.post("/api/chat", chat("hi", true)).await);
+    insta::assert_snapshot!("ollama_chat_whole", s.post("/api/chat", chat("hi", false)).await);
+    insta::assert_snapshot!("ollama_generate_length", s.post("/api/generate", json!({"model": "tiny", "prompt": "hi", "options": {"num_predict": 2}})).await);
+    insta::assert_snapshot!("ollama_embed", s.post("/api/embed", json!({"model": "tiny", "input": ["a", "b"]})).await);
+    insta::assert_snapshot!("ollama_ps", s.get("/api/ps").await);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn openai_generation() {
+    let s = Server::start(1 << 30).await;
+    let mut body = chat("hi", true);
+    body["stream_options"] = json!({"include_usage": true});
+    insta::assert_snapshot!("openai_chat_stream", s.post("/v1/chat/completions", body).await);
+    let mut body = chat("hi", false);
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(2);
+    insta::assert_snapshot!("openai_chat_whole_logprobs", s.post("/v1/chat/completions", body).await);
+    insta::assert_snapshot!("openai_completion_length", s.post("/v1/completions", json!({"model": "tiny", "prompt": "hi", "max_tokens": 3})).await);
+    insta::assert_snapshot!("openai_embeddings", s.post("/v1/embeddings", json!({"model": "tiny", "input": "a"})).await);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn errors_before_the_first_token() {
+    let s = Server::start(1 << 30).await;
+    insta::assert_snapshot!("ollama_unknown_model", s.post("/api/chat", json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]})).await);
+    insta::assert_snapshot!("openai_unknown_model", s.post("/v1/chat/completions", json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]})).await);
+    insta::assert_snapshot!("ollama_bad_field", s.post("/api/chat", json!({"model": "tiny", "messages": [{"role": "user", "content": 5}]})).await);
+    insta::assert_snapshot!("openai_bad_field", s.post("/v1/chat/completions", json!({"model": "tiny", "messages": "hi"})).await);
+    insta::assert_snapshot!("openai_bad_temperature", s.post("/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": 3})).await);
+    insta::assert_snapshot!("ollama_prompt_too_long", s.post("/api/chat", chat("too long", true)).await);
+    insta::assert_snapshot!("openai_prompt_too_long", s.post("/v1/chat/completions", chat("too long", true)).await);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_runner_that_dies_mid_stream() {
+    let s = Server::start(1 << 30).await;
+    insta::assert_snapshot!("ollama_runner_dies", s.post("/api/chat", chat("please die", true)).await);
+    insta::assert_snapshot!("openai_runner_dies", s.post("/v1/chat/completions", chat("please die", true)).await);
+    // The server is fine, and the next request starts a fresh runner.
+    insta::assert_snapshot!("ollama_after_a_death", s.post("/api/chat", chat("hi", false)).await);
+    s.stop().await;
+}
+
+/// A model that can never fit the memory budget gets an error that says so and is not worth
+/// retrying: no 503, no Retry-After (clients would retry for ever).
+#[tokio::test]
+async fn a_model_too_large_is_not_retryable() {
+    let s = Server::start(16 << 10).await;
+    let ollama = s.post("/api/chat", chat("hi", true)).await;
+    assert!(ollama.starts_with("status: 500\n") && !ollama.contains("retry-after"), "{ollama}");
+    insta::assert_snapshot!("ollama_too_large", ollama);
+    let openai = s.post("/v1/chat/completions", chat("hi", true)).await;
+    assert!(openai.starts_with("status: 400\n") && !openai.contains("retry-after"), "{openai}");
+    insta::assert_snapshot!("openai_too_large", openai);
+    s.stop().await;
+}
