@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Installs what building hearth needs, where it is missing, on Debian/Ubuntu:
-# a C/C++ compiler, cmake (llama.cpp's build), libclang (bindgen), python3 with pip (the test
-# model comes from PyPI) and venv (the end-to-end tests' SDKs live in a virtualenv: Debian's
-# system Python refuses global pip installs), Node.js with npm and Debian's chromium (the web
-# page's browser tests: playwright-core drives that chromium and never downloads a browser),
-# iproute2 (the cluster tests' network namespaces), and the Rust toolchain (rustup) when cargo is not on PATH.
+# Installs what building and serving hearth need, where it is missing, on Debian/Ubuntu:
+# a C/C++ compiler, cmake (llama.cpp's build), libclang (bindgen), python3 with pip (the
+# starter model comes from PyPI), curl, and the Rust toolchain (rustup) when cargo is not on
+# PATH. With --tests, also what only the tests need: python3-venv (the end-to-end tests' SDKs
+# live in a virtualenv: Debian's system Python refuses global pip installs), Node.js with npm
+# and Debian's chromium (the web page's browser tests: playwright-core drives that chromium and
+# never downloads a browser), iproute2 (the cluster tests' network namespaces) and taskset.
+#   scripts/install-deps.sh [--tests]
 set -euo pipefail
+tests=false
+[ "${1:-}" = "--tests" ] && tests=true
 
 need=()
 command -v cmake >/dev/null || need+=(cmake)
@@ -13,10 +17,6 @@ command -v g++ >/dev/null || need+=(g++)
 command -v make >/dev/null || need+=(make)
 command -v python3 >/dev/null || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
-# `python3 -m venv` exists on Debian without python3-venv but fails (no ensurepip): try it.
-venv_try="$(mktemp -d)"
-python3 -m venv "$venv_try/v" >/dev/null 2>&1 || need+=(python3-venv)
-rm -rf "$venv_try"
 # What bindgen loads: libclang.so, libclang-*.so or libclang.so.* (not libclang-cpp.so.N, a
 # different library that stock Debian images carry).
 have_libclang() {
@@ -30,12 +30,18 @@ have_libclang() {
 }
 have_libclang || need+=(libclang-dev)
 command -v curl >/dev/null || need+=(curl)
-command -v node >/dev/null || need+=(nodejs)
-command -v npm >/dev/null || need+=(npm)
-[ -x /usr/bin/chromium ] || need+=(chromium)
-# `ip netns` + veth: the cluster tests' separate network hosts; taskset: the cluster bench.
-command -v ip >/dev/null || need+=(iproute2)
-command -v taskset >/dev/null || need+=(util-linux)
+if $tests; then
+  # `python3 -m venv` exists on Debian without python3-venv but fails (no ensurepip): try it.
+  venv_try="$(mktemp -d)"
+  { command -v python3 >/dev/null && python3 -m venv "$venv_try/v" >/dev/null 2>&1; } || need+=(python3-venv)
+  rm -rf "$venv_try"
+  command -v node >/dev/null || need+=(nodejs)
+  command -v npm >/dev/null || need+=(npm)
+  [ -x /usr/bin/chromium ] || need+=(chromium)
+  # `ip netns` + veth: the cluster tests' separate network hosts; taskset: the cluster bench.
+  command -v ip >/dev/null || need+=(iproute2)
+  command -v taskset >/dev/null || need+=(util-linux)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}" >&2

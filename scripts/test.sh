@@ -8,7 +8,7 @@
 # driving Debian's headless chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+scripts/install-deps.sh --tests
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 export HEARTH_TEST_MODEL="${HEARTH_TEST_MODEL:-$(scripts/fetch-model.sh)}"
 cargo test --release --workspace --locked "$@"

@@ -107,7 +107,7 @@ fn is_internal(err: &anyhow::Error) -> bool {
     use hearth_runtime::RuntimeError as R;
     err.chain().any(|c| {
         matches!(c.downcast_ref::<R>(), Some(R::Internal(_) | R::RunnerDied { .. } | R::Store(_)))
-            || matches!(c.downcast_ref::<E>(), Some(E::Decode(_) | E::Stopped | E::Context(_) | E::Embedding(_)))
+            || matches!(c.downcast_ref::<E>(), Some(E::Decode(_) | E::Stopped | E::Embedding(_)))
             || c.downcast_ref::<tokio::task::JoinError>().is_some()
     })
 }

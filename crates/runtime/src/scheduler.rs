@@ -418,3 +418,43 @@ impl Scheduler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn config(parent: &std::path::Path) -> Config {
+        Config {
+            exe: "/nonexistent".into(),
+            socket_parent: parent.to_path_buf(),
+            parallel: 1,
+            load: LoadSettings::default(),
+            max_loaded: 1,
+            max_queue: 0,
+            memory_budget: 1 << 30,
+            keep_alive: KeepAlive::For(Duration::ZERO),
+            load_timeout: Duration::from_secs(1),
+            cluster: None,
+        }
+    }
+
+    /// Another local user must not be able to pre-create (and so read and answer) the runner
+    /// sockets: the directory is new, unpredictable, ours and 0700, and goes away with us.
+    #[test]
+    fn the_runner_socket_directory_is_private_and_unpredictable() {
+        let parent = tempfile::tempdir().unwrap();
+        let (a, b) = (Scheduler::new(config(parent.path())).unwrap(), Scheduler::new(config(parent.path())).unwrap());
+        assert_ne!(a.socket_dir(), b.socket_dir());
+        for s in [&a, &b] {
+            let m = std::fs::metadata(s.socket_dir()).unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, 0o700, "{}", s.socket_dir().display());
+            assert_eq!(m.uid(), nix::unistd::getuid().as_raw());
+            let name = s.socket_dir().file_name().unwrap().to_string_lossy().into_owned();
+            assert!(!name.contains(&std::process::id().to_string()), "the name does not derive from the pid: {name}");
+        }
+        let dir = a.socket_dir().to_path_buf();
+        drop(a);
+        assert!(!dir.exists(), "removed with the scheduler");
+    }
+}

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, OllamaError};
-use crate::Shared;
+use crate::state::Shared;
 
 pub async fn route(State(s): State<Shared>) -> Result<Response, OllamaError> {
     let sched = &s.runtime.sched;

@@ -10,6 +10,7 @@
 //! - [`cluster`]: `GET /api/cluster`.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`web`]: the web page at `/` and its assets; [`conversations`]: its chats, in SQLite.
+//! - [`state`]: what every handler shares; [`wire`]: body streams and times in API units.
 //!
 //! Invariants: this crate does not link llama.cpp (`cargo tree -p hearth-server` has no
 //! `llama-cpp-sys-2`): engines live in runner processes; the server survives any runner's
@@ -22,45 +23,24 @@ pub mod metrics;
 pub mod observe;
 pub mod ollama;
 pub mod openai;
+pub mod state;
 pub mod web;
+pub mod wire;
+
+pub use state::{AppState, ServerConfig, Shared};
 
 use std::future::Future;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use std::time::Duration;
+
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use hearth_runtime::Runtime;
+
 use tower_http::cors::{AllowOrigin, CorsLayer};
-
-/// Server settings beyond the runtime's.
-#[derive(Debug, Clone, Default)]
-pub struct ServerConfig {
-    /// Required as `Authorization: Bearer <key>` on every route but `/`, `/health` and the web
-    /// page's assets.
-    pub api_key: Option<String>,
-    /// Origins allowed by CORS besides localhost.
-    pub cors_origins: Vec<String>,
-    /// Largest JSON body accepted.
-    pub max_body: usize,
-    /// The web page's conversation database.
-    pub db: std::path::PathBuf,
-}
-
-/// Shared by every handler.
-pub struct AppState {
-    pub runtime: Runtime,
-    pub config: ServerConfig,
-    pub metrics: metrics::Metrics,
-    pub started: Instant,
-}
-
-pub type Shared = Arc<AppState>;
 
 /// The application: every route, with auth, CORS, body limits and metrics around them.
 pub fn router(state: Shared) -> Router {
@@ -168,28 +148,4 @@ async fn count_requests(State(s): State<Shared>, req: Request, next: Next) -> Re
     let resp = next.run(req).await;
     s.metrics.request(&route, resp.status().as_u16());
     resp
-}
-
-/// A streamed body: each item of `stream` is one NDJSON line or SSE frame. Dropping the body
-/// (the client went away) drops the stream and with it the generation, which cancels it.
-pub(crate) fn stream_body<S>(stream: S) -> Body
-where
-    S: futures_util::Stream<Item = String> + Send + 'static,
-{
-    use futures_util::StreamExt;
-    Body::from_stream(stream.map(Ok::<_, std::convert::Infallible>))
-}
-
-/// Now, as RFC 3339 with nanoseconds (Ollama's `created_at`).
-pub(crate) fn now_rfc3339() -> String {
-    rfc3339(std::time::SystemTime::now())
-}
-
-pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
-    let dt = time::OffsetDateTime::from(t);
-    dt.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-}
-
-pub(crate) fn unix_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

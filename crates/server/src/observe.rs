@@ -37,8 +37,3 @@ impl Observed {
         e
     }
 }
-
-/// Milliseconds as nanoseconds (Ollama's durations).
-pub fn ms_to_ns(ms: f64) -> u64 {
-    (ms * 1e6).max(0.0) as u64
-}

@@ -24,7 +24,7 @@ use sha2::Digest;
 
 use crate::conversations::{Conversations, DbError, NewMessage, Update};
 use crate::error::{parse, ApiError};
-use crate::Shared;
+use crate::state::Shared;
 
 /// Files served under `/ui/<version>/`, embedded at build time from `web/`.
 macro_rules! assets {

@@ -14,8 +14,9 @@ use serde_json::{json, Value};
 use super::options::{is_json_format, keep_alive, options};
 use super::{ndjson_line, ndjson_response};
 use crate::error::{ollama_stream_error, ApiError, OllamaError, OllamaJson};
-use crate::observe::{ms_to_ns, Observed};
-use crate::Shared;
+use crate::observe::Observed;
+use crate::wire::ms_to_ns;
+use crate::state::Shared;
 
 #[derive(Deserialize)]
 pub struct GenerateBody {
@@ -112,9 +113,9 @@ pub async fn chat(State(s): State<Shared>, OllamaJson(b): OllamaJson<ChatBody>) 
 /// A chunk of the answer: `message` for chat, `response` for generate.
 fn chunk(name: &str, is_chat: bool, text: &str) -> Value {
     if is_chat {
-        json!({"model": name, "created_at": crate::now_rfc3339(), "message": {"role": "assistant", "content": text}, "done": false})
+        json!({"model": name, "created_at": crate::wire::now_rfc3339(), "message": {"role": "assistant", "content": text}, "done": false})
     } else {
-        json!({"model": name, "created_at": crate::now_rfc3339(), "response": text, "done": false})
+        json!({"model": name, "created_at": crate::wire::now_rfc3339(), "response": text, "done": false})
     }
 }
 
@@ -149,7 +150,7 @@ async fn respond(s: Shared, job: Job) -> Result<Response, OllamaError> {
         } else {
             s.runtime.load(&job.model, &load).await?;
         }
-        let mut v = json!({"model": name, "created_at": crate::now_rfc3339(), "done": true, "done_reason": if unload { "unload" } else { "load" }});
+        let mut v = json!({"model": name, "created_at": crate::wire::now_rfc3339(), "done": true, "done_reason": if unload { "unload" } else { "load" }});
         if is_chat {
             v["message"] = json!({"role": "assistant", "content": ""});
         } else {
@@ -191,7 +192,7 @@ async fn respond(s: Shared, job: Job) -> Result<Response, OllamaError> {
             }
         }
     });
-    Ok(ndjson_response(crate::stream_body(lines)))
+    Ok(ndjson_response(crate::wire::stream_body(lines)))
 }
 
 #[derive(Deserialize)]

@@ -15,7 +15,7 @@ use axum::routing::{delete, get, head, post};
 use axum::Router;
 use serde_json::{json, Value};
 
-use crate::Shared;
+use crate::state::Shared;
 
 pub fn routes() -> Router<Shared> {
     Router::new()

@@ -16,7 +16,7 @@ use sha2::Digest;
 
 use super::{ndjson_line, ndjson_response};
 use crate::error::{ApiError, OllamaJson};
-use crate::Shared;
+use crate::state::Shared;
 
 /// Ollama's `details` object for a model.
 pub fn details(s: &Shared, m: &Manifest) -> Value {
@@ -55,7 +55,7 @@ pub async fn tags(State(s): State<Shared>) -> Response {
             json!({
                 "name": e.manifest.name,
                 "model": e.manifest.name,
-                "modified_at": crate::rfc3339(e.modified),
+                "modified_at": crate::wire::rfc3339(e.modified),
                 "size": e.manifest.size(),
                 "digest": manifest_digest(&e.manifest),
                 "details": details(&s, &e.manifest),
@@ -79,7 +79,7 @@ pub async fn ps(State(s): State<Shared>) -> Response {
                 "size": m.estimate,
                 "digest": manifest.as_ref().map(manifest_digest).unwrap_or_default(),
                 "details": manifest.as_ref().map(|x| details(&s, x)).unwrap_or(Value::Null),
-                "expires_at": crate::rfc3339(m.expires_at()),
+                "expires_at": crate::wire::rfc3339(m.expires_at()),
                 "size_vram": 0,
                 "context_length": m.ctx_per_seq,
                 "workers": m.workers,
@@ -155,7 +155,7 @@ pub async fn show(State(s): State<Shared>, OllamaJson(b): OllamaJson<ModelBody>)
         system.as_ref().map(|x| format!("SYSTEM \"\"\"{x}\"\"\"\n")).unwrap_or_default(),
         parameters.lines().map(|l| format!("PARAMETER {l}\n")).collect::<String>()
     );
-    let modified = s.runtime.store.list().ok().and_then(|l| l.into_iter().find(|e| e.manifest.name == m.name)).map(|e| crate::rfc3339(e.modified));
+    let modified = s.runtime.store.list().ok().and_then(|l| l.into_iter().find(|e| e.manifest.name == m.name)).map(|e| crate::wire::rfc3339(e.modified));
     axum::Json(json!({
         "license": license,
         "modelfile": modelfile,
@@ -278,7 +278,7 @@ pub async fn pull(State(s): State<Shared>, OllamaJson(b): OllamaJson<PullBody>) 
         }
     });
     let lines = futures_util::stream::unfold(out_rx, |mut rx| async move { rx.recv().await.map(|l| (l, rx)) });
-    ndjson_response(crate::stream_body(lines))
+    ndjson_response(crate::wire::stream_body(lines))
 }
 
 fn pull_error(e: &hearth_store::StoreError) -> ApiError {

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::error::{openai_stream_error, parse, ApiError, OpenAiError, OpenAiJson};
 use crate::observe::Observed;
-use crate::Shared;
+use crate::state::Shared;
 
 pub fn routes() -> Router<Shared> {
     Router::new()
@@ -53,7 +53,7 @@ async fn models(State(s): State<Shared>) -> Response {
 
 async fn model(State(s): State<Shared>, Path(id): Path<String>) -> Result<Response, OpenAiError> {
     let m = s.runtime.resolve(&id)?;
-    Ok(axum::Json(model_object(&m.name, crate::unix_secs())).into_response())
+    Ok(axum::Json(model_object(&m.name, crate::wire::unix_secs())).into_response())
 }
 
 #[derive(Deserialize)]
@@ -282,7 +282,7 @@ async fn run(s: Shared, c: Common, prompt: Prompt, is_chat: bool) -> Result<Resp
     let mut g = Observed::new(generation, s.metrics.clone());
     let name = model.name;
     let id = format!("{}-{:x}", if is_chat { "chatcmpl" } else { "cmpl" }, rand_id());
-    let created = crate::unix_secs();
+    let created = crate::wire::unix_secs();
     let object = if is_chat { "chat.completion" } else { "text_completion" };
     if !c.stream {
         let mut text = String::new();
@@ -366,7 +366,7 @@ async fn run(s: Shared, c: Common, prompt: Prompt, is_chat: bool) -> Result<Resp
         }
     });
     let frames = futures_util::StreamExt::chain(futures_util::stream::iter(first), frames);
-    Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], crate::stream_body(frames)).into_response())
+    Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], crate::wire::stream_body(frames)).into_response())
 }
 
 /// OpenAI's logprobs object: `{content: [{token, logprob, bytes, top_logprobs}]}` for chat,
@@ -395,7 +395,7 @@ fn logprobs_json(lps: &[Logprobs], is_chat: bool) -> Value {
 fn rand_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(crate::unix_secs());
+    h.write_u64(crate::wire::unix_secs());
     h.finish()
 }
 
