@@ -121,6 +121,8 @@ fn apply(cmd: clap::Command, file: &HashMap<&'static str, String>) -> clap::Comm
     let subs: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
     let mut cmd = cmd.mut_args(|arg| {
         let Some(value) = arg.get_env().and_then(|e| e.to_str()).and_then(|e| file.get(e)) else { return arg };
+        // A secret (a token, a key) never shows in --help.
+        let arg = if arg.is_hide_env_values_set() { arg.hide_default_value(true) } else { arg };
         // Leaked once per process at startup: clap keeps defaults as 'static strings.
         match arg.get_value_delimiter() {
             Some(d) => {
@@ -171,6 +173,9 @@ mod tests {
             let s = parse(&["hearth", "serve", "--parallel", "2", "-c", "64"]);
             assert_eq!((s.parallel, s.load.ctx_size), (2, Some(64)));
         }
+        let secret: HashMap<&'static str, String> = [(CLUSTER_TOKEN, "s3cret".to_string())].into();
+        let help = apply(crate::args::Cli::command(), &secret).find_subcommand_mut("serve").unwrap().render_long_help().to_string();
+        assert!(!help.contains("s3cret"), "a token from the file shows in --help: {help}");
     }
 
     #[test]
