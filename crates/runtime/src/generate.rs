@@ -60,7 +60,7 @@ impl Generation {
             }
             None => {
                 self.finished = true;
-                let died = match self.replies.died() {
+                let died = match self.replies.died().await {
                     crate::runner::RunnerError::Died { detail, .. } => detail,
                     other => other.to_string(),
                 };
@@ -148,7 +148,7 @@ impl Runtime {
             replies,
             pending: VecDeque::new(),
             finished: false,
-            model: model.name.clone(),
+            model: model.name.to_string(),
             load_duration,
             started,
             n_ctx,
@@ -174,7 +174,7 @@ impl Runtime {
 
     /// Unloads `name` now (if idle) or when its last request ends. False when it is not loaded.
     pub async fn unload(&self, name: &str) -> bool {
-        match hearth_store::reference::normalize_name(name) {
+        match hearth_store::reference::ModelName::parse(name) {
             Ok(n) => self.sched.unload(&n).await,
             Err(_) => false,
         }
@@ -204,9 +204,9 @@ impl Runtime {
                 }
                 Some(Err(e)) => return Err(e.into()),
                 None if attempt == 1 => {
-                    let _ = stream.died();
+                    let _ = stream.died().await;
                 }
-                None => return Err(stream.died().into()),
+                None => return Err(stream.died().await.into()),
             }
         }
     }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use hearth_gguf::fit::{kv_bytes_per_elem, ContextPlan};
 use hearth_protocol::LoadSettings;
+use hearth_store::reference::ModelName;
 use hearth_store::{LayerKind, Manifest, Store};
 
 use crate::RuntimeError;
@@ -13,7 +14,7 @@ use crate::RuntimeError;
 #[derive(Debug, Clone)]
 pub struct Model {
     /// The normalized name (`smollm2:latest`).
-    pub name: String,
+    pub name: ModelName,
     pub manifest: Manifest,
     /// The model file (the first shard: llama.cpp finds the others beside it).
     pub path: PathBuf,
@@ -33,13 +34,14 @@ pub struct Model {
 impl Model {
     /// Reads `name` from the store: the name is normalized and the manifest read here, once.
     pub fn resolve(store: &Store, name: &str) -> Result<Model, RuntimeError> {
-        let manifest = store.get(name).map_err(RuntimeError::store)?;
+        let name = ModelName::parse(name).map_err(RuntimeError::store)?;
+        let manifest = store.get(&name).map_err(RuntimeError::store)?;
         let path = store.model_file(&manifest).map_err(RuntimeError::store)?;
         let shards = manifest.model_layers().map(|l| store.blob_path(&l.digest)).collect::<Result<_, _>>().map_err(RuntimeError::store)?;
         let digest = manifest.model_layers().next().map(|l| l.digest.clone()).unwrap_or_default();
         let text = |k: LayerKind| manifest.layer(k).and_then(|l| store.read_text(l).ok());
         let params = text(LayerKind::Params).and_then(|p| serde_json::from_str(&p).ok());
-        Ok(Model { name: manifest.name.clone(), path, shards, digest, params, system: text(LayerKind::System), go_template: text(LayerKind::Template), manifest })
+        Ok(Model { name, path, shards, digest, params, system: text(LayerKind::System), go_template: text(LayerKind::Template), manifest })
     }
 }
 

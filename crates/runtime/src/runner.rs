@@ -44,7 +44,45 @@ pub struct Runner {
     /// Set once the child is known to be gone (shared with its reply streams).
     dead: Arc<AtomicBool>,
     /// The child's last stderr lines, for error messages.
-    stderr: Arc<Mutex<VecDeque<String>>>,
+    stderr: Arc<Stderr>,
+}
+
+/// The last lines a runner wrote to stderr, and whether it closed it (it exited).
+#[derive(Default)]
+struct Stderr {
+    lines: Mutex<VecDeque<String>>,
+    closed: AtomicBool,
+}
+
+impl Stderr {
+    fn push(&self, line: String) {
+        let mut l = self.lines.lock().expect("not poisoned");
+        if l.len() >= 40 {
+            l.pop_front();
+        }
+        l.push_back(line);
+    }
+
+    /// Waits (a second at most) until the child closed its stderr, so its last words are in.
+    async fn settle(&self) {
+        for _ in 0..100 {
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// What a client should read of why the runner failed: llama.cpp's assertion, else
+    /// hearth's own `error:` line, else a Rust panic message; never a backtrace or a
+    /// debugger's noise (empty when there is nothing better).
+    fn last_words(&self) -> String {
+        let l = self.lines.lock().expect("not poisoned");
+        let ggml = l.iter().rev().find_map(|x| ["GGML_ASSERT", "GGML_ABORT"].iter().find_map(|k| x.find(k).map(|i| x[i..].trim().to_string())));
+        ggml.or_else(|| l.iter().rev().find(|x| x.starts_with("error")).map(|x| x.trim().to_string()))
+            .or_else(|| l.iter().rev().find(|x| x.contains("panicked at")).map(|x| x.trim().to_string()))
+            .unwrap_or_default()
+    }
 }
 
 impl Runner {
@@ -62,21 +100,20 @@ impl Runner {
             .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|e| start_err(format!("cannot run {}: {e}", exe.display())))?;
         let pid = child.id().unwrap_or(0);
-        let stderr_lines = Arc::new(Mutex::new(VecDeque::new()));
+        let stderr_lines = Arc::new(Stderr::default());
         if let Some(err) = child.stderr.take() {
-            let lines = stderr_lines.clone();
+            let log = stderr_lines.clone();
             let model = model.to_string();
             tokio::spawn(async move {
                 let mut r = BufReader::new(err).lines();
                 while let Ok(Some(line)) = r.next_line().await {
                     tracing::debug!(target: "hearth::runner", model = %model, "{line}");
-                    let mut l = lines.lock().expect("not poisoned");
-                    if l.len() >= 20 {
-                        l.pop_front();
-                    }
-                    l.push_back(line);
+                    log.push(line);
                 }
+                log.closed.store(true, Ordering::Release);
             });
+        } else {
+            stderr_lines.closed.store(true, Ordering::Release);
         }
         let stdout = child.stdout.take().expect("piped");
         let mut lines = BufReader::new(stdout).lines();
@@ -89,17 +126,12 @@ impl Runner {
             false
         })
         .await;
-        let last_error = |lines: &Arc<Mutex<VecDeque<String>>>| {
-            let l = lines.lock().expect("not poisoned");
-            l.iter().rev().find(|x| x.starts_with("error")).or(l.back()).cloned().unwrap_or_default()
-        };
         match ready {
             Ok(true) => {}
             Ok(false) => {
                 let status = child.wait().await.ok();
-                // Give the stderr reader a moment to catch the last lines.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let detail = last_error(&stderr_lines);
+                stderr_lines.settle().await;
+                let detail = stderr_lines.last_words();
                 return Err(start_err(format!(
                     "{}{}",
                     if detail.is_empty() { "it exited".to_string() } else { detail },
@@ -155,9 +187,9 @@ impl Runner {
 
     fn detail(&self) -> String {
         let status = self.child.lock().expect("not poisoned").as_mut().and_then(|c| c.try_wait().ok().flatten());
-        let last = self.stderr.lock().expect("not poisoned").back().cloned().unwrap_or_default();
+        let last = self.stderr.last_words();
         match status {
-            Some(s) => format!("{s}{}", if last.is_empty() { String::new() } else { format!("; last message: {last}") }),
+            Some(s) => format!("{s}{}", if last.is_empty() { String::new() } else { format!("; {last}") }),
             None => last,
         }
     }
@@ -201,7 +233,7 @@ pub struct ReplyStream {
     lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
     _write: tokio::net::unix::OwnedWriteHalf,
     model: String,
-    stderr: Arc<Mutex<VecDeque<String>>>,
+    stderr: Arc<Stderr>,
     dead: Arc<AtomicBool>,
 }
 
@@ -220,12 +252,11 @@ impl ReplyStream {
 
     /// The error for a stream that ended without its final reply: the runner is gone (its
     /// socket closed as it exited), so it is marked dead and the next request starts another.
-    pub fn died(&self) -> RunnerError {
+    /// Waits for its last words on stderr (a second at most) to say why.
+    pub async fn died(&self) -> RunnerError {
         self.dead.store(true, Ordering::Relaxed);
-        RunnerError::Died {
-            model: self.model.clone(),
-            detail: self.stderr.lock().expect("not poisoned").back().cloned().unwrap_or_default(),
-        }
+        self.stderr.settle().await;
+        RunnerError::Died { model: self.model.clone(), detail: self.stderr.last_words() }
     }
 }
 
@@ -235,4 +266,31 @@ pub fn socket_path(dir: &Path, model: &str) -> PathBuf {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let safe: String = model.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).take(40).collect();
     dir.join(format!("runner-{n}-{safe}.sock"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(lines: &[&str]) -> String {
+        let s = Stderr::default();
+        lines.iter().for_each(|l| s.push(l.to_string()));
+        s.last_words()
+    }
+
+    /// A runner that aborts in llama.cpp prints the assertion, then a backtrace and debugger
+    /// noise: the client gets the assertion.
+    #[test]
+    fn a_runner_abort_reports_the_assertion_not_the_backtrace() {
+        let abort = [
+            "llama_model_loader: loaded meta data",
+            "/root/.cargo/registry/src/llama.cpp/ggml/src/ggml.c:2764: GGML_ASSERT(eps >= 0.0f) failed",
+            "[New LWP 1234]",
+            "171\tlibrary/std/src/rt.rs: No such file or directory.",
+        ];
+        assert_eq!(words(&abort), "GGML_ASSERT(eps >= 0.0f) failed");
+        assert_eq!(words(&["loading", "error: cannot use model /m.gguf: bad magic", "at 0x1"]), "error: cannot use model /m.gguf: bad magic");
+        assert_eq!(words(&["thread 'main' panicked at src/x.rs:1:2:", "note: run with RUST_BACKTRACE=1"]), "thread 'main' panicked at src/x.rs:1:2:");
+        assert_eq!(words(&["#0 0x00007f in ?? ()", "171\tlibrary/std/src/rt.rs: No such file or directory."]), "");
+    }
 }

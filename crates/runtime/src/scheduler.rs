@@ -182,7 +182,7 @@ impl Scheduler {
 
     /// The model (loading it if needed) for one request.
     pub async fn acquire(&self, model: &Model, opts: &LoadOptions) -> Result<Lease, RuntimeError> {
-        let name = &model.name;
+        let name: &str = &model.name;
         let ctx = opts.num_ctx.unwrap_or(self.config.load.ctx()).max(64);
         if let Some(lease) = self.try_lease(name, &model.digest, Some(ctx), opts)? {
             return Ok(lease);
@@ -196,7 +196,7 @@ impl Scheduler {
         let old = self.models.lock().expect("not poisoned").remove(name);
         if let Some(old) = old {
             if old.in_flight() > 0 && old.runner.alive() {
-                self.models.lock().expect("not poisoned").insert(name.clone(), old);
+                self.models.lock().expect("not poisoned").insert(name.to_string(), old);
                 return Err(RuntimeError::Overloaded {
                     why: format!("{name} is loaded with another context size and busy; try again shortly"),
                     retry_after: RETRY_AFTER,
@@ -255,7 +255,7 @@ impl Scheduler {
             None => (Vec::new(), None, Vec::new()),
         };
         let loaded = Arc::new(Loaded {
-            name: name.clone(),
+            name: name.to_string(),
             digest: model.digest.clone(),
             runner,
             ctx_per_seq: ctx,
@@ -267,7 +267,7 @@ impl Scheduler {
             in_flight: AtomicUsize::new(0),
             state: Mutex::new(LoadedState { last_used: Instant::now(), keep_alive: self.config.keep_alive, expires: None }),
         });
-        self.models.lock().expect("not poisoned").insert(name.clone(), loaded);
+        self.models.lock().expect("not poisoned").insert(name.to_string(), loaded);
         self.try_lease(name, "", None, opts)?
             .ok_or_else(|| RuntimeError::Overloaded { why: "the model was unloaded while loading".into(), retry_after: RETRY_AFTER })
     }

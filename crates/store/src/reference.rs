@@ -239,6 +239,37 @@ fn sanitize(s: &str) -> String {
     if out.is_empty() { "model".into() } else { out }
 }
 
+/// A model's name in the store, normalized once at the edge (`smollm2` → `smollm2:latest`,
+/// `hf.co/u/r:Q4` kept as is): what the server and the runtime pass around, so nothing
+/// normalizes it again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct ModelName(String);
+
+impl ModelName {
+    /// Checks `name` against the store's name rules and normalizes it.
+    pub fn parse(name: &str) -> Result<ModelName, StoreError> {
+        normalize_name(name).map(ModelName)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ModelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::ops::Deref for ModelName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A local model name, normalised: `name` gets `:latest`; checked like Ollama's names.
 pub fn normalize_name(name: &str) -> Result<String, StoreError> {
     let bad = |why: String| StoreError::BadReference { reference: name.to_string(), reason: why };
