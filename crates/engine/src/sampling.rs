@@ -39,7 +39,10 @@ impl Sampler {
             cp.no_perf = true;
             let chain = sys::llama_sampler_chain_init(cp);
             let add = |s: *mut sys::llama_sampler| sys::llama_sampler_chain_add(chain, s);
-            let last_n = if p.repeat_last_n == -1 { n_ctx as i32 } else { p.repeat_last_n };
+            // llama.cpp allocates the window up front (4 bytes a token): never more than the
+            // context, whatever a request asks (-1 means the context, as in llama-server).
+            let ctx = i32::try_from(n_ctx).unwrap_or(i32::MAX);
+            let last_n = if p.repeat_last_n < 0 { ctx } else { p.repeat_last_n.min(ctx) };
             let penalties = last_n != 0
                 && (p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0);
             if penalties {

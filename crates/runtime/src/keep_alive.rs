@@ -15,7 +15,7 @@ impl KeepAlive {
         match v {
             serde_json::Value::Number(n) => {
                 let secs = n.as_f64().ok_or("keep_alive is not a number")?;
-                Ok(if secs < 0.0 { KeepAlive::Forever } else { KeepAlive::For(Duration::from_secs_f64(secs)) })
+                if secs < 0.0 { Ok(KeepAlive::Forever) } else { seconds(secs, &n.to_string()) }
             }
             serde_json::Value::String(s) => KeepAlive::parse_str(s),
             _ => Err("keep_alive must be a number of seconds or a duration such as \"5m\"".into()),
@@ -28,7 +28,7 @@ impl KeepAlive {
             return Ok(KeepAlive::Forever);
         }
         if let Ok(secs) = s.parse::<f64>() {
-            return Ok(KeepAlive::For(Duration::from_secs_f64(secs)));
+            return seconds(secs, s);
         }
         let mut total = 0f64;
         let mut num = String::new();
@@ -55,8 +55,18 @@ impl KeepAlive {
         if !num.is_empty() {
             return Err(format!("{s:?} has a number without a unit (s, m, h)"));
         }
-        Ok(KeepAlive::For(Duration::from_secs_f64(total)))
+        seconds(total, s)
     }
+}
+
+/// `secs` as a keep-alive; NaN, infinite and absurd values (past a hundred years) are errors,
+/// not panics.
+fn seconds(secs: f64, given: &str) -> Result<KeepAlive, String> {
+    const MAX: f64 = 100.0 * 365.0 * 86400.0;
+    if !secs.is_finite() || secs > MAX {
+        return Err(format!("{given:?} is not a usable duration (use e.g. \"5m\", \"1h\", or -1 to keep the model loaded)"));
+    }
+    Duration::try_from_secs_f64(secs).map(KeepAlive::For).map_err(|e| format!("{given:?}: {e}"))
 }
 
 #[cfg(test)]
@@ -76,6 +86,9 @@ mod tests {
         assert_eq!(j(serde_json::json!("0")), Ok(KeepAlive::For(Duration::ZERO)));
         assert_eq!(j(serde_json::json!("250ms")), Ok(KeepAlive::For(Duration::from_millis(250))));
         assert!(j(serde_json::json!("5 minutes")).is_err());
+        for absurd in [serde_json::json!(1e20), serde_json::json!("1e20"), serde_json::json!("NaN"), serde_json::json!("inf"), serde_json::json!("99999999999999h")] {
+            assert!(j(absurd.clone()).is_err(), "{absurd}");
+        }
         assert!(j(serde_json::json!(true)).is_err());
     }
 }

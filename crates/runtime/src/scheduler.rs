@@ -114,6 +114,22 @@ impl Drop for Lease {
     }
 }
 
+/// Counts one in an atomic while it lives.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(n: &'a AtomicUsize) -> Counted<'a> {
+        n.fetch_add(1, Ordering::Relaxed);
+        Counted(n)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub struct Scheduler {
     pub config: Config,
     /// The runners' sockets: made by us, mode 0700, an unpredictable name; removed on drop.
@@ -192,7 +208,22 @@ impl Scheduler {
         if let Some(lease) = self.try_lease(name, &model.digest, Some(ctx), opts)? {
             return Ok(lease);
         }
-        // A different context, or a dead runner: unload the old one first.
+        let parallel = self.config.parallel.max(1);
+        let plan = context_plan(&self.config.load, ctx, parallel);
+        let store_err = |e: hearth_gguf::GgufError| RuntimeError::Store(format!("{name}: {e}"));
+        // Whether it can ever fit, before anything is unloaded for it (a request for a huge
+        // context must not evict the model that serves everyone else, then fail).
+        let local_estimate = {
+            let gguf = hearth_gguf::Gguf::open(&model.path).map_err(store_err)?;
+            // The weights of every shard (the header read is the first one's), plus KV and compute.
+            let e = hearth_gguf::fit::estimate(std::slice::from_ref(&gguf), &plan);
+            e.kv_cache + e.compute + model.manifest.model_layers().map(|l| l.size).sum::<u64>()
+        };
+        let clustered = self.config.cluster.as_ref().is_some_and(|c| !c.workers.is_empty());
+        if !clustered {
+            self.check_fits(name, local_estimate)?;
+        }
+        // A different context, or a dead runner: unload the old one now.
         let old = self.models.lock().expect("not poisoned").remove(name);
         if let Some(old) = old {
             if old.in_flight() > 0 && old.runner.alive() {
@@ -204,9 +235,6 @@ impl Scheduler {
             }
             old.runner.stop().await;
         }
-        let parallel = self.config.parallel.max(1);
-        let plan = context_plan(&self.config.load, ctx, parallel);
-        let store_err = |e: hearth_gguf::GgufError| RuntimeError::Store(format!("{name}: {e}"));
         let placed = match self.config.cluster.as_ref().filter(|c| !c.workers.is_empty()) {
             Some(cluster) => {
                 let mut shards = Vec::new();
@@ -221,12 +249,7 @@ impl Scheduler {
         let estimate = match &placed {
             // This machine's share.
             Some(p) => p.placement.devices[0].total,
-            None => {
-                let gguf = hearth_gguf::Gguf::open(&model.path).map_err(store_err)?;
-                // The weights of every shard (the header read is the first one's), plus KV and compute.
-                let e = hearth_gguf::fit::estimate(std::slice::from_ref(&gguf), &plan);
-                e.kv_cache + e.compute + model.manifest.model_layers().map(|l| l.size).sum::<u64>()
-            }
+            None => local_estimate,
         };
         self.make_room(name, estimate).await?;
         let mut load = self.config.load.clone();
@@ -244,11 +267,13 @@ impl Scheduler {
             load,
             go_template: model.go_template.clone(),
         };
-        self.loading.fetch_add(1, Ordering::Relaxed);
         tracing::info!(model = %name, ctx, parallel, estimate, "loading");
-        let runner = Runner::spawn(&self.config.exe, name, spec, self.config.load_timeout).await;
-        self.loading.fetch_sub(1, Ordering::Relaxed);
-        let runner = runner?;
+        let runner = {
+            // Counted while loading, even when the request that started the load goes away
+            // and this future is dropped mid-way.
+            let _loading = Counted::new(&self.loading);
+            Runner::spawn(&self.config.exe, name, spec, self.config.load_timeout).await?
+        };
         self.unavailable.lock().expect("not poisoned").remove(name);
         let (workers, placement, tunnels) = match placed {
             Some(p) => (p.workers, Some(p.placement), p.tunnels),
@@ -294,9 +319,8 @@ impl Scheduler {
         Ok(Some(Lease { model: m.clone() }))
     }
 
-    /// Unloads idle models, least recently used first, until `need` more bytes and one more
-    /// model fit. More than the whole budget never fits: that is not worth waiting for.
-    async fn make_room(&self, name: &str, need: u64) -> Result<(), RuntimeError> {
+    /// More than the whole budget never fits: that is not worth waiting (or evicting) for.
+    fn check_fits(&self, name: &str, need: u64) -> Result<(), RuntimeError> {
         let budget = self.config.memory_budget;
         if need > budget {
             return Err(RuntimeError::TooLarge {
@@ -308,6 +332,14 @@ impl Scheduler {
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// Unloads idle models, least recently used first, until `need` more bytes and one more
+    /// model fit.
+    async fn make_room(&self, name: &str, need: u64) -> Result<(), RuntimeError> {
+        self.check_fits(name, need)?;
+        let budget = self.config.memory_budget;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let (used, count, victim) = {

@@ -151,13 +151,17 @@ pub fn openai_stream_error(e: RuntimeError) -> serde_json::Value {
     serde_json::json!({"error": {"message": a.message, "type": a.kind, "param": null, "code": a.code}})
 }
 
-/// Parses a JSON body; errors name the field (`messages[0].content: invalid type ...`).
+/// Parses a JSON object body; errors name the field (`messages[0].content: invalid type ...`).
+/// Anything but one object (an array, trailing bytes) is refused.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if body.is_empty() {
-        return Err(ApiError::bad_request("the request body is empty; expected a JSON object"));
+    let start = body.iter().position(|b| !b.is_ascii_whitespace());
+    match start.map(|i| body[i]) {
+        None => return Err(ApiError::bad_request("the request body is empty; expected a JSON object")),
+        Some(b'{') => {}
+        Some(_) => return Err(ApiError::bad_request("invalid JSON body: expected a JSON object")),
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value: T = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if path.is_empty() || path == "." || path == "?" || inner.is_syntax() || inner.is_eof() {
@@ -165,7 +169,9 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         } else {
             ApiError::bad_request(format!("invalid field `{path}`: {inner}"))
         }
-    })
+    })?;
+    de.end().map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e} (after the object)")))?;
+    Ok(value)
 }
 
 /// Request bodies parsed into `T`, rejected in the API's error shape with the failing field
@@ -203,6 +209,19 @@ json_body!(
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn only_one_object_is_a_body() {
+        #[derive(serde::Deserialize, Debug)]
+        struct B {
+            #[serde(default)]
+            _a: Option<u32>,
+        }
+        assert!(parse::<B>(b" {} ").is_ok());
+        for bad in [&b"[]"[..], b"{} {}", b"{}x", b"", b"  ", b"null"] {
+            assert_eq!(parse::<B>(bad).unwrap_err().status, StatusCode::BAD_REQUEST, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 
     #[test]
     fn only_overload_is_retryable() {

@@ -19,6 +19,7 @@
 pub mod cluster;
 pub mod conversations;
 pub mod error;
+pub mod guard;
 pub mod metrics;
 pub mod observe;
 pub mod ollama;
@@ -34,7 +35,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -42,8 +43,9 @@ use axum::Router;
 
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-/// The application: every route, with auth, CORS, body limits and metrics around them.
-pub fn router(state: Shared) -> Router {
+/// The application: every route, with auth, CORS, the browser guards, body limits and metrics
+/// around them. `listen` is the server's address (the `Host` check applies on loopback).
+pub fn router(state: Shared, listen: Option<std::net::SocketAddr>) -> Router {
     let api = Router::new()
         .merge(ollama::routes())
         .merge(openai::routes())
@@ -52,20 +54,15 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics_route))
         .route("/api/cluster", get(cluster::route))
-        .layer(axum::extract::DefaultBodyLimit::max(state.config.max_body.max(1 << 20)))
+        .layer(axum::extract::DefaultBodyLimit::max(state.config.max_body))
         .layer(axum::middleware::from_fn(web::page))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .layer(axum::middleware::from_fn_with_state((state.clone(), listen), guard::browser_guard))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests));
-    let extra: Vec<HeaderValue> = state.config.cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    let extra = state.config.cors_origins.clone();
     let cors = CorsLayer::new()
-        .allow_origin(AllowOrigin::predicate(move |origin, _| {
-            let o = origin.to_str().unwrap_or("");
-            let local = ["http://localhost", "https://localhost", "http://127.0.0.1", "https://127.0.0.1", "http://[::1]"]
-                .iter()
-                .any(|l| o == *l || o.strip_prefix(l).is_some_and(|rest| rest.starts_with(':')));
-            local || extra.iter().any(|e| e == origin)
-        }))
-        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::HEAD, Method::OPTIONS])
+        .allow_origin(AllowOrigin::predicate(move |origin, _| origin.to_str().is_ok_and(|o| guard::origin_allowed(o, &extra))))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::PATCH, Method::HEAD, Method::OPTIONS])
         .allow_headers(tower_http::cors::AllowHeaders::mirror_request());
     api.layer(cors).with_state(state)
 }
@@ -84,7 +81,7 @@ pub async fn run(listener: tokio::net::TcpListener, state: Shared, shutdown: imp
         })
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let app = router(state);
+    let app = router(state, listener.local_addr().ok());
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = tx.send(());
@@ -125,12 +122,14 @@ async fn auth(State(s): State<Shared>, req: Request, next: Next) -> Response {
     if path == "/" || path == "/health" || web::is_public(path) || req.method() == Method::OPTIONS {
         return next.run(req).await;
     }
+    // The scheme is case-insensitive (RFC 9110): `bearer KEY` too.
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim());
     if given == Some(key.as_str()) {
         return next.run(req).await;
     }

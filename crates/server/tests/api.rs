@@ -66,6 +66,14 @@ impl Server {
         render(r).await
     }
 
+    async fn send(&self, r: reqwest::RequestBuilder) -> String {
+        render(r.send().await.unwrap()).await
+    }
+
+    fn client(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new().request(method, format!("{}{path}", self.url))
+    }
+
     async fn get(&self, path: &str) -> String {
         render(reqwest::get(format!("{}{path}", self.url)).await.unwrap()).await
     }
@@ -188,5 +196,82 @@ async fn a_model_too_large_is_not_retryable() {
     let openai = s.post("/v1/chat/completions", chat("hi", true)).await;
     assert!(openai.starts_with("status: 400\n") && !openai.contains("retry-after"), "{openai}");
     insta::assert_snapshot!("openai_too_large", openai);
+    s.stop().await;
+}
+
+/// A web page in the user's browser may not use the server: a cross-origin POST without a
+/// preflight (`text/plain`) is refused, and so is a `Host` that is not this machine (DNS
+/// rebinding). Clients that are not browsers (no Origin, a numeric Host) pass.
+#[tokio::test]
+async fn browser_attacks_are_refused() {
+    let s = Server::start(1 << 30).await;
+    let copy = r#"{"source": "tiny", "destination": "planted"}"#;
+    let from_page = s.client(reqwest::Method::POST, "/api/copy").header("content-type", "text/plain").header("origin", "https://evil.example").body(copy);
+    insta::assert_snapshot!("cross_origin_post_refused", s.send(from_page).await);
+    let rebinding = s.client(reqwest::Method::GET, "/hearth/conversations").header("host", "attacker.example:11434");
+    insta::assert_snapshot!("rebinding_host_refused", s.send(rebinding).await);
+    let openai = s.client(reqwest::Method::POST, "/v1/chat/completions").header("origin", "https://evil.example").json(&chat("hi", false));
+    assert!(s.send(openai).await.starts_with("status: 403\n"));
+    assert!(s.get("/api/tags").await.contains("tiny:latest") && !s.get("/api/tags").await.contains("planted"), "nothing was copied");
+    let local_page = s.client(reqwest::Method::POST, "/api/copy").header("origin", "http://localhost:3000").body(copy);
+    assert!(s.send(local_page).await.starts_with("status: 200\n"), "a page on this machine may");
+    s.stop().await;
+}
+
+/// Bodies and values that once panicked a handler or reached the runner garbled: each is a
+/// 400 naming what was wrong.
+#[tokio::test]
+async fn hostile_values_are_clear_400s() {
+    let s = Server::start(1 << 30).await;
+    for (name, path, body) in [
+        ("keep_alive_nan", "/api/chat", r#"{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "keep_alive": "NaN"}"#),
+        ("keep_alive_huge", "/api/generate", r#"{"model": "tiny", "prompt": "hi", "keep_alive": 1e20}"#),
+        ("temperature_overflow", "/api/chat", r#"{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "options": {"temperature": 1e39}}"#),
+        ("trailing_garbage", "/api/chat", r#"{"model": "tiny", "messages": []} {"x": 1}"#),
+        ("array_body", "/hearth/conversations", "[]"),
+        ("openai_trailing_garbage", "/v1/chat/completions", r#"{"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}]"#),
+    ] {
+        let r = s.send(s.client(reqwest::Method::POST, path).header("content-type", "application/json").body(body)).await;
+        assert!(r.starts_with("status: 400\n"), "{name}: {r}");
+        insta::assert_snapshot!(name, r);
+    }
+    let r = s.send(s.client(reqwest::Method::DELETE, "/api/delete").json(&json!({"model": "../../etc"}))).await;
+    assert!(r.starts_with("status: 400\n"), "an invalid name to delete: {r}");
+    s.stop().await;
+}
+
+/// A request for a context that can never fit is refused before the loaded model is unloaded
+/// for it, and says so without Retry-After.
+#[tokio::test]
+async fn a_huge_context_does_not_evict_the_loaded_model() {
+    let s = Server::start(256 << 20).await;
+    assert!(s.post("/api/chat", chat("hi", false)).await.starts_with("status: 200\n"));
+    let pid_before = s.get("/api/ps").await;
+    let mut huge = chat("hi", false);
+    huge["options"] = json!({"num_ctx": 1e9});
+    let r = s.post("/api/chat", huge).await;
+    assert!(r.starts_with("status: 500\n") && r.contains("requires more memory") && !r.contains("retry-after"), "{r}");
+    assert_eq!(s.get("/api/ps").await, pid_before, "the loaded model is still loaded");
+    s.stop().await;
+}
+
+/// A client that goes away while its model loads does not leave /health saying "Loading
+/// model" for ever.
+#[tokio::test]
+async fn health_recovers_after_a_client_leaves_during_a_load() {
+    let s = Server::start(1 << 30).await;
+    let mut slow = chat("hi", false);
+    slow["options"] = json!({"num_ctx": 4242});
+    let gone = s.client(reqwest::Method::POST, "/api/chat").json(&slow).timeout(Duration::from_millis(500)).send().await;
+    assert!(gone.is_err(), "the client gave up");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = s.get("/health").await;
+        if h.starts_with("status: 200\n") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/health is stuck: {h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     s.stop().await;
 }

@@ -295,6 +295,7 @@ pub async fn remove(State(s): State<Shared>, OllamaJson(b): OllamaJson<ModelBody
     match s.runtime.store.remove(&b.model) {
         Ok(_) => StatusCode::OK.into_response(),
         Err(hearth_store::StoreError::NotFound { .. }) => ApiError::not_found(format!("model '{}' not found", b.model)).ollama(),
+        Err(e @ hearth_store::StoreError::BadReference { .. }) => ApiError::bad_request(e.to_string()).ollama(),
         Err(e) => ApiError::internal(e.to_string()).ollama(),
     }
 }

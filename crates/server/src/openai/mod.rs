@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use hearth_runtime::protocol::runner::{Generate, Message, Prompt};
 use hearth_runtime::protocol::{FinishReason, Logprobs, SamplingParams as Sampling, Timings};
-use hearth_runtime::{Event, LoadOptions};
+use hearth_runtime::{Event, LoadOptions, Model, Options};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -143,6 +143,17 @@ struct Common {
     /// Chat: how many alternatives per token (0–20).
     #[serde(default)]
     top_logprobs: Option<u32>,
+    // llama-server's sampling extensions.
+    #[serde(default)]
+    top_k: Option<i32>,
+    #[serde(default)]
+    min_p: Option<f32>,
+    #[serde(default)]
+    typical_p: Option<f32>,
+    #[serde(default)]
+    repeat_penalty: Option<f32>,
+    #[serde(default)]
+    repeat_last_n: Option<i32>,
 }
 
 // The shared fields are parsed on their own (not `flatten`ed), so errors keep the field name.
@@ -157,25 +168,39 @@ struct CompletionBody {
 }
 
 impl Common {
-    fn sampling(&self) -> Result<Sampling, ApiError> {
+    /// The model's stored options over llama.cpp's defaults (never the whole vocabulary:
+    /// top-k 40, top-p 0.95, min-p 0.05, temperature 0.8), then the fields the request sets.
+    fn options(&self, model: &Model) -> Result<Options, OpenAiError> {
         if self.n.is_some_and(|n| n != 1) {
-            return Err(ApiError::bad_request("invalid field `n`: only 1 choice is supported"));
+            return Err(ApiError::bad_request("invalid field `n`: only 1 choice is supported").into());
         }
-        let t = self.temperature.unwrap_or(1.0);
-        if !(0.0..=2.0).contains(&t) {
-            return Err(ApiError::bad_request(format!("invalid field `temperature`: {t} is not between 0 and 2")));
+        if let Some(t) = self.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
+            return Err(ApiError::bad_request(format!("invalid field `temperature`: {t} is not between 0 and 2")).into());
         }
-        Ok(Sampling {
-            temperature: t,
-            // OpenAI's semantics: no top-k or min-p unless asked.
-            top_k: 0,
-            top_p: self.top_p.unwrap_or(1.0),
-            min_p: 0.0,
-            presence_penalty: self.presence_penalty.unwrap_or(0.0),
-            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
-            seed: self.seed.and_then(|s| u32::try_from(s.rem_euclid(1 << 32)).ok()),
-            ..Sampling::default()
-        })
+        let mut o = model.options(Sampling::default())?;
+        let s = &mut o.sampling;
+        let set = |to: &mut f32, v: Option<f32>| {
+            if let Some(v) = v {
+                *to = v;
+            }
+        };
+        set(&mut s.temperature, self.temperature);
+        set(&mut s.top_p, self.top_p);
+        set(&mut s.min_p, self.min_p);
+        set(&mut s.typical_p, self.typical_p);
+        set(&mut s.repeat_penalty, self.repeat_penalty);
+        set(&mut s.presence_penalty, self.presence_penalty);
+        set(&mut s.frequency_penalty, self.frequency_penalty);
+        if let Some(k) = self.top_k {
+            s.top_k = k;
+        }
+        if let Some(n) = self.repeat_last_n {
+            s.repeat_last_n = n;
+        }
+        if let Some(seed) = self.seed {
+            s.seed = u32::try_from(seed.rem_euclid(1 << 32)).ok();
+        }
+        Ok(o)
     }
 
     /// How many alternatives to report per token, when log-probabilities are asked for.
@@ -266,19 +291,20 @@ async fn completions(State(s): State<Shared>, body: Bytes) -> Result<Response, O
 }
 
 async fn run(s: Shared, c: Common, prompt: Prompt, is_chat: bool) -> Result<Response, OpenAiError> {
-    let sampling = c.sampling()?;
     let json_mode = c.json()?;
     let logprobs = c.logprobs(is_chat)?;
     let model = s.runtime.resolve(&c.model)?;
+    let o = c.options(&model)?;
     let request = Generate {
-        max_tokens: c.max_completion_tokens.or(c.max_tokens),
-        stop: c.stop.map(Stop::into_vec).unwrap_or_default(),
+        max_tokens: c.max_completion_tokens.or(c.max_tokens).or(o.max_tokens),
+        // The request's stop strings replace the model's.
+        stop: c.stop.map(Stop::into_vec).unwrap_or(o.stop),
         json: json_mode,
         ignore_eos: c.ignore_eos,
         logprobs,
-        ..Generate::new(prompt, sampling)
+        ..Generate::new(prompt, o.sampling)
     };
-    let generation = s.runtime.generate(&model, &LoadOptions::default(), request).await?;
+    let generation = s.runtime.generate(&model, &LoadOptions { num_ctx: o.num_ctx, keep_alive: None }, request).await?;
     let mut g = Observed::new(generation, s.metrics.clone());
     let name = model.name;
     let id = format!("{}-{:x}", if is_chat { "chatcmpl" } else { "cmpl" }, rand_id());

@@ -7,7 +7,8 @@
 //! - anything else: the tokens `Hello`, `,`, ` world`, `!` (fewer with `max_tokens`: then the
 //!   reason is `length`), with log-probabilities when asked.
 //!
-//! Embeddings are `[0.6, 0.8]` per input. Timings are fixed numbers.
+//! Embeddings are `[0.6, 0.8]` per input. Timings are fixed numbers. Loading takes two seconds
+//! when the context per sequence is 4242 (a slow load, to go away during).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -29,6 +30,9 @@ fn main() {
     if !spec.model.is_file() {
         eprintln!("error: no model file at {}", spec.model.display());
         std::process::exit(1);
+    }
+    if spec.load.ctx() == 4242 {
+        std::thread::sleep(std::time::Duration::from_secs(2));
     }
     let listener = UnixListener::bind(&spec.socket).expect("bind the socket");
     std::thread::spawn(|| {

@@ -1,0 +1,104 @@
+//! Model options in Ollama's vocabulary (the Modelfile's `PARAMETER`s): what a model's stored
+//! `params` layer holds and what Ollama's `options` field sends. Both APIs start from a model's
+//! stored options, so a client that leaves a field out gets the model's value, then the API's
+//! default.
+
+use hearth_protocol::SamplingParams;
+use serde_json::Value;
+
+use crate::{Model, RuntimeError};
+
+/// Sampling and limits a request runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    pub sampling: SamplingParams,
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+    /// Context per sequence (`num_ctx`).
+    pub num_ctx: Option<u32>,
+}
+
+impl Options {
+    pub fn new(sampling: SamplingParams) -> Options {
+        Options { sampling, max_tokens: None, stop: Vec::new(), num_ctx: None }
+    }
+
+    /// Applies `v` (an object of options; null is none). Stored params add stop strings;
+    /// a request's replace them. Unknown options are ignored, as Ollama does; options that set
+    /// how a model loads for everyone are server flags and ignored here.
+    pub fn apply(&mut self, v: &Value, from_model: bool) -> Result<(), RuntimeError> {
+        let invalid = |field: &str, why: String| RuntimeError::Invalid { field: format!("options.{field}"), why };
+        let Some(map) = v.as_object() else {
+            return if v.is_null() { Ok(()) } else { Err(RuntimeError::Invalid { field: "options".into(), why: "expected an object".into() }) };
+        };
+        let num = |k: &str, x: &Value| -> Result<f64, RuntimeError> {
+            x.as_f64().filter(|n| n.is_finite()).ok_or_else(|| invalid(k, format!("expected a number, got {x}")))
+        };
+        let float = |k: &str, x: &Value| -> Result<f32, RuntimeError> {
+            let n = num(k, x)?;
+            Some(n as f32).filter(|f| f.is_finite()).ok_or_else(|| invalid(k, format!("{n} is out of range")))
+        };
+        for (k, x) in map {
+            if x.is_null() {
+                continue;
+            }
+            match k.as_str() {
+                "temperature" => self.sampling.temperature = float(k, x)?,
+                "top_k" => self.sampling.top_k = num(k, x)?.clamp(i32::MIN as f64, i32::MAX as f64) as i32,
+                "top_p" => self.sampling.top_p = float(k, x)?,
+                "min_p" => self.sampling.min_p = float(k, x)?,
+                "typical_p" => self.sampling.typical_p = float(k, x)?,
+                "repeat_penalty" => self.sampling.repeat_penalty = float(k, x)?,
+                "repeat_last_n" => self.sampling.repeat_last_n = num(k, x)?.clamp(-1.0, i32::MAX as f64) as i32,
+                "presence_penalty" => self.sampling.presence_penalty = float(k, x)?,
+                "frequency_penalty" => self.sampling.frequency_penalty = float(k, x)?,
+                "seed" => {
+                    let s = num(k, x)?;
+                    self.sampling.seed = (s >= 0.0).then_some(s as u32);
+                }
+                "num_predict" => {
+                    let n = num(k, x)?;
+                    self.max_tokens = (n >= 0.0).then_some(n as u32);
+                }
+                "num_ctx" => {
+                    let n = num(k, x)?;
+                    if n < 1.0 {
+                        return Err(invalid(k, format!("{n} is not a positive number")));
+                    }
+                    self.num_ctx = Some(n.min(u32::MAX as f64) as u32);
+                }
+                "stop" => {
+                    let stops: Vec<String> = match x {
+                        Value::String(s) => vec![s.clone()],
+                        Value::Array(a) => a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect(),
+                        _ => return Err(invalid(k, "expected a string or a list of strings".into())),
+                    };
+                    if from_model {
+                        self.stop.extend(stops);
+                    } else {
+                        self.stop = stops;
+                    }
+                }
+                "num_batch" | "num_gpu" | "num_thread" | "use_mmap" | "main_gpu" | "num_keep" | "use_mlock" | "low_vram" | "numa" => {
+                    tracing::debug!("option {k} is set per server (hearth serve flags); ignored for this request")
+                }
+                other => tracing::debug!("unknown option {other} ignored"),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Model {
+    /// `base` (the API's defaults) with the model's stored params applied.
+    pub fn options(&self, base: SamplingParams) -> Result<Options, RuntimeError> {
+        let mut o = Options::new(base);
+        if let Some(p) = &self.params {
+            o.apply(p, true).map_err(|e| match e {
+                RuntimeError::Invalid { field, why } => RuntimeError::Invalid { field: format!("{} (stored with the model {})", field, self.name), why },
+                other => other,
+            })?;
+        }
+        Ok(o)
+    }
+}
