@@ -91,7 +91,7 @@ fn a_runner_killed_mid_stream_fails_that_request_and_the_next_one_works() {
     let s = Server::start(&[]);
     let mut conn = TcpStream::connect(s.url.trim_start_matches("http://")).unwrap();
     let body = json!({"model": "smollm2", "messages": [{"role": "user", "content": "Write a very long story about a dragon."}], "options": {"temperature": 0}}).to_string();
-    write!(conn, "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    write!(conn, "POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
     let mut reader = BufReader::new(conn);
     let mut lines = Vec::new();
     let mut line = String::new();
@@ -103,7 +103,6 @@ fn a_runner_killed_mid_stream_fails_that_request_and_the_next_one_works() {
     }
     let pids = s.runner_pids();
     assert_eq!(pids.len(), 1);
-    // SAFETY: killing our own child's child.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0] as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     let mut rest = String::new();
     reader.read_to_string(&mut rest).unwrap();
@@ -132,7 +131,6 @@ fn sigterm_shuts_down_cleanly() {
     let mut s = Server::start(&[]);
     assert_eq!(s.post("/api/chat", chat("Hi", 2)).0, 200);
     let pids = s.runner_pids();
-    // SAFETY: our own child.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let mut status = None;
     assert!(wait_until(Duration::from_secs(15), || {
@@ -258,7 +256,7 @@ fn a_client_that_goes_away_cancels_its_generation() {
     let mut conn = TcpStream::connect(s.url.trim_start_matches("http://")).unwrap();
     let body = json!({"model": "smollm2", "messages": [{"role": "user", "content": "Write a very long story about a dragon."}],
                       "options": {"temperature": 0, "num_predict": 4000}}).to_string();
-    write!(conn, "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    write!(conn, "POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
     let mut reader = BufReader::new(conn);
     let mut line = String::new();
     let mut chunks = 0;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -194,7 +194,7 @@ impl Conversations {
         check_update(&settings)?;
         check_messages(&messages)?;
         self.with(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = now_ms();
             let options = Value::Object(settings.options.unwrap_or_default()).to_string();
             tx.execute(
@@ -225,7 +225,7 @@ impl Conversations {
     pub fn update(&self, id: i64, update: Update) -> Result<Conversation, DbError> {
         check_update(&update)?;
         self.with(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             exists(&tx, id)?;
             if let Some(t) = &update.title {
                 tx.execute("UPDATE conversations SET title = ?1 WHERE id = ?2", params![clean_title(t), id])?;
@@ -259,7 +259,7 @@ impl Conversations {
     pub fn set_messages(&self, id: i64, from: Option<i64>, messages: Vec<NewMessage>) -> Result<Conversation, DbError> {
         check_messages(&messages)?;
         self.with(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             exists(&tx, id)?;
             let count: i64 = tx.query_row("SELECT COUNT(*) FROM messages WHERE conversation_id = ?1", params![id], |r| r.get(0))?;
             let from = from.unwrap_or(count);
@@ -408,6 +408,7 @@ fn load(c: &Connection, id: i64) -> Result<Conversation, DbError> {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::sync::Arc;
 
     fn db() -> (tempfile::TempDir, Conversations) {
         let dir = tempfile::tempdir().unwrap();
@@ -566,5 +567,31 @@ mod tests {
     #[test]
     fn default_path_is_beside_the_store() {
         assert_eq!(default_path(Path::new("/home/u/.hearth/models")), Path::new("/home/u/.hearth/hearth.db"));
+    }
+
+    /// Two servers (or two handles) writing one database at once: no "database is locked"
+    /// (a deferred transaction that upgrades to a write cannot wait; an immediate one does).
+    #[test]
+    fn two_writers_on_one_database_never_see_it_locked() {
+        let (_dir, first) = db();
+        let second = Arc::new(Conversations::new(first.path().to_path_buf()));
+        let first = Arc::new(first);
+        let id = first.create(Update::default(), vec![msg("user", "hi")]).unwrap().id;
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let db = if t % 2 == 0 { first.clone() } else { second.clone() };
+                std::thread::spawn(move || {
+                    (0..20)
+                        .map(|i| {
+                            let r = if i % 2 == 0 { db.create(Update::default(), vec![msg("user", "x")]).map(drop) } else { db.set_messages(id, None, vec![msg("assistant", "y")]).map(drop) };
+                            r.map_err(|e| e.to_string())
+                        })
+                        .filter_map(Result::err)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let errors: Vec<String> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        assert!(errors.is_empty(), "{} writes failed: {:?}", errors.len(), errors.first());
     }
 }

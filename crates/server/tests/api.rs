@@ -275,3 +275,31 @@ async fn health_recovers_after_a_client_leaves_during_a_load() {
     }
     s.stop().await;
 }
+
+/// Two uploads of one digest at once, one of them bogus and slow: the verified one lands, the
+/// bogus one is refused, and the stored blob is the verified bytes (once, a shared temporary
+/// file let the slow upload keep writing into the blob after the real one got 201).
+#[tokio::test]
+async fn concurrent_uploads_of_one_blob_cannot_corrupt_it() {
+    use sha2::Digest;
+    let s = Server::start(1 << 30).await;
+    let good = vec![7u8; 1 << 20];
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&good)));
+    let path = format!("/api/blobs/{digest}");
+    let chunks = futures_util::stream::unfold(0, |i| async move {
+        (i < 8).then_some(())?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Some((Ok::<_, std::io::Error>(vec![0u8; 128 << 10]), i + 1))
+    });
+    let bogus = s.client(reqwest::Method::POST, &path).body(reqwest::Body::wrap_stream(chunks)).send();
+    let real = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.client(reqwest::Method::POST, &path).body(good.clone()).send().await.unwrap().status().as_u16()
+    };
+    let (bogus, real) = tokio::join!(bogus, real);
+    assert_eq!(real, 201);
+    assert_eq!(bogus.unwrap().status().as_u16(), 400);
+    let blob = std::fs::read(s._dir.path().join("models/blobs").join(digest.replace(':', "-"))).unwrap();
+    assert!(blob == good, "the stored blob is the verified upload");
+    s.stop().await;
+}

@@ -429,36 +429,36 @@ pub async fn blob_upload(State(s): State<Shared>, Path(digest): Path<String>, bo
     if dest.is_file() {
         return StatusCode::OK.into_response();
     }
-    let tmp = dest.with_extension(format!("upload{}", std::process::id()));
-    let mut file = match tokio::fs::File::create(&tmp).await {
-        Ok(f) => f,
-        Err(e) => return ApiError::internal(e.to_string()).ollama(),
+    // A temporary file of this upload's own (concurrent uploads of one digest never share
+    // one), removed unless it is verified and renamed into place.
+    let dir = dest.parent().unwrap_or(std::path::Path::new("."));
+    let (file, tmp) = match tempfile::Builder::new().prefix(".upload-").tempfile_in(dir) {
+        Ok(t) => t.into_parts(),
+        Err(e) => return ApiError::internal(format!("cannot make a temporary file for the upload: {e}")).ollama(),
     };
+    let mut file = tokio::fs::File::from_std(file);
     let mut hasher = sha2::Sha256::new();
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = match chunk {
             Ok(c) => c,
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return ApiError::bad_request(format!("upload interrupted: {e}")).ollama();
-            }
+            Err(e) => return ApiError::bad_request(format!("upload interrupted: {e}")).ollama(),
         };
         hasher.update(&chunk);
         if let Err(e) = file.write_all(&chunk).await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return ApiError::internal(e.to_string()).ollama();
+            return ApiError::internal(format!("cannot write the upload: {e}")).ollama();
         }
     }
     let _ = file.sync_all().await;
+    drop(file);
     let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
     let want = format!("sha256:{}", hearth_store::store::digest_hex(&digest).unwrap_or(""));
     if actual != want {
-        let _ = tokio::fs::remove_file(&tmp).await;
         return ApiError::bad_request(format!("digest mismatch: the body hashes to {actual}, not {want}")).ollama();
     }
-    match tokio::fs::rename(&tmp, &dest).await {
+    // Verified: the rename is atomic, and another verified upload has the same bytes.
+    match tmp.persist(&dest) {
         Ok(()) => StatusCode::CREATED.into_response(),
-        Err(e) => ApiError::internal(e.to_string()).ollama(),
+        Err(e) => ApiError::internal(format!("cannot store the blob: {}", e.error)).ollama(),
     }
 }
