@@ -65,7 +65,7 @@ fn state(a: &ServeArgs) -> Result<Arc<AppState>> {
     };
     Ok(Arc::new(AppState {
         runtime: Runtime::new(sched, store),
-        config: ServerConfig { api_key: a.api_key.clone(), cors_origins: a.cors_origin.clone(), max_body: a.max_body, db },
+        config: ServerConfig { api_key: a.api_key.clone(), cors_origins: a.cors_origin.clone(), max_body: a.max_body, ..ServerConfig::new(db) },
         metrics: hearth_server::metrics::Metrics::new(),
         started: Instant::now(),
     }))

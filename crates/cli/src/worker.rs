@@ -315,8 +315,10 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
     Ok(())
 }
 
+/// Whether the worker requires a token: the same rule as the gate's (a whitespace-only token
+/// is no token), so the banner never claims more than the gate enforces.
 fn token_authenticated(a: &WorkerArgs) -> bool {
-    a.token.as_deref().is_some_and(|t| !t.is_empty())
+    ClusterToken::from_option(a.token.as_deref()).is_authenticated()
 }
 
 #[cfg(test)]

@@ -69,7 +69,13 @@ pub fn router(state: Shared, listen: Option<std::net::SocketAddr>) -> Router {
 
 /// Serves on `listener` until `shutdown` resolves; then stops accepting, lets running
 /// requests finish (up to a grace period) and stops every runner.
+///
+/// Connections are bounded: at most [`ServerConfig::max_connections`] at once (the rest wait
+/// in the kernel's backlog), and a connection that has not sent a request's headers within
+/// [`ServerConfig::header_timeout`] (a slowloris, or an idle keep-alive connection) is closed.
 pub async fn run(listener: tokio::net::TcpListener, state: Shared, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
     let sched = state.runtime.sched.clone();
     let reaper = {
         let sched = sched.clone();
@@ -80,19 +86,52 @@ pub async fn run(listener: tokio::net::TcpListener, state: Shared, shutdown: imp
             }
         })
     };
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(state.config.max_connections.max(1)));
+    let header_timeout = state.config.header_timeout;
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(state.config.header_timeout);
+    builder.http2().timer(TokioTimer::new());
     let app = router(state, listener.local_addr().ok());
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = tx.send(());
-    });
-    let grace = async {
-        let _ = rx.await;
-        tokio::time::sleep(Duration::from_secs(10)).await;
-    };
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (app, builder, watcher, header_timeout) = (app.clone(), builder.clone(), graceful.watcher(), header_timeout);
+        tokio::spawn(async move {
+            // A connection that sends nothing is closed like one that sends its headers too
+            // slowly (hyper's header timeout starts at the first byte).
+            let mut first = [0u8; 1];
+            if !matches!(tokio::time::timeout(header_timeout, stream.peek(&mut first)).await, Ok(Ok(1..))) {
+                return;
+            }
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!("connection ended: {e}");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
     tokio::select! {
-        r = server => r?,
-        _ = grace => tracing::warn!("requests still running after 10 s; stopping anyway"),
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("requests still running after 10 s; stopping anyway"),
     }
     reaper.abort();
     sched.shutdown().await;

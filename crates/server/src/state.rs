@@ -8,7 +8,7 @@ use hearth_runtime::Runtime;
 use crate::metrics;
 
 /// Server settings beyond the runtime's.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Required as `Authorization: Bearer <key>` on every route but `/`, `/health` and the web
     /// page's assets.
@@ -19,6 +19,25 @@ pub struct ServerConfig {
     pub max_body: usize,
     /// The web page's conversation database.
     pub db: std::path::PathBuf,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's headers (also how long an idle
+    /// keep-alive connection stays open).
+    pub header_timeout: std::time::Duration,
+}
+
+impl ServerConfig {
+    /// The defaults of `hearth serve`, with no API key and no extra origins.
+    pub fn new(db: std::path::PathBuf) -> ServerConfig {
+        ServerConfig {
+            api_key: None,
+            cors_origins: Vec::new(),
+            max_body: 64 << 20,
+            db,
+            max_connections: 1024,
+            header_timeout: std::time::Duration::from_secs(30),
+        }
+    }
 }
 
 /// Shared by every handler.

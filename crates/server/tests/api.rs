@@ -44,7 +44,7 @@ impl Server {
         .unwrap();
         let state = Arc::new(AppState {
             runtime: Runtime::new(sched, store),
-            config: ServerConfig { max_body: 1 << 20, db: dir.path().join("hearth.db"), ..ServerConfig::default() },
+            config: ServerConfig { max_body: 1 << 20, header_timeout: Duration::from_millis(500), max_connections: 64, ..ServerConfig::new(dir.path().join("hearth.db")) },
             metrics: hearth_server::metrics::Metrics::new(),
             started: Instant::now(),
         });
@@ -301,5 +301,37 @@ async fn concurrent_uploads_of_one_blob_cannot_corrupt_it() {
     assert_eq!(bogus.unwrap().status().as_u16(), 400);
     let blob = std::fs::read(s._dir.path().join("models/blobs").join(digest.replace(':', "-"))).unwrap();
     assert!(blob == good, "the stored blob is the verified upload");
+    s.stop().await;
+}
+
+/// `/api/pull` does not fetch from this machine or a private network for a client unless the
+/// request says `insecure`, and never echoes what such a service answered.
+#[tokio::test]
+async fn a_pull_of_an_internal_url_is_refused() {
+    let s = Server::start(1 << 30).await;
+    let secret = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/secret", secret.local_addr().unwrap());
+    let r = s.post("/api/pull", json!({"model": url, "stream": false})).await;
+    assert!(r.starts_with("status: 400\n") && r.contains("insecure"), "{r}");
+    let r = s.post("/api/pull", json!({"model": "https://127.0.0.1:1/m.gguf"})).await;
+    assert!(r.starts_with("status: 400\n"), "{r}");
+    s.stop().await;
+}
+
+/// Connections that never send a request (idle, or headers a byte at a time) are closed after
+/// the header timeout, so they cannot pile up.
+#[tokio::test]
+async fn idle_and_slow_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start(1 << 30).await;
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap();
+    for (name, c) in [("idle", &mut idle), ("slowloris", &mut slow)] {
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf)).await;
+        assert!(closed.is_ok(), "the {name} connection is still open after 5 s");
+    }
     s.stop().await;
 }

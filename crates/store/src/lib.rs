@@ -22,7 +22,7 @@ pub mod split;
 pub mod store;
 
 pub use progress::{NoProgress, Reporter};
-pub use pull::{pull, PullOptions};
+pub use pull::{check_remote, pull, PullOptions};
 pub use reference::ModelRef;
 pub use store::{Layer, LayerKind, Manifest, Source, Store};
 

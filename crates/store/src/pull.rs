@@ -195,11 +195,79 @@ fn check_gguf(store: &Store, manifest: &Manifest) -> Result<(), StoreError> {
         return Err(StoreError::Invalid(format!("{} has no model file", manifest.name)));
     };
     let path = store.blob_path(&first.digest)?;
-    hearth_gguf::Gguf::open(&path).map_err(|e| StoreError::Invalid(format!(
-        "{} is not a usable GGUF model: {e}",
-        manifest.source.reference
-    )))?;
+    hearth_gguf::Gguf::open(&path).map_err(|e| {
+        // Not the bytes it starts with: the answer of whatever was fetched is not echoed.
+        let why = match e {
+            hearth_gguf::GgufError::NotGguf { .. } => "it does not start with the magic \"GGUF\"".to_string(),
+            other => other.to_string(),
+        };
+        StoreError::Invalid(format!("{} is not a usable GGUF model: {why}", manifest.source.reference))
+    })?;
     Ok(())
+}
+
+/// Whether a server may fetch `reference` for a client: plain http, and hosts that are (or
+/// resolve to) this machine or a private network, only with `insecure` — otherwise anyone who
+/// can call `/api/pull` could make the server fetch from services only it can reach.
+pub async fn check_remote(reference: &str, insecure: bool) -> Result<(), StoreError> {
+    if insecure {
+        return Ok(());
+    }
+    let refuse = |why: String| StoreError::BadReference {
+        reference: reference.to_string(),
+        reason: format!("{why}; a server fetches such addresses only when the request says \"insecure\": true"),
+    };
+    let (host, port) = match ModelRef::parse(reference)? {
+        ModelRef::Url(u) => {
+            let url = reqwest::Url::parse(&u).map_err(|e| refuse(format!("not a URL ({e})")))?;
+            if url.scheme() != "https" {
+                return Err(refuse(format!("{} is not https", url.scheme())));
+            }
+            (url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string(), url.port_or_known_default().unwrap_or(443))
+        }
+        ModelRef::Ollama { host, .. } => match host.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()) {
+            Some((h, p)) => (h.trim_matches(['[', ']']).to_string(), p.parse().unwrap_or(443)),
+            None => (host.clone(), 443),
+        },
+        // The Hub's address is the server's own setting (HF_ENDPOINT), not the client's.
+        ModelRef::HuggingFace { .. } => return Ok(()),
+    };
+    let addrs: Vec<std::net::IpAddr> = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => tokio::net::lookup_host((host.as_str(), port)).await.map(|a| a.map(|s| s.ip()).collect()).unwrap_or_default(),
+    };
+    if let Some(ip) = addrs.iter().find(|ip| is_internal(ip)) {
+        return Err(refuse(format!("{host} is {ip}, an address of this machine or a private network")));
+    }
+    Ok(())
+}
+
+/// Loopback, private, link-local, unspecified, CGNAT and unique-local addresses.
+fn is_internal(ip: &std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v) => {
+            v.is_loopback() || v.is_private() || v.is_link_local() || v.is_unspecified() || v.is_broadcast() || (v.octets()[0] == 100 && (v.octets()[1] & 0xc0) == 64)
+        }
+        std::net::IpAddr::V6(v) => {
+            v.is_loopback() || v.is_unspecified() || (v.segments()[0] & 0xfe00) == 0xfc00 || (v.segments()[0] & 0xffc0) == 0xfe80 || v.to_ipv4_mapped().is_some_and(|m| is_internal(&std::net::IpAddr::V4(m)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod remote_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_server_fetches_internal_addresses_only_when_told() {
+        for bad in ["http://example.com/m.gguf", "https://127.0.0.1:8080/secret.gguf", "https://[::1]/m.gguf", "https://10.1.2.3/m.gguf", "https://localhost/m.gguf", "192.168.1.5:5000/library/m:latest", "https://169.254.169.254/latest/m.gguf"] {
+            assert!(check_remote(bad, false).await.is_err(), "{bad}");
+            assert!(check_remote(bad, true).await.is_ok(), "{bad} with insecure");
+        }
+        for ok in ["https://93.184.216.34/m.gguf", "hf.co/u/r:Q4_K_M", "smollm2:135m"] {
+            assert!(check_remote(ok, false).await.is_ok(), "{ok}");
+        }
+    }
 }
 
 /// `hearth add PATH`: a local GGUF (all shards of a split one) into the store, by hardlink when

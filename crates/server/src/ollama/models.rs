@@ -247,6 +247,9 @@ fn digest_of(id: &str) -> String {
 }
 
 pub async fn pull(State(s): State<Shared>, OllamaJson(b): OllamaJson<PullBody>) -> Response {
+    if let Err(e) = hearth_store::check_remote(&b.model, b.insecure).await {
+        return pull_error(&e).ollama();
+    }
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     let reporter = PullReporter { tx: tx.clone(), transfers: Default::default() };
     let store = s.runtime.store.clone();
