@@ -41,7 +41,8 @@ impl RuntimeError {
         matches!(self, RuntimeError::Overloaded { .. })
     }
 
-    pub(crate) fn store(e: hearth_store::StoreError) -> RuntimeError {
+    /// A store error as the runtime reports it: an unknown model, a bad name, or the store.
+    pub fn store(e: hearth_store::StoreError) -> RuntimeError {
         match e {
             hearth_store::StoreError::NotFound { name } => RuntimeError::NotFound(name),
             e @ hearth_store::StoreError::BadReference { .. } => RuntimeError::Invalid { field: "model".into(), why: e.to_string() },

@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use sha2::Digest;
 
 use super::{ndjson_line, ndjson_response};
-use crate::error::{ApiError, OllamaJson};
+use crate::error::{ApiError, OllamaError, OllamaJson};
+use hearth_runtime::RuntimeError;
 use crate::state::Shared;
 
 /// Ollama's `details` object for a model.
@@ -110,9 +111,9 @@ pub struct ModelBody {
 }
 
 pub async fn show(State(s): State<Shared>, OllamaJson(b): OllamaJson<ModelBody>) -> Response {
-    let m = match s.runtime.store.get(&b.model) {
-        Ok(m) => m,
-        Err(_) => return ApiError::not_found(format!("model '{}' not found", b.model)).ollama(),
+    let m = match s.runtime.resolve(&b.model) {
+        Ok(m) => m.manifest,
+        Err(e) => return OllamaError::from(e).into_response(),
     };
     let Some(g) = m
         .model_layers()
@@ -297,9 +298,7 @@ pub async fn remove(State(s): State<Shared>, OllamaJson(b): OllamaJson<ModelBody
     s.runtime.unload(&b.model).await;
     match s.runtime.store.remove(&b.model) {
         Ok(_) => StatusCode::OK.into_response(),
-        Err(hearth_store::StoreError::NotFound { .. }) => ApiError::not_found(format!("model '{}' not found", b.model)).ollama(),
-        Err(e @ hearth_store::StoreError::BadReference { .. }) => ApiError::bad_request(e.to_string()).ollama(),
-        Err(e) => ApiError::internal(e.to_string()).ollama(),
+        Err(e) => OllamaError::from(RuntimeError::store(e)).into_response(),
     }
 }
 
@@ -312,9 +311,7 @@ pub struct CopyBody {
 pub async fn copy(State(s): State<Shared>, OllamaJson(b): OllamaJson<CopyBody>) -> Response {
     match s.runtime.store.copy(&b.source, &b.destination) {
         Ok(()) => StatusCode::OK.into_response(),
-        Err(hearth_store::StoreError::NotFound { .. }) => ApiError::not_found(format!("model '{}' not found", b.source)).ollama(),
-        Err(e @ hearth_store::StoreError::BadReference { .. }) => ApiError::bad_request(e.to_string()).ollama(),
-        Err(e) => ApiError::internal(e.to_string()).ollama(),
+        Err(e) => OllamaError::from(RuntimeError::store(e)).into_response(),
     }
 }
 
@@ -353,8 +350,8 @@ pub async fn create(State(s): State<Shared>, OllamaJson(b): OllamaJson<CreateBod
         let name = hearth_store::reference::normalize_name(&b.model).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let mut layers: Vec<Layer> = Vec::new();
         if let Some(from) = &b.from {
-            let base = s.runtime.store.get(from).map_err(|_| ApiError::not_found(format!("model '{from}' not found")))?;
-            layers.extend(base.layers);
+            let base = s.runtime.resolve(from).map_err(|e| OllamaError::from(e).0)?;
+            layers.extend(base.manifest.layers);
         }
         if let Some(files) = &b.files {
             let mut names: Vec<&String> = files.keys().collect();
