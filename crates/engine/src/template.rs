@@ -101,8 +101,18 @@ impl ChatTemplate {
     }
 }
 
+/// Instructions one render may take: a real template spends thousands on a long conversation;
+/// a hostile one (a nested loop) stops here, in well under a second, instead of holding a core
+/// (and, at load, the server's load lock).
+const FUEL: u64 = 20_000_000;
+/// Bytes a render may write: more than any context holds.
+const MAX_OUTPUT: usize = 16 << 20;
+/// Bytes of template source accepted.
+const MAX_SOURCE: usize = 1 << 20;
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
+    env.set_fuel(Some(FUEL));
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     minijinja_contrib::add_to_environment(&mut env);
@@ -124,14 +134,37 @@ fn render_jinja(
     bos_token: &str,
     eos_token: &str,
 ) -> Result<String, Error> {
+    if source.len() > MAX_SOURCE {
+        return Err(Error::new(ErrorKind::InvalidOperation, format!("the template is {} bytes, more than the {MAX_SOURCE} accepted", source.len())));
+    }
     let env = environment();
     let tmpl = env.template_from_str(source)?;
-    tmpl.render(minijinja::context! {
+    let ctx = minijinja::context! {
         messages => messages,
         add_generation_prompt => add_generation_prompt,
         bos_token => bos_token,
         eos_token => eos_token,
-    })
+    };
+    let mut out = Bounded(Vec::new());
+    tmpl.render_captured_to(ctx, &mut out)?;
+    String::from_utf8(out.0).map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("the template wrote invalid UTF-8: {e}")))
+}
+
+/// A writer that refuses to grow past [`MAX_OUTPUT`].
+struct Bounded(Vec<u8>);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_OUTPUT {
+            return Err(std::io::Error::other(format!("the template wrote more than {MAX_OUTPUT} bytes")));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=indent, sort_keys=False)`,
@@ -308,6 +341,20 @@ mod tests {
         assert_eq!(t.render(&[ChatMessage::new("user", "x")], false).unwrap(), "ok");
         let err = t.render(&[ChatMessage::new("system", "x")], false).unwrap_err();
         assert!(err.to_string().contains("first must be user"), "{err}");
+    }
+
+    /// A hostile template (from a model file, or `/api/create`) cannot hold a core or grow
+    /// without bound: loops run out of fuel, output stops at a size.
+    #[test]
+    fn hostile_templates_are_bounded() {
+        let jinja = |source: &str| ChatTemplate::Jinja { source: source.into(), bos_token: String::new(), eos_token: String::new() };
+        let started = std::time::Instant::now();
+        let nested = jinja("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}");
+        assert!(nested.render(&[ChatMessage::new("user", "x")], true).is_err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "stopped in {:?}", started.elapsed());
+        let huge = jinja("{% for i in range(100000) %}{% for j in range(1000) %}xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx{% endfor %}{% endfor %}");
+        assert!(huge.render(&[ChatMessage::new("user", "x")], true).is_err());
+        assert!(jinja(&"x".repeat(2 << 20)).render(&[], true).is_err(), "a 2 MiB template");
     }
 
     #[test]

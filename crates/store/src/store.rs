@@ -127,6 +127,9 @@ pub struct Entry {
     pub modified: SystemTime,
 }
 
+/// How long an uploaded blob survives `gc` without a manifest that references it.
+pub const UPLOAD_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The model store.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -326,7 +329,7 @@ impl Store {
         for entry in fs::read_dir(&blobs).map_err(|e| StoreError::io(&blobs, e))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some(hex) = name.strip_prefix("sha256-") else { continue };
-            if hex.len() != 64 || used.contains(hex) {
+            if hex.len() != 64 || used.contains(hex) || self.pinned(hex) {
                 continue;
             }
             let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
@@ -345,6 +348,37 @@ impl Store {
             }
         }
         Ok(freed)
+    }
+
+    /// Keeps an uploaded blob (`POST /api/blobs`) from `gc` until a manifest references it or
+    /// [`UPLOAD_GRACE`] has passed: clients upload first and create the model after.
+    pub fn pin_upload(&self, digest: &str) -> Result<(), StoreError> {
+        let hex = digest_hex(digest)?;
+        let dir = self.root.join("uploads");
+        fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        let pin = dir.join(hex);
+        fs::write(&pin, b"").map_err(|e| StoreError::io(&pin, e))
+    }
+
+    /// Drops the pins of `manifest`'s blobs (it references them now).
+    pub fn unpin(&self, manifest: &Manifest) {
+        for l in &manifest.layers {
+            if let Ok(hex) = digest_hex(&l.digest) {
+                let _ = fs::remove_file(self.root.join("uploads").join(hex));
+            }
+        }
+    }
+
+    /// Whether the blob `hex` was uploaded less than [`UPLOAD_GRACE`] ago (an expired pin is
+    /// removed).
+    fn pinned(&self, hex: &str) -> bool {
+        let pin = self.root.join("uploads").join(hex);
+        let Ok(modified) = fs::metadata(&pin).and_then(|m| m.modified()) else { return false };
+        let fresh = modified.elapsed().map_or(true, |age| age < UPLOAD_GRACE);
+        if !fresh {
+            let _ = fs::remove_file(&pin);
+        }
+        fresh
     }
 
     /// Held while blobs are being added for a manifest not yet committed: keeps `gc` away.
@@ -526,6 +560,25 @@ mod tests {
         assert!(store.has_blob(&a.0, a.1));
         store.remove("c:v2").unwrap();
         assert!(!store.has_blob(&a.0, a.1));
+    }
+
+    /// A client uploads blobs first and creates the model after: an unrelated `rm` in between
+    /// must not collect them.
+    #[test]
+    fn an_uploaded_blob_survives_gc_until_a_model_uses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let other = store.add_blob_bytes(b"other").unwrap();
+        store.commit(&manifest("other:latest", &[other])).unwrap();
+        let up = store.add_blob_bytes(b"uploaded").unwrap();
+        store.pin_upload(&up.0).unwrap();
+        store.remove("other").unwrap();
+        assert!(store.has_blob(&up.0, up.1), "the pinned upload survived an unrelated rm");
+        let m = manifest("made:latest", &[up.clone()]);
+        store.commit(&m).unwrap();
+        store.unpin(&m);
+        store.remove("made").unwrap();
+        assert!(!store.has_blob(&up.0, up.1), "once used and unpinned, it is collected like any blob");
     }
 
     #[test]

@@ -393,6 +393,7 @@ pub async fn create(State(s): State<Shared>, OllamaJson(b): OllamaJson<CreateBod
             layers,
         };
         s.runtime.store.commit(&manifest).map_err(|e| ApiError::internal(e.to_string()))?;
+        s.runtime.store.unpin(&manifest);
         Ok(manifest)
     };
     match build() {
@@ -412,7 +413,11 @@ pub async fn create(State(s): State<Shared>, OllamaJson(b): OllamaJson<CreateBod
 
 pub async fn blob_head(State(s): State<Shared>, Path(digest): Path<String>) -> Response {
     match s.runtime.store.blob_path(&digest) {
-        Ok(p) if p.is_file() => StatusCode::OK.into_response(),
+        Ok(p) if p.is_file() => {
+            // The client creates a model from it next: keep it from gc until then.
+            let _ = s.runtime.store.pin_upload(&digest);
+            StatusCode::OK.into_response()
+        }
         Ok(_) => StatusCode::NOT_FOUND.into_response(),
         Err(e) => ApiError::bad_request(e.to_string()).ollama(),
     }
@@ -427,6 +432,8 @@ pub async fn blob_upload(State(s): State<Shared>, Path(digest): Path<String>, bo
         Err(e) => return ApiError::bad_request(e.to_string()).ollama(),
     };
     if dest.is_file() {
+        // The client will create a model from it: keep it from gc until then.
+        let _ = s.runtime.store.pin_upload(&digest);
         return StatusCode::OK.into_response();
     }
     // A temporary file of this upload's own (concurrent uploads of one digest never share
@@ -458,7 +465,10 @@ pub async fn blob_upload(State(s): State<Shared>, Path(digest): Path<String>, bo
     }
     // Verified: the rename is atomic, and another verified upload has the same bytes.
     match tmp.persist(&dest) {
-        Ok(()) => StatusCode::CREATED.into_response(),
+        Ok(()) => {
+            let _ = s.runtime.store.pin_upload(&digest);
+            StatusCode::CREATED.into_response()
+        }
         Err(e) => ApiError::internal(format!("cannot store the blob: {}", e.error)).ollama(),
     }
 }
