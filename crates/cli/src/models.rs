@@ -90,6 +90,29 @@ pub fn add(a: AddArgs) -> Result<()> {
     Ok(())
 }
 
+/// A GGUF file given to `hearth run --workers`, added to the store (hardlinked) under its file
+/// name; the name of a model that came from another file is not taken over.
+pub fn add_for_run(path: &Path) -> Result<String> {
+    let store = store()?;
+    let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = hearth_store::ModelRef::Url(format!("file:///{file_name}")).default_name();
+    let canonical = path.canonicalize().with_context(|| format!("cannot read {}", path.display()))?;
+    if let Ok(existing) = store.get(&name) {
+        let same = Path::new(&existing.source.reference).canonicalize().is_ok_and(|p| p == canonical);
+        if !same {
+            bail!("the store has another model named {name}; add this file under a name of its own: hearth add {} --name NAME", path.display());
+        }
+        // Added before, and unchanged since (same size, blob still there): no hashing again.
+        let size = std::fs::metadata(&canonical).map(|m| m.len()).unwrap_or(0);
+        if existing.model_layers().next().is_some_and(|l| l.size == size && store.has_blob(&l.digest, l.size)) {
+            return Ok(existing.name);
+        }
+    }
+    let m = hearth_store::pull::add_local(&store, &canonical, Some(&name), &Progress::new(true))?;
+    eprintln!("added {} to the store as {} (for the workers)", path.display(), m.name);
+    Ok(m.name)
+}
+
 pub fn details(g: &Gguf) -> hearth_gguf::Summary {
     g.summary()
 }

@@ -18,12 +18,12 @@ pub fn run(args: RunArgs, verbose: u8) -> Result<ExitCode> {
     if !args.cluster.workers.is_empty() {
         // Over workers: through a server in this process, so that a lost worker ends a
         // runner (and this answer) with a message instead of aborting the whole process.
-        if is_path {
-            anyhow::bail!("--workers runs models from the store; add the file first: hearth add {}", args.model);
-        }
+        // A file goes into the store first (by hardlink: no copy), under its file name, so
+        // the workers can fill their caches from their own copy and the server can place it.
+        let model = if is_path { crate::models::add_for_run(std::path::Path::new(&args.model))? } else { args.model.clone() };
         let bg = crate::serve::background(serve_args_for(&args)?)?;
         let remote = crate::client::Remote::at(&bg.url);
-        let backend = Backend::Remote { options: remote_options(&args), remote, model: args.model.clone(), raw: args.raw };
+        let backend = Backend::Remote { options: remote_options(&args), remote, model, raw: args.raw };
         let code = converse(backend, &args, args.system.clone(), args.sampling.stop.clone(), verbose);
         drop(bg);
         return code;

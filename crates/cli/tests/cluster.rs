@@ -396,6 +396,11 @@ fn hearth_run_over_workers_answers_like_one_process() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let got = text(&out.stdout);
     assert!(UPSTREAM_GREEDY.starts_with(got.trim_end()), "{got:?}");
+    // A file path works too, as with llama.cpp's --rpc: it is added to the store first.
+    let out = run(&["run", model_path().to_str().unwrap(), "What is the capital of France?", "--temp", "0", "-n", "24", "--workers", &list, "--cluster-token", TOKEN, "-ngl", "99", "-ts", "1,1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), got, "the same answer from the file");
+    assert!(text(&out.stderr).contains("added") && text(&out.stderr).contains("for the workers"), "{}", text(&out.stderr));
     // A wrong token is a clear error, not an abort.
     let out = run(&["run", "smollm2", "hi", "-n", "4", "--workers", &list, "--cluster-token", "wrong", "-ngl", "99"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
