@@ -73,7 +73,7 @@ fn shape(g: &Gguf) -> Shape {
         n_head_kv: g.arch_u64("attention.head_count_kv").unwrap_or(n_head),
         head_k: g.arch_u64("attention.key_length").unwrap_or(n_embd / n_head),
         head_v: g.arch_u64("attention.value_length").unwrap_or(n_embd / n_head),
-        n_vocab: g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map_or(32_000, |a| a.len() as u64),
+        n_vocab: g.get("tokenizer.ggml.tokens").and_then(|v| v.array_len()).unwrap_or(32_000),
     }
 }
 

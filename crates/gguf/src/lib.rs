@@ -81,6 +81,9 @@ pub enum Value {
     U64(u64),
     I64(i64),
     F64(f64),
+    /// An array longer than a lean read keeps ([`Gguf::open_lean`]): its element type and
+    /// length, not its items (a tokenizer's vocabulary, or a hostile 20M-element array).
+    Skipped { elem_type: u32, len: u64 },
 }
 
 impl Value {
@@ -96,7 +99,7 @@ impl Value {
             Value::F32(_) => 6,
             Value::Bool(_) => 7,
             Value::String(_) => 8,
-            Value::Array(_) => 9,
+            Value::Array(_) | Value::Skipped { .. } => 9,
             Value::U64(_) => 10,
             Value::I64(_) => 11,
             Value::F64(_) => 12,
@@ -136,6 +139,15 @@ impl Value {
             _ => None,
         }
     }
+
+    /// The length of an array, kept or skipped.
+    pub fn array_len(&self) -> Option<u64> {
+        match self {
+            Value::Array(a) => Some(a.len() as u64),
+            Value::Skipped { len, .. } => Some(*len),
+            _ => None,
+        }
+    }
 }
 
 macro_rules! value_from {
@@ -170,6 +182,7 @@ impl fmt::Display for Value {
             Value::I64(v) => write!(f, "{v}"),
             Value::F64(v) => write!(f, "{v}"),
             Value::Array(a) => write!(f, "[{} items]", a.len()),
+            Value::Skipped { len, .. } => write!(f, "[{len} items]"),
         }
     }
 }
@@ -262,13 +275,34 @@ impl Gguf {
         Ok(gguf)
     }
 
+    /// Like [`Gguf::open`], but arrays of more than [`LEAN_ARRAY`] items are read past, not
+    /// kept ([`Value::Skipped`]): what a server needs (sizes, architecture, scalars) in
+    /// bounded memory, whatever the file holds.
+    pub fn open_lean(path: &Path) -> Result<Gguf, GgufError> {
+        let io = |source| GgufError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let gguf = Gguf::read_with(std::io::BufReader::new(file), Some(file_len), Some(LEAN_ARRAY))?;
+        gguf.check_data_fits(file_len)?;
+        Ok(gguf)
+    }
+
     /// Reads a header from any reader. `limit` bounds every allocation by the bytes that can
     /// possibly remain (the file length); without it, counts are bounded by a fixed cap.
     pub fn read<R: Read>(reader: R, limit: Option<u64>) -> Result<Gguf, GgufError> {
+        Gguf::read_with(reader, limit, None)
+    }
+
+    /// [`Gguf::read`], keeping arrays of at most `max_array` items (all when `None`).
+    pub fn read_with<R: Read>(reader: R, limit: Option<u64>, max_array: Option<u64>) -> Result<Gguf, GgufError> {
         let mut r = Reader {
             inner: reader,
             offset: 0,
             limit: limit.unwrap_or(u64::MAX),
+            max_array: max_array.unwrap_or(u64::MAX),
         };
         let mut magic = [0u8; 4];
         r.fill(&mut magic, "the magic \"GGUF\"")?;
@@ -587,7 +621,12 @@ struct Reader<R> {
     offset: u64,
     /// No read may go past this offset (the file length, when known).
     limit: u64,
+    /// Longer arrays are read past, not kept.
+    max_array: u64,
 }
+
+/// The longest array [`Gguf::open_lean`] keeps.
+pub const LEAN_ARRAY: u64 = 4096;
 
 impl<R: Read> Reader<R> {
     fn fill(&mut self, buf: &mut [u8], what: &str) -> Result<(), GgufError> {
@@ -684,6 +723,48 @@ impl<R: Read> Reader<R> {
     }
 
     /// Reads a value of type `ty`, whose type id was read at `type_offset`.
+    /// Reads past `n` items of type `ty`, allocating nothing for them.
+    fn skip_items(&mut self, ty: u32, n: u64, type_offset: u64, depth: u32) -> Result<(), GgufError> {
+        let fixed = match ty {
+            0 | 1 | 7 => Some(1),
+            2 | 3 => Some(2),
+            4..=6 => Some(4),
+            10..=12 => Some(8),
+            _ => None,
+        };
+        if let Some(size) = fixed {
+            return self.skip(n.saturating_mul(size), "array elements");
+        }
+        for _ in 0..n {
+            match ty {
+                8 => {
+                    let len = self.u64("a string's length")?;
+                    self.skip(len, "string bytes")?;
+                }
+                // Nested arrays (and unknown types, which `value` reports) item by item.
+                _ => {
+                    self.value(ty, type_offset, depth)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads past `n` bytes.
+    fn skip(&mut self, n: u64, what: &str) -> Result<(), GgufError> {
+        if self.offset.saturating_add(n) > self.limit {
+            return Err(self.truncated(n, what));
+        }
+        let mut chunk = [0u8; 4096];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(chunk.len() as u64) as usize;
+            self.fill(&mut chunk[..k], what)?;
+            left -= k as u64;
+        }
+        Ok(())
+    }
+
     fn value(&mut self, ty: u32, type_offset: u64, depth: u32) -> Result<Value, GgufError> {
         Ok(match ty {
             0 => Value::U8(u8::from_le_bytes(self.bytes("a u8 value")?)),
@@ -731,6 +812,10 @@ impl<R: Read> Reader<R> {
                     }
                 };
                 self.check_count(n, min, "array elements")?;
+                if n > self.max_array {
+                    self.skip_items(elem_ty, n, elem_type_offset, depth + 1)?;
+                    return Ok(Value::Skipped { elem_type: elem_ty, len: n });
+                }
                 let mut items = Vec::with_capacity(n.min(PREALLOC) as usize);
                 for _ in 0..n {
                     items.push(self.value(elem_ty, elem_type_offset, depth + 1)?);
@@ -765,6 +850,31 @@ mod tests {
     fn string(b: &mut Vec<u8>, s: &str) {
         b.extend((s.len() as u64).to_le_bytes());
         b.extend(s.as_bytes());
+    }
+
+    /// A lean read keeps scalars and short arrays and reads past long ones, so a server can
+    /// read any header in bounded memory (a 20M-element array once took gigabytes).
+    #[test]
+    fn a_lean_read_skips_long_arrays_and_keeps_the_rest() {
+        let mut w = crate::GgufWriter::new();
+        w.set("general.architecture", "llama");
+        w.set("tokenizer.ggml.tokens", Value::array((0..100_000).map(|i| format!("t{i}"))));
+        w.set("big.numbers", Value::array(0..100_000u32));
+        w.set("small", Value::array([1u32, 2, 3]));
+        w.set("z.after", 7u32);
+        let dir = std::env::temp_dir().join(format!("hearth-lean-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.gguf");
+        w.write_to_path(&path).unwrap();
+        let g = Gguf::open_lean(&path).unwrap();
+        assert_eq!(g.get("tokenizer.ggml.tokens"), Some(&Value::Skipped { elem_type: 8, len: 100_000 }));
+        assert_eq!(g.get("big.numbers").and_then(Value::array_len), Some(100_000));
+        assert_eq!(g.get("small").and_then(Value::as_array).map(<[Value]>::len), Some(3));
+        assert_eq!(g.get("z.after").and_then(Value::as_u64), Some(7));
+        let full = Gguf::open(&path).unwrap();
+        assert_eq!(full.get("tokenizer.ggml.tokens").and_then(Value::array_len), Some(100_000));
+        assert_eq!(crate::fit::estimate(&[g], &crate::fit::ContextPlan::f16(512, 512)), crate::fit::estimate(&[full], &crate::fit::ContextPlan::f16(512, 512)));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

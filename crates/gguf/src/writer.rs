@@ -463,6 +463,7 @@ fn put_value(out: &mut Vec<u8>, value: &Value) -> Result<(), String> {
         Value::U64(v) => out.extend_from_slice(&v.to_le_bytes()),
         Value::I64(v) => out.extend_from_slice(&v.to_le_bytes()),
         Value::F64(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::Skipped { len, .. } => return Err(format!("an array of {len} items that was read past (a lean read) cannot be written")),
         Value::Array(items) => {
             let elem_type = items.first().map_or(0, Value::gguf_type);
             out.extend_from_slice(&elem_type.to_le_bytes());

@@ -114,6 +114,15 @@ impl Drop for Lease {
     }
 }
 
+/// A model file's header, read lean (long arrays skipped) off the async threads: any file,
+/// however hostile, costs bounded memory and blocks no request.
+async fn lean_header(path: &std::path::Path) -> Result<hearth_gguf::Gguf, hearth_gguf::GgufError> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || hearth_gguf::Gguf::open_lean(&path))
+        .await
+        .unwrap_or_else(|e| Err(hearth_gguf::GgufError::Malformed { offset: 0, message: format!("the header reader failed: {e}") }))
+}
+
 /// Counts one in an atomic while it lives.
 struct Counted<'a>(&'a AtomicUsize);
 
@@ -214,7 +223,7 @@ impl Scheduler {
         // Whether it can ever fit, before anything is unloaded for it (a request for a huge
         // context must not evict the model that serves everyone else, then fail).
         let local_estimate = {
-            let gguf = hearth_gguf::Gguf::open(&model.path).map_err(store_err)?;
+            let gguf = lean_header(&model.path).await.map_err(store_err)?;
             // The weights of every shard (the header read is the first one's), plus KV and compute.
             let e = hearth_gguf::fit::estimate(std::slice::from_ref(&gguf), &plan);
             e.kv_cache + e.compute + model.manifest.model_layers().map(|l| l.size).sum::<u64>()
@@ -239,7 +248,7 @@ impl Scheduler {
             Some(cluster) => {
                 let mut shards = Vec::new();
                 for p in &model.shards {
-                    shards.push(hearth_gguf::Gguf::open(p).map_err(store_err)?);
+                    shards.push(lean_header(p).await.map_err(store_err)?);
                 }
                 let digests: Vec<String> = model.manifest.model_layers().map(|l| l.digest.clone()).collect();
                 Some(cluster.place(name, &digests, &shards, &plan, self.config.memory_budget, &split(&self.config.load)).await?)

@@ -335,3 +335,22 @@ async fn idle_and_slow_connections_are_closed() {
     }
     s.stop().await;
 }
+
+/// A model whose header holds a huge array (here 300k strings) is read lean by the server:
+/// `/api/show`, even verbose, answers without it, and the server stays responsive.
+#[tokio::test]
+async fn a_huge_metadata_array_is_not_loaded_by_the_server() {
+    let s = Server::start(1 << 30).await;
+    let file = s._dir.path().join("vocab.gguf");
+    let mut w = hearth_gguf::writer::GgufWriter::new();
+    w.set("general.architecture", "llama").set("tokenizer.ggml.tokens", hearth_gguf::Value::array((0..300_000).map(|i| format!("token-{i}"))));
+    w.zeroed_tensor("token_embd.weight", [64, 16], 0).unwrap();
+    w.write_to_path(&file).unwrap();
+    let store = hearth_store::Store::open(s._dir.path().join("models")).unwrap();
+    hearth_store::pull::add_local(&store, &file, Some("vocab"), &hearth_store::NoProgress).unwrap();
+    let r = s.post("/api/show", json!({"model": "vocab", "verbose": true})).await;
+    assert!(r.starts_with("status: 200\n"), "{r}");
+    assert!(r.contains("\"tokenizer.ggml.tokens\": null") && !r.contains("token-299999"), "the array is not echoed");
+    assert!(s.get("/api/version").await.starts_with("status: 200\n"));
+    s.stop().await;
+}

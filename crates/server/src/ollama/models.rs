@@ -19,13 +19,18 @@ use crate::error::{ApiError, OllamaError, OllamaJson};
 use hearth_runtime::RuntimeError;
 use crate::state::Shared;
 
+/// Runs `f` on a blocking thread (header reads, file checks).
+async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| ApiError::internal(format!("the request's worker thread failed: {e}")).ollama())
+}
+
 /// Ollama's `details` object for a model.
 pub fn details(s: &Shared, m: &Manifest) -> Value {
     let summary = m
         .model_layers()
         .next()
         .and_then(|l| s.runtime.store.blob_path(&l.digest).ok())
-        .and_then(|p| hearth_gguf::Gguf::open(&p).ok())
+        .and_then(|p| hearth_gguf::Gguf::open_lean(&p).ok())
         .map(|g| g.summary());
     match summary {
         Some(d) => json!({
@@ -45,7 +50,12 @@ fn manifest_digest(m: &Manifest) -> String {
     hex::encode(sha2::Sha256::digest(serde_json::to_vec(m).unwrap_or_default()))
 }
 
+/// Off the async threads: it reads model headers.
 pub async fn tags(State(s): State<Shared>) -> Response {
+    blocking(move || tags_now(s)).await
+}
+
+fn tags_now(s: Shared) -> Response {
     let entries = match s.runtime.store.list() {
         Ok(e) => e,
         Err(e) => return ApiError::internal(e.to_string()).ollama(),
@@ -66,7 +76,12 @@ pub async fn tags(State(s): State<Shared>) -> Response {
     axum::Json(json!({ "models": models })).into_response()
 }
 
+/// Off the async threads: it reads model headers.
 pub async fn ps(State(s): State<Shared>) -> Response {
+    blocking(move || ps_now(s)).await
+}
+
+fn ps_now(s: Shared) -> Response {
     let models: Vec<Value> = s
         .runtime
         .sched
@@ -110,7 +125,12 @@ pub struct ModelBody {
     verbose: bool,
 }
 
+/// Off the async threads: it reads model headers.
 pub async fn show(State(s): State<Shared>, OllamaJson(b): OllamaJson<ModelBody>) -> Response {
+    blocking(move || show_now(s, b)).await
+}
+
+fn show_now(s: Shared, b: ModelBody) -> Response {
     let m = match s.runtime.resolve(&b.model) {
         Ok(m) => m.manifest,
         Err(e) => return OllamaError::from(e).into_response(),
@@ -119,7 +139,7 @@ pub async fn show(State(s): State<Shared>, OllamaJson(b): OllamaJson<ModelBody>)
         .model_layers()
         .next()
         .and_then(|l| s.runtime.store.blob_path(&l.digest).ok())
-        .and_then(|p| hearth_gguf::Gguf::open(&p).ok())
+        .and_then(|p| hearth_gguf::Gguf::open_lean(&p).ok())
     else {
         return ApiError::internal(format!("the model file of {} is missing or unreadable", m.name)).ollama();
     };
@@ -187,6 +207,8 @@ fn gguf_json(v: &hearth_gguf::Value) -> Value {
         G::I64(x) => json!(x),
         G::F64(x) => json!(x),
         G::Array(a) => Value::Array(a.iter().map(gguf_json).collect()),
+        // Longer than a lean read keeps: not shown (a tokenizer's vocabulary).
+        G::Skipped { .. } => Value::Null,
     }
 }
 
@@ -339,7 +361,12 @@ pub struct CreateBody {
     stream: Option<bool>,
 }
 
+/// Off the async threads: it reads model headers.
 pub async fn create(State(s): State<Shared>, OllamaJson(b): OllamaJson<CreateBody>) -> Response {
+    blocking(move || create_now(s, b)).await
+}
+
+fn create_now(s: Shared, b: CreateBody) -> Response {
     let build = || -> Result<Manifest, ApiError> {
         if b.quantize.is_some() {
             return Err(ApiError::bad_request("quantize is not supported; pull the quantization you want instead"));
@@ -362,7 +389,7 @@ pub async fn create(State(s): State<Shared>, OllamaJson(b): OllamaJson<CreateBod
                 let size = std::fs::metadata(&path)
                     .map_err(|_| ApiError::bad_request(format!("blob {digest} for {file} was not uploaded (POST /api/blobs/{digest} first)")))?
                     .len();
-                hearth_gguf::Gguf::open(&path).map_err(|e| ApiError::bad_request(format!("{file} is not a GGUF model: {e}")))?;
+                hearth_gguf::Gguf::open_lean(&path).map_err(|e| ApiError::bad_request(format!("{file} is not a GGUF model: {e}")))?;
                 layers.push(Layer { kind: LayerKind::Model, digest: digest.clone(), size, filename: Some(file.clone()) });
             }
         }
