@@ -10,7 +10,6 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::hello::{self, Hello, Reply};
@@ -22,6 +21,41 @@ use crate::{ClusterToken, Versions, HANDSHAKE_TIMEOUT};
 /// Peers allowed to be in their handshake at once: beyond this, new connections are dropped
 /// unread, so unauthenticated peers cannot hold unbounded memory or tasks.
 const MAX_PENDING_HANDSHAKES: usize = 64;
+
+/// The peers in their handshake, oldest first.
+#[derive(Default)]
+struct Pending {
+    queue: std::sync::Mutex<std::collections::VecDeque<(u64, Arc<tokio::sync::Notify>)>>,
+    next: AtomicU64,
+}
+
+impl Pending {
+    /// When full, removes the oldest pending peer and returns what wakes it to leave.
+    fn make_room(&self) -> Option<Arc<tokio::sync::Notify>> {
+        let mut q = self.queue.lock().expect("not poisoned");
+        (q.len() >= MAX_PENDING_HANDSHAKES).then(|| q.pop_front().map(|(_, n)| n)).flatten()
+    }
+
+    fn enter(self: Arc<Self>) -> Slot {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let evicted = Arc::new(tokio::sync::Notify::new());
+        self.queue.lock().expect("not poisoned").push_back((id, evicted.clone()));
+        Slot { id, evicted, pending: self }
+    }
+}
+
+/// A peer's place among the pending handshakes; leaving it (dropping) frees the place.
+struct Slot {
+    id: u64,
+    evicted: Arc<tokio::sync::Notify>,
+    pending: Arc<Pending>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.pending.queue.lock().expect("not poisoned").retain(|(id, _)| *id != self.id);
+    }
+}
 
 /// Answers a worker's control requests (status, preload, ...). Runs on a blocking thread, so
 /// it may block; an `Err` is sent to the controller as the error message.
@@ -122,16 +156,20 @@ impl Gate {
     }
 
     /// Serves `listener` until `shutdown` completes; then every open connection is closed.
+    ///
+    /// At most [`MAX_PENDING_HANDSHAKES`] peers may be in their handshake at once; a new one
+    /// past that evicts the oldest. Idle connections therefore cannot lock a controller out: its
+    /// handshake takes one round trip, so only a flood faster than that could displace it.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let gate = Arc::new(self);
-        let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+        let pending = Arc::new(Pending::default());
         let accept = net::accept_each(&listener, "the worker's port", |stream, peer| {
-            let Ok(permit) = pending.clone().try_acquire_owned() else {
-                gate.counters.refused.fetch_add(1, Ordering::Relaxed);
-                debug!(%peer, "dropped: {MAX_PENDING_HANDSHAKES} handshakes already pending");
-                return None;
-            };
-            Some(gate.clone().connection(stream, peer, permit))
+            if let Some(oldest) = pending.make_room() {
+                debug!(%peer, "{MAX_PENDING_HANDSHAKES} handshakes pending: the oldest is dropped for this one");
+                oldest.notify_one();
+            }
+            let slot = pending.clone().enter();
+            Some(gate.clone().connection(stream, peer, slot))
         });
         // Ending the accept loop drops its connections' tasks.
         tokio::select! {
@@ -140,26 +178,30 @@ impl Gate {
         }
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, slot: Slot) {
         net::tune(&stream);
         let (read, write) = stream.into_split();
-        let opened = tokio::time::timeout(self.handshake_timeout, async {
+        let handshake = tokio::time::timeout(self.handshake_timeout, async {
             let (mut reader, writer) = noise::respond(read, write, &self.token).await?;
             let hello: Hello = reader.recv_json().await?;
             Ok::<_, HandshakeError>((reader, writer, hello))
-        })
-        .await;
-        drop(permit);
+        });
+        let opened = tokio::select! {
+            r = handshake => Some(r),
+            () = slot.evicted.notified() => None,
+        };
+        drop(slot);
         let refusal = match opened {
-            Ok(Ok(opened)) => return self.authenticated(opened, peer).await,
-            Err(_) => format!("no handshake within {:?}", self.handshake_timeout),
-            Ok(Err(HandshakeError::WrongKey)) => {
+            None => "dropped for a newer peer: too many handshakes pending".to_owned(),
+            Some(Ok(Ok(opened))) => return self.authenticated(opened, peer).await,
+            Some(Err(_)) => format!("no handshake within {:?}", self.handshake_timeout),
+            Some(Ok(Err(HandshakeError::WrongKey))) => {
                 "it did not prove the cluster token (a different or missing HEARTH_CLUSTER_TOKEN)".to_owned()
             }
-            Ok(Err(HandshakeError::NotHandshake(len))) => {
+            Some(Ok(Err(HandshakeError::NotHandshake(len)))) => {
                 format!("its first bytes are not a hearth handshake (length {len}; a plaintext ggml RPC client?)")
             }
-            Ok(Err(HandshakeError::Io(e))) => format!("the handshake failed: {e}"),
+            Some(Ok(Err(HandshakeError::Io(e)))) => format!("the handshake failed: {e}"),
         };
         self.counters.refused.fetch_add(1, Ordering::Relaxed);
         warn!(%peer, "refused {peer}: {refusal}");

@@ -116,7 +116,7 @@ pub use tunnel::{control, ping, Tunnel, TunnelCounters, TunnelStats};
 
 /// The longest a handshake and hello may take, on either side (a slow link's round trips are
 /// milliseconds; this only ends peers that stall).
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The longest a controller waits for a worker's TCP connection to be accepted.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

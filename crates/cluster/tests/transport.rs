@@ -302,6 +302,22 @@ async fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
     assert!(backend.untouched());
 }
 
+/// A hundred idle connections (more than the pending-handshake slots) do not lock the real
+/// controller out: a newcomer evicts the oldest pending peer.
+#[tokio::test]
+async fn idle_connections_cannot_fill_the_handshake_slots() {
+    let backend = Backend::start().await;
+    let worker = Worker::simple("t", backend.addr).await;
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(TcpStream::connect(worker.addr).await.unwrap());
+    }
+    let started = Instant::now();
+    let tunnel = Tunnel::start(worker.addr(), ClusterToken::new("t"), versions()).await.expect("the controller gets in");
+    let _local = exchanged(&tunnel).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "it waited {:?}", started.elapsed());
+}
+
 #[tokio::test]
 async fn a_version_mismatch_names_both_versions() {
     let backend = Backend::start().await;
