@@ -354,3 +354,115 @@ async fn a_huge_metadata_array_is_not_loaded_by_the_server() {
     assert!(s.get("/api/version").await.starts_with("status: 200\n"));
     s.stop().await;
 }
+
+/// A deterministic xorshift generator, so a failing case can be replayed from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A random JSON value: every type, odd numbers, long and strange strings, nesting.
+fn random_value(r: &mut Rng, depth: u32) -> Value {
+    match r.below(if depth > 3 { 7 } else { 9 }) {
+        0 => Value::Null,
+        1 => json!(r.below(2) == 0),
+        2 => json!([0i64, -1, 1, 2, 64, 4242, i64::MAX, i64::MIN][r.below(8) as usize]),
+        3 => json!([0.0, -0.5, 0.7, 1e39, -1e308, 1e-300, 2.5][r.below(7) as usize]),
+        4 => json!(["", "hi", "die", "too long", "5m", "-1", "NaN", "inf", "1e20", "json", "\u{0}\u{ffff}", "smollm2"][r.below(12) as usize]),
+        5 => json!("x".repeat(r.below(5000) as usize)),
+        6 => json!(format!("tiny{}", [":latest", "", ":x", "/../../etc", ":\u{7f}"][r.below(5) as usize])),
+        7 => Value::Array((0..r.below(4)).map(|_| random_value(r, depth + 1)).collect()),
+        _ => {
+            let keys = ["role", "content", "model", "messages", "prompt", "options", "stream", "format", "temperature", "num_ctx", "num_predict", "stop", "keep_alive", "input", "tools", "images"];
+            Value::Object((0..r.below(5)).map(|_| (keys[r.below(keys.len() as u64) as usize].to_string(), random_value(r, depth + 1))).collect())
+        }
+    }
+}
+
+/// A valid request with some fields replaced, removed or added at random.
+fn mutate(r: &mut Rng, base: &Value) -> Value {
+    let mut v = base.clone();
+    let Some(map) = v.as_object_mut() else { return v };
+    for _ in 0..=r.below(3) {
+        let keys: Vec<String> = map.keys().cloned().collect();
+        match r.below(4) {
+            0 if !keys.is_empty() => {
+                map.remove(&keys[r.below(keys.len() as u64) as usize]);
+            }
+            1 if !keys.is_empty() => {
+                let k = keys[r.below(keys.len() as u64) as usize].clone();
+                map.insert(k, random_value(r, 1));
+            }
+            2 => {
+                if let Some(Value::Array(msgs)) = map.get_mut("messages") {
+                    if let Some(m) = msgs.first_mut().and_then(Value::as_object_mut) {
+                        m.insert("content".into(), random_value(r, 2));
+                    }
+                }
+            }
+            _ => {
+                let extra = ["options", "stream", "format", "keep_alive", "max_tokens", "logprobs", "top_logprobs", "n", "stop", "response_format", "seed", "top_k", "repeat_last_n"];
+                map.insert(extra[r.below(extra.len() as u64) as usize].to_string(), random_value(r, 1));
+            }
+        }
+    }
+    v
+}
+
+/// Thousands of mutated and random bodies against every generation route of both APIs, and
+/// raw byte noise: every answer is a status with a JSON error or a stream, never a dropped
+/// connection (a panic) or a 5xx other than a runner that was told to die, and the server
+/// still answers afterwards.
+#[tokio::test]
+async fn random_request_bodies_never_break_the_server() {
+    let s = Server::start(1 << 30).await;
+    let routes: [(&str, Value); 7] = [
+        ("/api/chat", json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": false})),
+        ("/api/generate", json!({"model": "tiny", "prompt": "hi", "stream": false})),
+        ("/api/embed", json!({"model": "tiny", "input": "hi"})),
+        ("/api/show", json!({"model": "tiny"})),
+        ("/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}]})),
+        ("/v1/completions", json!({"model": "tiny", "prompt": "hi", "max_tokens": 2})),
+        ("/v1/embeddings", json!({"model": "tiny", "input": "hi"})),
+    ];
+    let client = reqwest::Client::new();
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    let mut r = Rng(0x5eed_1234_abcd_ef01);
+    let cases = 1000;
+    for (path, base) in &routes {
+        for case in 0..cases {
+            let seed = r.0;
+            let body = match case % 10 {
+                // Raw bytes: truncated JSON and noise.
+                0 => {
+                    let text = serde_json::to_string(&mutate(&mut r, base)).unwrap();
+                    let cut = r.below(text.len() as u64 + 1) as usize;
+                    text.as_bytes()[..cut].to_vec()
+                }
+                1 => (0..r.below(64)).map(|_| r.next() as u8).collect(),
+                _ => serde_json::to_vec(&mutate(&mut r, base)).unwrap(),
+            };
+            let resp = client.post(format!("{}{path}", s.url)).header("content-type", "application/json").body(body.clone()).timeout(Duration::from_secs(20)).send().await;
+            let resp = resp.unwrap_or_else(|e| panic!("{path} case {case} (seed {seed:#x}) dropped the connection: {e}\nbody: {}", String::from_utf8_lossy(&body)));
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            let died = String::from_utf8_lossy(&body).contains("die");
+            assert!(status < 500 || died || text.contains("requires more memory"), "{path} case {case} (seed {seed:#x}): {status} {text}\nbody: {}", String::from_utf8_lossy(&body));
+            *statuses.entry(status).or_default() += 1;
+        }
+    }
+    eprintln!("{} requests, by status: {statuses:?}", cases * routes.len());
+    assert!(s.get("/api/version").await.starts_with("status: 200\n"));
+    assert!(s.post("/api/chat", chat("hi", false)).await.starts_with("status: 200\n"), "and it still answers");
+    s.stop().await;
+}
