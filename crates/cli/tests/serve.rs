@@ -327,3 +327,54 @@ fn bench_measures_endpoints_side_by_side() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("model 'nope:latest' not found"));
 }
+
+/// The server process's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// A bounded load on loopback, 32 clients x 10 requests, with the runner killed once in the
+/// middle: every request is answered; the only errors are the requests that were in flight on
+/// the killed runner (a 500 naming it), the server stays up, and its memory stays bounded.
+#[test]
+fn a_bounded_load_with_a_runner_killed_in_the_middle() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let s = Arc::new(Server::start(&["--parallel", "4", "--max-queue", "64", "-c", "256"]));
+    assert_eq!(s.post("/api/chat", chat("Hi", 1)).0, 200, "loaded");
+    let rss_before = rss_kib(s.child.id());
+    let answered = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..32)
+        .map(|c| {
+            let (s, answered) = (s.clone(), answered.clone());
+            std::thread::spawn(move || {
+                (0..10)
+                    .map(|i| {
+                        let r = s.post("/api/chat", chat(&format!("Say the number {}.", c * 10 + i), 4));
+                        answered.fetch_add(1, Ordering::SeqCst);
+                        r
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(120), || answered.load(Ordering::SeqCst) >= 100), "100 answers");
+    let pids = s.runner_pids();
+    assert_eq!(pids.len(), 1);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0] as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let results: Vec<(u16, Value)> = clients.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let killed = results.iter().filter(|r| r.0 == 500 && r.1["error"].as_str().is_some_and(|e| e.contains("stopped unexpectedly"))).count();
+    let other: Vec<_> = results.iter().filter(|r| r.0 != 200 && !(r.0 == 500 && r.1["error"].as_str().is_some_and(|e| e.contains("stopped unexpectedly")))).collect();
+    let rss_after = rss_kib(s.child.id());
+    eprintln!("load: {} requests, {ok} answered, {killed} cut off by the kill, server RSS {rss_before} KiB before, {rss_after} KiB after", results.len());
+    assert!(other.is_empty(), "errors besides the killed runner's: {other:?}");
+    assert!(killed <= 32, "at most the requests in flight (32 clients) were cut off: {killed}");
+    assert_eq!(ok + killed, 320);
+    assert_eq!(s.post("/api/chat", chat("Hi", 1)).0, 200, "the server is up with a fresh runner");
+    assert!(rss_after < rss_before + 64 * 1024, "server memory grew from {rss_before} to {rss_after} KiB");
+}
