@@ -354,11 +354,11 @@ fn check_file(path: &Path) -> Result<(), EngineError> {
             reason: "it is a directory, not a .gguf file".into(),
         });
     }
-    hearth_gguf::Gguf::open(path).map_err(|e| EngineError::BadModel {
+    let header = hearth_gguf::Gguf::open_lean(path).map_err(|e| EngineError::BadModel {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    Ok(())
+    header.check_hparams().map_err(|reason| EngineError::BadModel { path: path.to_path_buf(), reason })
 }
 
 /// The number of physical CPU cores (llama.cpp's default thread count), else the logical count.

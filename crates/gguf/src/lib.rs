@@ -518,6 +518,56 @@ impl Gguf {
         self.get_u64(&format!("{arch}.{suffix}"))
     }
 
+    /// Checks the hyperparameters and tokenizer tables llama.cpp trusts (and aborts on, or
+    /// reads out of bounds with, when they are wrong), so a malformed model is refused with a
+    /// message instead of taking its runner down: a negative or non-finite norm epsilon, zero
+    /// heads or layers, an absurd layer count, more experts used than there are, score or
+    /// token-type tables whose length differs from the vocabulary's.
+    pub fn check_hparams(&self) -> Result<(), String> {
+        let Some(arch) = self.architecture() else { return Ok(()) };
+        let key = |suffix: &str| format!("{arch}.{suffix}");
+        for eps in ["attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon"] {
+            let v = match self.get(&key(eps)) {
+                Some(Value::F32(f)) => f64::from(*f),
+                Some(Value::F64(f)) => *f,
+                _ => continue,
+            };
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("{} is {v}: a norm epsilon must be a finite number of at least 0", key(eps)));
+            }
+        }
+        if let Some(n) = self.arch_u64("block_count") {
+            if n == 0 || n > 100_000 {
+                return Err(format!("{} is {n}: not a number of layers", key("block_count")));
+            }
+        }
+        if self.arch_u64("embedding_length") == Some(0) {
+            return Err(format!("{} is 0", key("embedding_length")));
+        }
+        match self.get(&key("attention.head_count")) {
+            Some(Value::Array(a)) if a.iter().any(|h| h.as_u64() == Some(0)) && a.iter().all(|h| h.as_u64() == Some(0)) => {
+                return Err(format!("{} is 0 for every layer", key("attention.head_count")));
+            }
+            Some(v) if v.as_u64() == Some(0) => return Err(format!("{} is 0", key("attention.head_count"))),
+            _ => {}
+        }
+        if let (Some(count), Some(used)) = (self.arch_u64("expert_count"), self.arch_u64("expert_used_count")) {
+            if used > count {
+                return Err(format!("{} is {used}, more than the {count} experts ({})", key("expert_used_count"), key("expert_count")));
+            }
+        }
+        if let Some(n) = self.get("tokenizer.ggml.tokens").and_then(Value::array_len) {
+            for table in ["tokenizer.ggml.scores", "tokenizer.ggml.token_type"] {
+                if let Some(len) = self.get(table).and_then(Value::array_len) {
+                    if len != n {
+                        return Err(format!("{table} has {len} entries for a vocabulary of {n} tokens"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `split.count` when this file is one shard of a split model.
     pub fn split_count(&self) -> Option<u64> {
         self.get_u64(KEY_SPLIT_COUNT)
@@ -850,6 +900,27 @@ mod tests {
     fn string(b: &mut Vec<u8>, s: &str) {
         b.extend((s.len() as u64).to_le_bytes());
         b.extend(s.as_bytes());
+    }
+
+    /// Models whose hyperparameters would abort llama.cpp are refused with what is wrong.
+    #[test]
+    fn malformed_hyperparameters_are_named() {
+        let check = |pairs: &[(&str, Value)]| {
+            let mut w = crate::GgufWriter::new();
+            w.set("general.architecture", "llama");
+            for (k, v) in pairs {
+                w.set(*k, v.clone());
+            }
+            Gguf::read(std::io::Cursor::new(w.to_bytes().unwrap()), None).unwrap().check_hparams()
+        };
+        assert!(check(&[("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)), ("llama.block_count", Value::U32(30))]).is_ok());
+        assert!(check(&[("llama.attention.layer_norm_rms_epsilon", Value::F32(-1.0))]).unwrap_err().contains("epsilon"));
+        assert!(check(&[("llama.attention.layer_norm_rms_epsilon", Value::F32(f32::NAN))]).is_err());
+        assert!(check(&[("llama.block_count", Value::U32(0))]).is_err());
+        assert!(check(&[("llama.attention.head_count", Value::U32(0))]).is_err());
+        assert!(check(&[("llama.expert_count", Value::U32(4)), ("llama.expert_used_count", Value::U32(8))]).is_err());
+        let err = check(&[("tokenizer.ggml.tokens", Value::array(["a", "b", "c"])), ("tokenizer.ggml.scores", Value::array([0.0f32, 1.0]))]).unwrap_err();
+        assert!(err.contains("2 entries for a vocabulary of 3"), "{err}");
     }
 
     /// A lean read keeps scalars and short arrays and reads past long ones, so a server can
