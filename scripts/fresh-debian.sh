@@ -45,6 +45,14 @@ echo "fresh Debian 12: debootstrap into $root" >&2
 debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >"$work/debootstrap.log" 2>&1 \
   || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# What every stock Debian 12 image has and minbase lacks: the CA certificates. And this
+# machine's own network plumbing: the egress proxy's CAs (in /usr/local/share/ca-certificates)
+# and pip's setting to trust them. Neither is a step of hearth's install.
+mkdir -p "$root/usr/local/share/ca-certificates"
+cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
+[ -f /etc/pip.conf ] && cp /etc/pip.conf "$root/etc/pip.conf"
+chroot "$root" /bin/sh -c 'apt-get install -y -qq ca-certificates >/dev/null && update-ca-certificates >/dev/null' \
+  || { echo "error: cannot install ca-certificates in the fresh root" >&2; exit 1; }
 mkdir -p "$root/src/hearth"
 git archive HEAD | tar -x -C "$root/src/hearth"
 mount -t proc proc "$root/proc"; mounts+=("$root/proc")
@@ -54,7 +62,7 @@ bind /dev/pts "$root/dev/pts"
 bind "$toolchain" "$root/opt/rust" ro
 
 in_root() {
-  chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
+  chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt \
     PATH=/opt/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HEARTH_FRESH_ROOT=1 /bin/bash -c "$1"
 }
