@@ -5,7 +5,9 @@
 # (tests/e2e: `hearth serve` through the official openai and ollama Python SDKs, pinned in
 # tests/e2e/requirements.txt and installed in a virtualenv kept in the cache directory); then
 # the web page's browser tests (tests/web: playwright-core, pinned by its package-lock.json,
-# driving Debian's headless chromium).
+# driving Debian's headless chromium); then, as root, scripts/fresh-debian.sh: the README's
+# first command on a fresh Debian 12 root made by debootstrap (HEARTH_SKIP_FRESH=1 skips it
+# while iterating; it never runs inside that root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh --tests
@@ -39,3 +41,12 @@ if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0
   exit 1
 fi
 (cd tests/web && npm ci --no-audit --no-fund --loglevel=error && node --test --test-concurrency=1 page.test.mjs)
+
+# The README's first command on a fresh Debian 12 (this machine's packages hide missing steps).
+if [ -z "${HEARTH_FRESH_ROOT:-}" ] && [ -z "${HEARTH_SKIP_FRESH:-}" ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    scripts/fresh-debian.sh
+  else
+    echo "note: scripts/fresh-debian.sh needs root; skipped (run it with sudo)" >&2
+  fi
+fi
