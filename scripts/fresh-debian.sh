@@ -9,7 +9,8 @@
 #   1. scripts/quickstart.sh (install-deps, build, the starter model, serve) in the background,
 #      until the server answers a chat request;
 #   2. scripts/install-deps.sh --tests, checking that what the test suite needs is there, and
-#      the fast adapter tests (cargo test of hearth-server, -runtime, -protocol).
+#      the fast adapter tests (cargo test of hearth-server, -runtime, -protocol); with
+#      HEARTH_FRESH_FULL=1, the README's second command (scripts/test.sh) instead.
 # Needs root (debootstrap, chroot, mounts). Called by scripts/test.sh; HEARTH_SKIP_FRESH=1 skips
 # it there while iterating.
 #   scripts/fresh-debian.sh [WORKDIR]
@@ -57,8 +58,8 @@ mkdir -p "$root/src/hearth"
 git archive HEAD | tar -x -C "$root/src/hearth"
 mount -t proc proc "$root/proc"; mounts+=("$root/proc")
 bind /sys "$root/sys"
-bind /dev "$root/dev"
-bind /dev/pts "$root/dev/pts"
+mkdir -p "$root/dev"; mount --rbind /dev "$root/dev"; mount --make-rslave "$root/dev"; mounts+=("$root/dev")
+mkdir -p "$root/run"; mount -t tmpfs tmpfs "$root/run"; mounts+=("$root/run")
 bind "$toolchain" "$root/opt/rust" ro
 
 in_root() {
@@ -84,6 +85,12 @@ answer=$(curl -sf http://127.0.0.1:11599/api/chat -d '{"model":"smollm2","messag
 echo "fresh Debian 12: the starter model answered: $answer" >&2
 kill "$(cat "$root/tmp/serve.pid")" 2>/dev/null || true
 
+if [ -n "${HEARTH_FRESH_FULL:-}" ]; then
+  echo "fresh Debian 12: the README's second command (scripts/test.sh)" >&2
+  in_root 'cd /src/hearth && scripts/test.sh' || { echo "error: scripts/test.sh failed on a fresh Debian 12" >&2; exit 1; }
+  echo "fresh Debian 12: ok" >&2
+  exit 0
+fi
 echo "fresh Debian 12: the test suite's dependencies and the fast adapter tests" >&2
 in_root 'cd /src/hearth && scripts/install-deps.sh --tests \
   && for c in python3 node npm chromium ip taskset; do command -v $c >/dev/null || { echo "error: scripts/install-deps.sh --tests did not install $c" >&2; exit 1; }; done \
