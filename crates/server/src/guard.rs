@@ -86,19 +86,32 @@ pub async fn browser_guard(State((s, listen)): State<(Shared, Option<SocketAddr>
             }
         }
     }
-    json_errors(&path, next.run(req).await).await
+    let root = s.runtime.store.root().display().to_string();
+    json_errors(&path, &root, next.run(req).await).await
 }
 
-/// axum's own rejections (a body over the limit, a wrong method) are plain text: clients of
-/// both APIs expect JSON errors.
-async fn json_errors(path: &str, resp: Response) -> Response {
-    let plain = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|c| c.starts_with("text/plain"));
-    if !(resp.status().is_client_error() || resp.status().is_server_error()) || !plain {
+/// Error answers: axum's own rejections (a body over the limit, a wrong method) are plain
+/// text, and clients of both APIs expect JSON; and no error tells a client where the store is
+/// on this machine (its path becomes `<store>`).
+async fn json_errors(path: &str, store_root: &str, resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
         return resp;
     }
-    let status = resp.status();
-    let text = axum::body::to_bytes(resp.into_body(), 64 << 10).await.map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default();
-    let text = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+    let ctype = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let (plain, json) = (ctype.starts_with("text/plain"), ctype.starts_with("application/json"));
+    if !plain && !json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let text = axum::body::to_bytes(body, 64 << 10).await.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let text = if store_root.len() > 1 { text.replace(store_root, "<store>") } else { text };
+    if json {
+        return Response::from_parts(parts, axum::body::Body::from(text));
+    }
+    let text = text.trim();
+    let text = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text.to_string() };
     refuse(path, status, text)
 }
 

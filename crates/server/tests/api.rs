@@ -466,3 +466,18 @@ async fn random_request_bodies_never_break_the_server() {
     assert!(s.post("/api/chat", chat("hi", false)).await.starts_with("status: 200\n"), "and it still answers");
     s.stop().await;
 }
+
+/// No error tells a client where the store is on this machine.
+#[tokio::test]
+async fn errors_do_not_reveal_the_store_path() {
+    let s = Server::start(1 << 30).await;
+    let blobs = s._dir.path().join("models/blobs");
+    for e in std::fs::read_dir(&blobs).unwrap().flatten() {
+        std::fs::remove_file(e.path()).unwrap();
+    }
+    let r = s.post("/api/chat", chat("hi", false)).await;
+    assert!(r.starts_with("status: 500\n"), "{r}");
+    let root = s._dir.path().join("models").display().to_string();
+    assert!(!r.contains(&root) && r.contains("<store>"), "{r}");
+    s.stop().await;
+}
