@@ -8,9 +8,9 @@
 # cannot come from a registry here; everything else does: apt, crates.io, PyPI), then in a chroot:
 #   1. scripts/quickstart.sh (install-deps, build, the starter model, serve) in the background,
 #      until the server answers a chat request;
-#   2. scripts/install-deps.sh --tests, checking that what the test suite needs is there, and
-#      the fast adapter tests (cargo test of hearth-server, -runtime, -protocol); with
-#      HEARTH_FRESH_FULL=1, the README's second command (scripts/test.sh) instead.
+#   2. the README's second command, scripts/test.sh (the whole suite: cargo, the SDK end-to-end
+#      tests, the browser tests); with HEARTH_FRESH_QUICK=1 only scripts/install-deps.sh --tests
+#      (checking that what the suite needs is there) and the fast adapter tests.
 # Needs root (debootstrap, chroot, mounts). Called by scripts/test.sh; HEARTH_SKIP_FRESH=1 skips
 # it there while iterating.
 #   scripts/fresh-debian.sh [WORKDIR]
@@ -32,7 +32,14 @@ cleanup() {
   for ((i=${#mounts[@]}-1; i>=0; i--)); do umount -l "${mounts[i]}" 2>/dev/null || true; done
   # The server started in the chroot, if it still runs.
   [ -f "$root/tmp/serve.pid" ] && kill "$(cat "$root/tmp/serve.pid")" 2>/dev/null || true
-  if [ -z "${HEARTH_KEEP_FRESH:-}" ]; then rm -rf "$work"; else echo "kept $work" >&2; fi
+  # Never delete through a mount that is still there (the host's /dev, the toolchain).
+  if findmnt -rn -o TARGET | grep -q "^$root"; then
+    echo "warning: mounts remain under $root; not deleting $work" >&2
+  elif [ -z "${HEARTH_KEEP_FRESH:-}" ]; then
+    rm -rf "$work"
+  else
+    echo "kept $work" >&2
+  fi
 }
 trap cleanup EXIT
 bind() { # bind SRC DEST [ro]
@@ -85,7 +92,7 @@ answer=$(curl -sf http://127.0.0.1:11599/api/chat -d '{"model":"smollm2","messag
 echo "fresh Debian 12: the starter model answered: $answer" >&2
 kill "$(cat "$root/tmp/serve.pid")" 2>/dev/null || true
 
-if [ -n "${HEARTH_FRESH_FULL:-}" ]; then
+if [ -z "${HEARTH_FRESH_QUICK:-}" ]; then
   echo "fresh Debian 12: the README's second command (scripts/test.sh)" >&2
   in_root 'cd /src/hearth && scripts/test.sh' || { echo "error: scripts/test.sh failed on a fresh Debian 12" >&2; exit 1; }
   echo "fresh Debian 12: ok" >&2

@@ -35,8 +35,18 @@ if ! "$venv/bin/python" -c '' >/dev/null 2>&1 || [ "$(cat "$venv/.requirements.s
 fi
 PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" -m pytest tests/e2e -q
 
-# The browser tests need Node.js 20 or newer (playwright-core's minimum).
-if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)'; then
+# The browser tests need Node.js 20 or newer (playwright-core's minimum); Debian 12 ships 18:
+# then Node.js 20 comes from the npm registry (the `node` package), once, into the cache.
+node_major() { node -e 'process.stdout.write(process.versions.node.split(".")[0])' 2>/dev/null || echo 0; }
+if [ "$(node_major)" -lt 20 ]; then
+  nodedir="$cache/node20"
+  if [ ! -x "$nodedir/node_modules/.bin/node" ]; then
+    echo "Node.js is $(node --version 2>/dev/null || echo missing); fetching Node.js 20 from the npm registry into $nodedir" >&2
+    npm install --prefix "$nodedir" --no-audit --no-fund --loglevel=error node@20 >&2
+  fi
+  export PATH="$nodedir/node_modules/.bin:$PATH"
+fi
+if [ "$(node_major)" -lt 20 ]; then
   echo "error: the browser tests (tests/web) need Node.js 20 or newer; found $(node --version)" >&2
   exit 1
 fi
