@@ -264,28 +264,25 @@ impl Gguf {
     /// Reads the header of the file at `path` and checks that the tensor data it describes
     /// fits inside the file.
     pub fn open(path: &Path) -> Result<Gguf, GgufError> {
-        let io = |source| GgufError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(io)?;
-        let file_len = file.metadata().map_err(io)?.len();
-        let gguf = Gguf::read(std::io::BufReader::new(file), Some(file_len))?;
-        gguf.check_data_fits(file_len)?;
-        Ok(gguf)
+        Gguf::open_with(path, None)
     }
 
     /// Like [`Gguf::open`], but arrays of more than [`LEAN_ARRAY`] items are read past, not
     /// kept ([`Value::Skipped`]): what a server needs (sizes, architecture, scalars) in
     /// bounded memory, whatever the file holds.
     pub fn open_lean(path: &Path) -> Result<Gguf, GgufError> {
+        Gguf::open_with(path, Some(LEAN_ARRAY))
+    }
+
+    /// The header of the file at `path`, keeping arrays of at most `max_array` items.
+    fn open_with(path: &Path, max_array: Option<u64>) -> Result<Gguf, GgufError> {
         let io = |source| GgufError::Io {
             path: path.display().to_string(),
             source,
         };
         let file = std::fs::File::open(path).map_err(io)?;
         let file_len = file.metadata().map_err(io)?.len();
-        let gguf = Gguf::read_with(std::io::BufReader::new(file), Some(file_len), Some(LEAN_ARRAY))?;
+        let gguf = Gguf::read_with(std::io::BufReader::new(file), Some(file_len), max_array)?;
         gguf.check_data_fits(file_len)?;
         Ok(gguf)
     }
