@@ -86,18 +86,18 @@ pub async fn browser_guard(State((s, listen)): State<(Shared, Option<SocketAddr>
             }
         }
     }
-    let root = s.runtime.store.root().display().to_string();
-    json_errors(&path, &root, next.run(req).await).await
+    json_errors(&path, s.runtime.store.root(), next.run(req).await).await
 }
 
 /// Error answers: axum's own rejections (a body over the limit, a wrong method) are plain
 /// text, and clients of both APIs expect JSON; and no error tells a client where the store is
 /// on this machine (its path becomes `<store>`).
-async fn json_errors(path: &str, store_root: &str, resp: Response) -> Response {
+async fn json_errors(path: &str, store_root: &std::path::Path, resp: Response) -> Response {
     let status = resp.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return resp;
     }
+    let store_root = store_root.display().to_string();
     let ctype = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let (plain, json) = (ctype.starts_with("text/plain"), ctype.starts_with("application/json"));
     if !plain && !json {
@@ -106,7 +106,7 @@ async fn json_errors(path: &str, store_root: &str, resp: Response) -> Response {
     let (mut parts, body) = resp.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
     let text = axum::body::to_bytes(body, 64 << 10).await.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    let text = if store_root.len() > 1 { text.replace(store_root, "<store>") } else { text };
+    let text = if store_root.len() > 1 { text.replace(&store_root, "<store>") } else { text };
     if json {
         return Response::from_parts(parts, axum::body::Body::from(text));
     }
