@@ -6,8 +6,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 
-use hearth_engine::{ChatMessage, ChatTemplate, Engine, EngineError, EngineOptions, Event, GenerateRequest, Prompt};
-use hearth_protocol::runner::{line, ErrorKind, Generate, Info, Message, Prompt as PromptSpec, Reply, Request, Spec};
+use hearth_engine::{Chat, ChatTemplate, Engine, EngineError, EngineOptions, Event, GenerateRequest, Prompt};
+use hearth_protocol::runner::{line, ErrorKind, Generate, Info, Prompt as PromptSpec, Reply, Request, Spec};
+use hearth_protocol::FinishReason;
 
 /// Runs the runner. Returns only on a startup failure; otherwise the process exits when its
 /// parent closes our stdin (or dies: the parent also sets a parent-death signal).
@@ -23,6 +24,7 @@ pub fn main(spec_json: &str) -> Result<(), String> {
         (None, Some(t)) => t,
         _ => ChatTemplate::for_model(&info),
     };
+    let chat = Chat::new(engine.model(), template);
     let _ = std::fs::remove_file(&spec.socket);
     let listener = UnixListener::bind(&spec.socket).map_err(|e| format!("cannot listen on {}: {e}", spec.socket.display()))?;
     let state = Arc::new(State {
@@ -36,9 +38,12 @@ pub fn main(spec_json: &str) -> Result<(), String> {
             size_bytes: info.size_bytes,
             load_ms: info.load_ms,
             description: info.description.clone(),
+            thinking: chat.thinking(),
+            tool_format: chat.tool_format().to_string(),
+            chat_template: chat.source().to_string(),
         },
         engine,
-        template,
+        chat,
     });
     // The parent holds our stdin: when it closes (the server exited, however), we exit.
     std::thread::spawn(|| {
@@ -62,7 +67,7 @@ pub fn main(spec_json: &str) -> Result<(), String> {
 
 struct State {
     engine: Engine,
-    template: ChatTemplate,
+    chat: Chat,
     info: Info,
 }
 
@@ -77,10 +82,6 @@ fn error_reply(e: &EngineError) -> Reply {
         _ => ErrorKind::Internal,
     };
     Reply::Error { kind, message: e.to_string() }
-}
-
-fn messages(m: &[Message]) -> Vec<ChatMessage> {
-    m.iter().map(|m| ChatMessage::new(m.role.clone(), m.content.clone())).collect()
 }
 
 fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
@@ -106,21 +107,29 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
                 Err(e) => send(&mut writer, &error_reply(&e)),
             }
         }
-        Request::Generate(Generate { prompt, sampling, max_tokens, stop, json, ignore_eos, logprobs }) => {
-            let text = match prompt {
-                PromptSpec::Text(t) => t,
-                PromptSpec::Messages(m) => match state.template.render(&messages(&m), true) {
-                    Ok(t) => t,
+        Request::Generate(Generate { prompt, sampling, max_tokens, stop, json, ignore_eos, logprobs, chat }) => {
+            let mut req = GenerateRequest::new(Prompt::Text(String::new()));
+            // A chat's answer is read as it comes: reasoning, text and tool calls.
+            let mut reader = None;
+            req.stop = stop;
+            match prompt {
+                PromptSpec::Text(t) => req.prompt = Prompt::Text(t),
+                PromptSpec::Messages(m) => match state.chat.prepare(state.engine.model(), &m, &chat) {
+                    Ok(p) => {
+                        req.prompt = Prompt::Text(p.prompt);
+                        req.grammar = p.grammar;
+                        req.stop.extend(p.stops);
+                        req.preserved = p.preserved;
+                        reader = Some(p.reader);
+                    }
                     Err(e) => return send(&mut writer, &error_reply(&e)),
                 },
-            };
-            let mut req = GenerateRequest::new(Prompt::Text(text));
+            }
             req.sampling = sampling;
             req.max_tokens = max_tokens;
-            req.stop = stop;
             req.ignore_eos = ignore_eos;
             req.logprobs = logprobs;
-            if json {
+            if json && req.grammar.is_none() {
                 req.grammar = Some(hearth_engine::Grammar::Json);
             }
             let generation = match state.engine.generate(req) {
@@ -146,6 +155,7 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
                 let reply = match event {
                     Event::Token { id, text, logprobs } => Reply::Token {
                         id,
+                        deltas: reader.as_mut().map(|r| r.push(&text)).unwrap_or_default(),
                         text,
                         logprobs: logprobs.map(|l| {
                             let alt = |t: &hearth_engine::TokenLogprob| hearth_protocol::Alternative {
@@ -157,7 +167,15 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
                         }),
                     },
                     Event::Done { text, reason, timings } => {
-                        let reply = Reply::Done { text, reason, timings };
+                        let cut = matches!(reason, FinishReason::Length | FinishReason::Cancelled);
+                        let (deltas, message) = match reader.as_mut() {
+                            Some(r) => {
+                                let (d, m) = r.finish(&text, cut);
+                                (d, Some(m))
+                            }
+                            None => (Vec::new(), None),
+                        };
+                        let reply = Reply::Done { text, reason, timings, deltas, message };
                         send(&mut writer, &reply)?;
                         break;
                     }

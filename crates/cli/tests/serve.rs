@@ -362,7 +362,9 @@ fn a_bounded_load_with_a_runner_killed_in_the_middle() {
             })
         })
         .collect();
-    assert!(wait_until(Duration::from_secs(120), || answered.load(Ordering::SeqCst) >= 100), "100 answers");
+    // Killed once a third of the requests are answered. The wait is generous: CI runs the other
+    // tests beside this one on two cores.
+    assert!(wait_until(Duration::from_secs(600), || answered.load(Ordering::SeqCst) >= 100), "100 answers");
     let pids = s.runner_pids();
     assert_eq!(pids.len(), 1);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0] as i32), nix::sys::signal::Signal::SIGKILL).unwrap();

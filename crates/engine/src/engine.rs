@@ -141,6 +141,9 @@ pub struct GenerateRequest {
     /// (0..=[`MAX_TOP_LOGPROBS`]). They are the model's distribution before any sampling
     /// transform: see [`TokenLogprobs`].
     pub logprobs: Option<u32>,
+    /// Special tokens written out as text (a chat format's markers, which its parser reads);
+    /// other special tokens are written as nothing.
+    pub preserved: Vec<Token>,
 }
 
 impl GenerateRequest {
@@ -153,6 +156,7 @@ impl GenerateRequest {
             ignore_eos: false,
             grammar: None,
             logprobs: None,
+            preserved: Vec::new(),
         }
     }
 }
@@ -261,6 +265,7 @@ struct Job {
     /// Compiled by `Engine::generate`; moved into the slot's sampler when the job starts.
     grammar: Option<CompiledGrammar>,
     logprobs: Option<u32>,
+    preserved: Vec<Token>,
     events: Sender<Event>,
     cancel: Arc<AtomicBool>,
     submitted: Instant,
@@ -413,6 +418,7 @@ impl Engine {
             ignore_eos: req.ignore_eos,
             grammar,
             logprobs: req.logprobs,
+            preserved: req.preserved,
             events: tx,
             cancel: cancel.clone(),
             submitted: Instant::now(),
@@ -884,7 +890,7 @@ impl Worker {
             let logits = unsafe { crate::sampling::logits(ctx, idx, self.model.n_vocab() as usize) }?;
             Some(token_logprobs(&self.model, logits, token, n as usize))
         });
-        let piece = self.model.token_piece(token, false);
+        let piece = self.model.token_piece(token, a.job.preserved.contains(&token));
         let text = a.utf8.push(&piece);
         let (text, stopped) = match a.stop.push(&text) {
             StopOutcome::Continue(t) => (t, false),

@@ -54,6 +54,13 @@ pub enum Grammar {
     /// grammar (ten thousand parentheses) overflows the stack and aborts the process. A grammar
     /// that merely does not parse is an [`EngineError::InvalidRequest`].
     Gbnf(String),
+    /// A grammar from llama.cpp's chat code (tool calls, JSON schemas), compiled from the
+    /// request's schemas by llama.cpp's converter.
+    ///
+    /// `lazy`: it applies only from a trigger on (a pattern of the text, or one of the tokens)
+    /// and lets anything through before. `prefill`: the template's generation prompt, which the
+    /// grammar's sentences start with; it is fed to a grammar that is not lazy and allows it.
+    Chat { gbnf: String, lazy: bool, trigger_patterns: Vec<String>, trigger_tokens: Vec<Token>, prefill: String },
 }
 
 impl Grammar {
@@ -62,6 +69,7 @@ impl Grammar {
         match self {
             Grammar::Json => JSON_OBJECT_GBNF,
             Grammar::Gbnf(text) => text,
+            Grammar::Chat { gbnf, .. } => gbnf,
         }
     }
 }
@@ -96,16 +104,71 @@ impl CompiledGrammar {
         // SAFETY: valid vocab (kept alive by the Arc stored beside the sampler) and two
         // NUL-terminated strings, which llama.cpp copies. Parse errors are caught inside
         // llama.cpp and come back as NULL.
-        let (ptr, errors) = crate::log::capture_errors(|| unsafe {
-            sys::llama_sampler_init_grammar(model.vocab_ptr(), text.as_ptr(), c"root".as_ptr())
-        });
+        let (ptr, errors) = match grammar {
+            Grammar::Chat { lazy: true, trigger_patterns, trigger_tokens, .. } => {
+                let patterns = trigger_patterns
+                    .iter()
+                    .map(|p| CString::new(p.as_str()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| EngineError::InvalidRequest("a grammar trigger contains a NUL character".into()))?;
+                let pattern_ptrs: Vec<*const std::ffi::c_char> = patterns.iter().map(|p| p.as_ptr()).collect();
+                // SAFETY: as below, plus arrays of `len` valid pointers / tokens, copied by
+                // llama.cpp (which also catches a bad trigger regex and returns NULL).
+                crate::log::capture_errors(|| unsafe {
+                    sys::llama_sampler_init_grammar_lazy_patterns(
+                        model.vocab_ptr(),
+                        text.as_ptr(),
+                        c"root".as_ptr(),
+                        pattern_ptrs.as_ptr().cast_mut(),
+                        pattern_ptrs.len(),
+                        trigger_tokens.as_ptr(),
+                        trigger_tokens.len(),
+                    )
+                })
+            }
+            _ => crate::log::capture_errors(|| unsafe {
+                sys::llama_sampler_init_grammar(model.vocab_ptr(), text.as_ptr(), c"root".as_ptr())
+            }),
+        };
         match NonNull::new(ptr) {
-            Some(ptr) => Ok(CompiledGrammar { ptr, _model: model.clone() }),
+            Some(ptr) => {
+                let mut g = CompiledGrammar { ptr, _model: model.clone() };
+                if let Grammar::Chat { lazy: false, prefill, .. } = grammar {
+                    g.prefill(model, prefill)?;
+                }
+                Ok(g)
+            }
             None => {
                 let why = if errors.is_empty() { "it does not parse".to_string() } else { errors.join("; ") };
                 Err(EngineError::InvalidRequest(format!("invalid GBNF grammar: {why}")))
             }
         }
+    }
+
+    /// Feeds the template's generation prompt to a chat grammar whose sentences start with it
+    /// (as llama.cpp's sampler does; a first token that is only a tokenizer's leading space is
+    /// skipped). A grammar that does not start with it is left as it is.
+    fn prefill(&mut self, model: &Model, prefill: &str) -> Result<(), EngineError> {
+        if prefill.is_empty() {
+            return Ok(());
+        }
+        let mut tokens = model.tokenize(prefill, false, true)?;
+        if let Some(&first) = tokens.first() {
+            let piece = model.token_piece(first, true);
+            if piece.first().is_some_and(|b| b.is_ascii_whitespace()) && !prefill.starts_with(|c: char| c.is_whitespace()) {
+                tokens.remove(0);
+            }
+        }
+        if tokens.first().is_some_and(|&t| !self.allows(t)) {
+            return Ok(());
+        }
+        for t in tokens {
+            if !self.allows(t) {
+                return Err(EngineError::InvalidRequest("the chat grammar does not accept the template's generation prompt".into()));
+            }
+            self.accept(t);
+        }
+        Ok(())
     }
 
     /// Whether the grammar allows `token` next. Costs one token's check, not the vocabulary's.

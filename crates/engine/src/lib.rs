@@ -3,7 +3,9 @@
 //! - [`Model`]: a loaded GGUF (weights and vocabulary), shared between threads.
 //! - [`Engine`]: one llama.cpp context on its own thread, serving many sequences with
 //!   continuous batching and prompt-cache reuse, streaming [`Event`]s back.
-//! - [`ChatTemplate`]: conversations rendered with the model's own Jinja template.
+//! - [`ChatTemplate`]: conversations rendered with the model's own Jinja template; [`Chat`]:
+//!   tools, reasoning and JSON schemas through llama.cpp's chat code (or hearth's generic tool
+//!   format), and the [`AnswerReader`] that parses the answer as it streams.
 //! - [`Grammar`]: output constrained to JSON or any GBNF grammar; [`TokenLogprobs`]: the
 //!   model's log-probabilities of each generated token.
 //! - [`rpc`]: ggml's RPC backend, for spreading a model over machines.
@@ -13,6 +15,7 @@
 // The one crate allowed `unsafe` (the workspace denies it): every call into llama.cpp.
 #![allow(unsafe_code)]
 
+mod chat;
 mod engine;
 mod grammar;
 mod log;
@@ -23,6 +26,7 @@ mod sampling;
 mod template;
 pub mod text;
 
+pub use chat::{json_schema_to_grammar, AnswerReader, Chat, Prepared};
 pub use engine::{
     CacheType, Canceller, Engine, EngineOptions, Event, FinishReason, FlashAttn, GenerateRequest,
     Generation, LoadSettings, Output, Prompt, Timings,

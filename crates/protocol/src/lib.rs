@@ -6,15 +6,19 @@
 //!   (flattened into the flags of `run`, `serve` and `fit`) to the runner's spec and the engine.
 //! - [`sampling`]: [`SamplingParams`], how tokens are picked.
 //! - [`generate`]: what a generation reports: [`FinishReason`], [`Timings`], [`Logprobs`].
+//! - [`chat`]: tools, tool calls, reasoning and JSON schemas: [`ChatOptions`],
+//!   [`AssistantMessage`], [`Delta`].
 //! - [`runner`]: the runner protocol, newline-delimited JSON over a Unix socket.
 //!
 //! Invariants: no llama.cpp, no I/O, no async runtime: plain data with serde.
 
+pub mod chat;
 pub mod generate;
 pub mod runner;
 pub mod sampling;
 pub mod settings;
 
+pub use chat::{AssistantMessage, ChatOptions, Delta, Tool, ToolCall, ToolChoice};
 pub use generate::{Alternative, FinishReason, Logprobs, Timings};
 pub use sampling::SamplingParams;
 pub use settings::{CacheType, FlashAttn, LoadSettings};

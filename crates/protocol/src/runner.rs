@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{FinishReason, LoadSettings, Logprobs, SamplingParams, Timings};
+use crate::{AssistantMessage, ChatOptions, Delta, FinishReason, LoadSettings, Logprobs, SamplingParams, Timings, ToolCall};
 
 /// How to start a runner: everything the child needs, passed as one JSON argument.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -30,15 +30,26 @@ pub struct Spec {
 }
 
 /// A chat message as the runner renders it with the model's template.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// An assistant turn's reasoning, fed back.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reasoning: String,
+    /// An assistant turn's tool calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// A `tool` message: the call it answers, and the tool's name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tool_call_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tool_name: String,
 }
 
 impl Message {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Message {
-        Message { role: role.into(), content: content.into() }
+        Message { role: role.into(), content: content.into(), ..Default::default() }
     }
 }
 
@@ -69,11 +80,24 @@ pub struct Generate {
     /// Report each token's log-probability and this many alternatives.
     #[serde(default)]
     pub logprobs: Option<u32>,
+    /// For [`Prompt::Messages`]: tools, JSON schema, reasoning. The answer then streams as
+    /// [`Delta`]s and ends with the parsed [`AssistantMessage`].
+    #[serde(default)]
+    pub chat: ChatOptions,
 }
 
 impl Generate {
     pub fn new(prompt: Prompt, sampling: SamplingParams) -> Generate {
-        Generate { prompt, sampling, max_tokens: None, stop: Vec::new(), json: false, ignore_eos: false, logprobs: None }
+        Generate {
+            prompt,
+            sampling,
+            max_tokens: None,
+            stop: Vec::new(),
+            json: false,
+            ignore_eos: false,
+            logprobs: None,
+            chat: ChatOptions::default(),
+        }
     }
 }
 
@@ -98,6 +122,16 @@ pub struct Info {
     pub size_bytes: u64,
     pub load_ms: f64,
     pub description: String,
+    /// The chat template can think (reasoning is split from the answer).
+    #[serde(default)]
+    pub thinking: bool,
+    /// How tool calls are written: the template's own syntax (llama.cpp's name for the
+    /// format), or "generic" (hearth's JSON format, for templates without tool syntax).
+    #[serde(default)]
+    pub tool_format: String,
+    /// The chat template's source.
+    #[serde(default)]
+    pub chat_template: String,
 }
 
 /// Why a request failed, so the server can pick a status.
@@ -116,11 +150,24 @@ pub enum ErrorKind {
 pub enum Reply {
     Token {
         id: i32,
+        /// The raw text the token released.
         text: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         logprobs: Option<Logprobs>,
+        /// For a chat: what the text added to the parsed answer.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        deltas: Vec<Delta>,
     },
-    Done { text: String, reason: FinishReason, timings: Timings },
+    Done {
+        text: String,
+        reason: FinishReason,
+        timings: Timings,
+        /// For a chat: the last deltas and the whole parsed answer.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        deltas: Vec<Delta>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<AssistantMessage>,
+    },
     Embeddings { embeddings: Vec<Vec<f32>>, prompt_tokens: u32 },
     Info(Info),
     Error { kind: ErrorKind, message: String },
@@ -143,7 +190,7 @@ mod tests {
         let text = String::from_utf8(line(&g)).unwrap();
         assert!(text.ends_with('\n') && !text.trim_end().contains('\n'));
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), g);
-        let done = Reply::Done { text: String::new(), reason: FinishReason::Length, timings: Timings::default() };
+        let done = Reply::Done { text: String::new(), reason: FinishReason::Length, timings: Timings::default(), deltas: vec![], message: None };
         let v = serde_json::to_value(&done).unwrap();
         assert_eq!(v["done"]["reason"], "length");
     }

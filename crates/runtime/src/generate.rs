@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hearth_protocol::runner::{ErrorKind, Generate, Reply, Request};
-use hearth_protocol::{FinishReason, Logprobs, Timings};
+use hearth_protocol::{AssistantMessage, Delta, FinishReason, Logprobs, Timings};
 
 use crate::runner::ReplyStream;
 use crate::scheduler::{Lease, LoadOptions, Scheduler};
@@ -19,10 +19,12 @@ use crate::{Model, RuntimeError};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// Text released by one token (possibly empty: an unfinished character or a possible stop
-    /// string is held back), with the token's log-probabilities when the request asked.
-    Token { text: String, logprobs: Option<Logprobs> },
-    /// The end.
-    Done { reason: FinishReason, timings: Timings },
+    /// string is held back), with the token's log-probabilities when the request asked. For a
+    /// chat, `deltas` is what the text added to the parsed answer (its reasoning, text and
+    /// tool calls, which the raw text mixes).
+    Token { text: String, logprobs: Option<Logprobs>, deltas: Vec<Delta> },
+    /// The end; for a chat with the whole parsed answer.
+    Done { reason: FinishReason, timings: Timings, message: Option<AssistantMessage> },
 }
 
 /// A running generation. Dropping it closes the runner connection, which cancels it.
@@ -90,10 +92,10 @@ impl Generation {
 /// A runner's reply as events: a token, or the last text and the end.
 fn reply_event(reply: Reply, model: &str) -> Result<(Option<Event>, Option<Event>), RuntimeError> {
     match reply {
-        Reply::Token { text, logprobs, .. } => Ok((Some(Event::Token { text, logprobs }), None)),
-        Reply::Done { text, reason, timings } => {
-            let rest = (!text.is_empty()).then_some(Event::Token { text, logprobs: None });
-            Ok((rest, Some(Event::Done { reason, timings })))
+        Reply::Token { text, logprobs, deltas, .. } => Ok((Some(Event::Token { text, logprobs, deltas }), None)),
+        Reply::Done { text, reason, timings, deltas, message } => {
+            let rest = (!text.is_empty() || !deltas.is_empty()).then_some(Event::Token { text, logprobs: None, deltas });
+            Ok((rest, Some(Event::Done { reason, timings, message })))
         }
         Reply::Error { kind, message } => Err(runner_error(kind, message)),
         other => Err(RuntimeError::Internal(format!("the runner for {model} answered a generation with {other:?}"))),

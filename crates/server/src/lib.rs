@@ -16,6 +16,7 @@
 //! `llama-cpp-sys-2`): engines live in runner processes; the server survives any runner's
 //! death; `run` takes its shutdown signal as an argument.
 
+pub mod chat;
 pub mod cluster;
 pub mod conversations;
 pub mod error;

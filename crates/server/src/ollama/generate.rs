@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use hearth_runtime::protocol::runner::{Generate, Message, Prompt};
-use hearth_runtime::protocol::{FinishReason, Timings};
+use hearth_runtime::protocol::{AssistantMessage, ChatOptions, Delta, FinishReason, Timings, ToolCall};
 use hearth_runtime::{Event, KeepAlive, LoadOptions, Model};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -37,6 +37,8 @@ pub struct GenerateBody {
     keep_alive: Option<Value>,
     #[serde(default)]
     images: Option<Vec<String>>,
+    #[serde(default)]
+    think: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -46,6 +48,38 @@ pub struct ChatMessage {
     content: String,
     #[serde(default)]
     images: Option<Vec<String>>,
+    #[serde(default)]
+    thinking: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<InToolCall>>,
+    #[serde(default)]
+    tool_name: Option<String>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct InToolCall {
+    #[serde(default)]
+    id: Option<String>,
+    function: InFunction,
+}
+
+#[derive(Deserialize)]
+pub struct InFunction {
+    name: String,
+    #[serde(default)]
+    arguments: Value,
+}
+
+/// Ollama's `think`: true/false, or an effort ("low", "medium", "high": on).
+fn think(v: &Option<Value>) -> Result<Option<bool>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(Value::String(s)) if matches!(s.as_str(), "low" | "medium" | "high") => Ok(Some(true)),
+        Some(other) => Err(ApiError::bad_request(format!("invalid field `think`: expected true, false, \"low\", \"medium\" or \"high\", got {other}"))),
+    }
 }
 
 #[derive(Deserialize)]
@@ -61,6 +95,10 @@ pub struct ChatBody {
     options: Option<Value>,
     #[serde(default)]
     keep_alive: Option<Value>,
+    #[serde(default)]
+    tools: Option<Vec<Value>>,
+    #[serde(default)]
+    think: Option<Value>,
 }
 
 /// What both generation routes send, once parsed.
@@ -74,6 +112,7 @@ struct Job {
     options: Option<Value>,
     keep_alive: Option<Value>,
     is_chat: bool,
+    chat: ChatOptions,
 }
 
 pub async fn generate(State(s): State<Shared>, OllamaJson(b): OllamaJson<GenerateBody>) -> Result<Response, OllamaError> {
@@ -91,7 +130,8 @@ pub async fn generate(State(s): State<Shared>, OllamaJson(b): OllamaJson<Generat
         messages.push(Message::new("user", b.prompt.clone()));
         Prompt::Messages(messages)
     };
-    let job = Job { model, empty: b.prompt.is_empty(), prompt, stream: b.stream != Some(false), format: b.format, options: b.options, keep_alive: b.keep_alive, is_chat: false };
+    let chat = ChatOptions { think: think(&b.think)?, ..Default::default() };
+    let job = Job { model, empty: b.prompt.is_empty(), prompt, stream: b.stream != Some(false), format: b.format, options: b.options, keep_alive: b.keep_alive, is_chat: false, chat };
     respond(s, job).await
 }
 
@@ -100,23 +140,59 @@ pub async fn chat(State(s): State<Shared>, OllamaJson(b): OllamaJson<ChatBody>) 
         return Err(ApiError::bad_request("images are not supported yet").into());
     }
     let model = s.runtime.resolve(&b.model)?;
-    let mut messages: Vec<Message> = b.messages.iter().map(|m| Message::new(m.role.clone(), m.content.clone())).collect();
+    let mut messages: Vec<Message> = b
+        .messages
+        .iter()
+        .map(|m| Message {
+            role: m.role.clone(),
+            content: m.content.clone(),
+            reasoning: m.thinking.clone().unwrap_or_default(),
+            tool_calls: m
+                .tool_calls
+                .iter()
+                .flatten()
+                .map(|c| ToolCall { id: c.id.clone().unwrap_or_default(), name: c.function.name.clone(), arguments: crate::chat::arguments_text(&c.function.arguments) })
+                .collect(),
+            tool_call_id: m.tool_call_id.clone().unwrap_or_default(),
+            tool_name: m.tool_name.clone().unwrap_or_default(),
+        })
+        .collect();
+    let mut tools = Vec::new();
+    for (i, t) in b.tools.iter().flatten().enumerate() {
+        let f = &t["function"];
+        tools.push(crate::chat::tool(&f["name"], &f["description"], f.get("parameters"), &format!("tools[{i}].function"))?);
+    }
+    crate::chat::check_tools(&tools, "tools")?;
+    let chat = ChatOptions { tools, think: think(&b.think)?, parallel_tool_calls: true, ..Default::default() };
     if !messages.iter().any(|m| m.role == "system") {
         if let Some(sys) = &model.system {
             messages.insert(0, Message::new("system", sys.clone()));
         }
     }
-    let job = Job { model, empty: b.messages.is_empty(), prompt: Prompt::Messages(messages), stream: b.stream != Some(false), format: b.format, options: b.options, keep_alive: b.keep_alive, is_chat: true };
+    let job = Job { model, empty: b.messages.is_empty(), prompt: Prompt::Messages(messages), stream: b.stream != Some(false), format: b.format, options: b.options, keep_alive: b.keep_alive, is_chat: true, chat };
     respond(s, job).await
 }
 
-/// A chunk of the answer: `message` for chat, `response` for generate.
-fn chunk(name: &str, is_chat: bool, text: &str) -> Value {
-    if is_chat {
+/// A chunk of the answer: `message` for chat, `response` for generate; reasoning in
+/// `thinking`, tool calls (whole) in `tool_calls`, arguments as objects.
+fn chunk(name: &str, is_chat: bool, text: &str, thinking: &str, calls: &[ToolCall]) -> Value {
+    let mut v = if is_chat {
         json!({"model": name, "created_at": crate::wire::now_rfc3339(), "message": {"role": "assistant", "content": text}, "done": false})
     } else {
         json!({"model": name, "created_at": crate::wire::now_rfc3339(), "response": text, "done": false})
+    };
+    let at = if is_chat { &mut v["message"] } else { &mut v };
+    if !thinking.is_empty() {
+        at["thinking"] = json!(thinking);
     }
+    if !calls.is_empty() {
+        at["tool_calls"] = calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| json!({"id": c.id, "function": {"index": i, "name": c.name, "arguments": crate::chat::arguments_object(&c.arguments)}}))
+            .collect();
+    }
+    v
 }
 
 /// The last chunk: why it ended, durations in nanoseconds and token counts.
@@ -138,7 +214,9 @@ fn last(mut v: Value, reason: FinishReason, t: &Timings, load: Duration, total: 
 async fn respond(s: Shared, job: Job) -> Result<Response, OllamaError> {
     let keep = keep_alive(&job.keep_alive)?;
     let o = options(&job.model, job.options.as_ref())?;
-    let json_mode = is_json_format(&job.format)?;
+    let (json_mode, schema) = is_json_format(&job.format)?;
+    let mut chat = job.chat;
+    chat.json_schema = schema;
     let load = LoadOptions { num_ctx: o.num_ctx, keep_alive: keep };
     let name = job.model.name.clone();
     let is_chat = job.is_chat;
@@ -158,7 +236,7 @@ async fn respond(s: Shared, job: Job) -> Result<Response, OllamaError> {
         }
         return Ok(axum::Json(v).into_response());
     }
-    let request = Generate { max_tokens: o.max_tokens, stop: o.stop, json: json_mode, ..Generate::new(job.prompt, o.sampling) };
+    let request = Generate { max_tokens: o.max_tokens, stop: o.stop, json: json_mode, chat, ..Generate::new(job.prompt, o.sampling) };
     let generation = s.runtime.generate(&job.model, &load, request).await?;
     let mut g = Observed::new(generation, s.metrics.clone());
     if !job.stream {
@@ -166,8 +244,9 @@ async fn respond(s: Shared, job: Job) -> Result<Response, OllamaError> {
         while let Some(e) = g.next().await {
             match e? {
                 Event::Token { text: t, .. } => text.push_str(&t),
-                Event::Done { reason, timings } => {
-                    let v = last(chunk(&name, is_chat, &text), reason, &timings, g.generation.load_duration, g.generation.started.elapsed());
+                Event::Done { reason, timings, message } => {
+                    let m = message.unwrap_or(AssistantMessage { content: text, ..Default::default() });
+                    let v = last(chunk(&name, is_chat, &m.content, &m.reasoning, &m.tool_calls), reason, &timings, g.generation.load_duration, g.generation.started.elapsed());
                     return Ok(axum::Json(v).into_response());
                 }
             }
@@ -180,11 +259,29 @@ async fn respond(s: Shared, job: Job) -> Result<Response, OllamaError> {
             let mut g = g?;
             loop {
                 let line = match g.next().await? {
-                    Ok(Event::Token { text, .. }) if text.is_empty() => continue,
-                    Ok(Event::Token { text, .. }) => ndjson_line(&chunk(&name, is_chat, &text)),
-                    Ok(Event::Done { reason, timings }) => {
-                        let v = last(chunk(&name, is_chat, ""), reason, &timings, g.generation.load_duration, g.generation.started.elapsed());
-                        return Some((ndjson_line(&v), None));
+                    Ok(Event::Token { deltas, .. }) => {
+                        let mut out = String::new();
+                        for d in deltas {
+                            match d {
+                                Delta::Content(t) => out.push_str(&ndjson_line(&chunk(&name, is_chat, &t, "", &[]))),
+                                Delta::Reasoning(t) => out.push_str(&ndjson_line(&chunk(&name, is_chat, "", &t, &[]))),
+                                // Calls are sent whole, at the end.
+                                Delta::ToolCall { .. } => {}
+                            }
+                        }
+                        if out.is_empty() {
+                            continue;
+                        }
+                        out
+                    }
+                    Ok(Event::Done { reason, timings, message }) => {
+                        let mut out = String::new();
+                        if let Some(m) = message.filter(|m| !m.tool_calls.is_empty()) {
+                            out.push_str(&ndjson_line(&chunk(&name, is_chat, "", "", &m.tool_calls)));
+                        }
+                        let v = last(chunk(&name, is_chat, "", "", &[]), reason, &timings, g.generation.load_duration, g.generation.started.elapsed());
+                        out.push_str(&ndjson_line(&v));
+                        return Some((out, None));
                     }
                     Err(e) => return Some((ndjson_line(&ollama_stream_error(&e)), None)),
                 };

@@ -26,13 +26,13 @@ pub fn keep_alive(v: &Option<Value>) -> Result<Option<KeepAlive>, ApiError> {
 }
 
 /// `format`: `"json"` or a JSON schema constrains the output to JSON.
-pub fn is_json_format(format: &Option<Value>) -> Result<bool, ApiError> {
+pub fn is_json_format(format: &Option<Value>) -> Result<(bool, Option<Value>), ApiError> {
     match format {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::String(s)) if s.is_empty() => Ok(false),
-        Some(Value::String(s)) if s == "json" => Ok(true),
-        // A JSON schema: constrained to JSON (the schema's shape is not enforced yet).
-        Some(Value::Object(_)) => Ok(true),
+        None | Some(Value::Null) => Ok((false, None)),
+        Some(Value::String(s)) if s.is_empty() => Ok((false, None)),
+        Some(Value::String(s)) if s == "json" => Ok((true, None)),
+        // A JSON schema: the answer matches it (llama.cpp's schema-to-grammar converter).
+        Some(schema @ Value::Object(_)) => Ok((false, Some(schema.clone()))),
         Some(other) => Err(ApiError::bad_request(format!("invalid field `format`: expected \"json\" or a JSON schema, got {other}"))),
     }
 }

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use hearth_runtime::protocol::runner::{Generate, Message, Prompt};
-use hearth_runtime::protocol::{FinishReason, Logprobs, SamplingParams as Sampling, Timings};
+use hearth_runtime::protocol::{ChatOptions, Delta, FinishReason, Logprobs, SamplingParams as Sampling, Timings, ToolCall};
 use hearth_runtime::{Event, LoadOptions, Model, Options};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -76,6 +76,31 @@ struct ChatMessage {
     role: String,
     #[serde(default)]
     content: Option<Content>,
+    #[serde(default)]
+    tool_calls: Option<Vec<InToolCall>>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    /// llama-server's name for an assistant turn's reasoning; `reasoning` is Ollama's.
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    reasoning: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct InToolCall {
+    #[serde(default)]
+    id: String,
+    function: InFunction,
+}
+
+#[derive(Deserialize)]
+struct InFunction {
+    name: String,
+    #[serde(default)]
+    arguments: Value,
 }
 
 #[derive(Deserialize)]
@@ -104,6 +129,8 @@ struct StreamOptions {
 struct ResponseFormat {
     #[serde(rename = "type")]
     kind: String,
+    #[serde(default)]
+    json_schema: Option<Value>,
 }
 
 /// Fields shared by chat and completions.
@@ -160,6 +187,46 @@ struct Common {
 #[derive(Deserialize)]
 struct ChatBody {
     messages: Vec<ChatMessage>,
+    #[serde(default)]
+    tools: Option<Vec<Value>>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default)]
+    parallel_tool_calls: Option<bool>,
+    /// "none" turns thinking off; any other effort turns it on.
+    #[serde(default)]
+    reasoning_effort: Option<String>,
+    #[serde(default)]
+    chat_template_kwargs: Option<serde_json::Map<String, Value>>,
+}
+
+impl ChatBody {
+    fn options(&self) -> Result<ChatOptions, ApiError> {
+        let mut tools = Vec::new();
+        for (i, t) in self.tools.iter().flatten().enumerate() {
+            let field = format!("tools[{i}]");
+            if t["type"].as_str().is_some_and(|k| k != "function") {
+                continue;
+            }
+            let f = &t["function"];
+            tools.push(crate::chat::tool(&f["name"], &f["description"], f.get("parameters"), &format!("{field}.function"))?);
+        }
+        crate::chat::check_tools(&tools, "tools")?;
+        let mut o = ChatOptions {
+            tools,
+            tool_choice: crate::chat::openai_tool_choice(self.tool_choice.as_ref())?,
+            parallel_tool_calls: self.parallel_tool_calls.unwrap_or(false),
+            template_kwargs: self.chat_template_kwargs.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        o.think = match self.reasoning_effort.as_deref() {
+            None => o.template_kwargs.get("enable_thinking").and_then(Value::as_bool),
+            Some("none") => Some(false),
+            Some("minimal" | "low" | "medium" | "high") => Some(true),
+            Some(other) => return Err(ApiError::bad_request(format!("invalid field `reasoning_effort`: {other:?} is not none, minimal, low, medium or high"))),
+        };
+        Ok(o)
+    }
 }
 
 #[derive(Deserialize)]
@@ -220,11 +287,18 @@ impl Common {
         Ok(n)
     }
 
-    fn json(&self) -> Result<bool, ApiError> {
-        match self.response_format.as_ref().map(|r| r.kind.as_str()) {
-            None | Some("text") => Ok(false),
-            Some("json_object") | Some("json_schema") => Ok(true),
-            Some(other) => Err(ApiError::bad_request(format!("invalid field `response_format.type`: {other:?} is not text, json_object or json_schema"))),
+    /// `response_format`: any JSON object, or JSON matching a schema.
+    fn json(&self) -> Result<(bool, Option<Value>), ApiError> {
+        match self.response_format.as_ref().map(|r| (r.kind.as_str(), r.json_schema.as_ref())) {
+            None | Some(("text", _)) => Ok((false, None)),
+            Some(("json_object", _)) => Ok((true, None)),
+            Some(("json_schema", Some(js))) => match js.get("schema") {
+                Some(schema @ Value::Object(_)) => Ok((false, Some(schema.clone()))),
+                None | Some(Value::Null) => Ok((true, None)),
+                Some(other) => Err(ApiError::bad_request(format!("invalid field `response_format.json_schema.schema`: expected an object, got {other}"))),
+            },
+            Some(("json_schema", None)) => Err(ApiError::bad_request("invalid field `response_format.json_schema`: missing")),
+            Some((other, _)) => Err(ApiError::bad_request(format!("invalid field `response_format.type`: {other:?} is not text, json_object or json_schema"))),
         }
     }
 }
@@ -260,10 +334,38 @@ fn timings(t: &Timings) -> Value {
     })
 }
 
-fn finish_reason(r: FinishReason) -> &'static str {
+fn finish_reason(r: FinishReason, calls: bool) -> &'static str {
     match r {
         FinishReason::Length => "length",
+        FinishReason::Stop if calls => "tool_calls",
         FinishReason::Stop | FinishReason::Cancelled => "stop",
+    }
+}
+
+/// The answer as OpenAI's chat `message`.
+fn chat_message(m: &hearth_runtime::protocol::AssistantMessage) -> Value {
+    let mut v = json!({"role": "assistant", "content": m.content});
+    if m.content.is_empty() && !m.tool_calls.is_empty() {
+        v["content"] = Value::Null;
+    }
+    if !m.reasoning.is_empty() {
+        v["reasoning_content"] = json!(m.reasoning);
+    }
+    if !m.tool_calls.is_empty() {
+        v["tool_calls"] = crate::chat::openai_tool_calls(&m.tool_calls);
+    }
+    v
+}
+
+/// A streamed delta as OpenAI's chunk `delta`.
+fn chat_delta(d: &Delta) -> Value {
+    match d {
+        Delta::Content(t) => json!({"content": t}),
+        Delta::Reasoning(t) => json!({"reasoning_content": t}),
+        Delta::ToolCall { index, id, name, arguments } if !id.is_empty() => json!({"tool_calls": [{
+            "index": index, "id": id, "type": "function", "function": {"name": name, "arguments": arguments},
+        }]}),
+        Delta::ToolCall { index, arguments, .. } => json!({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]}),
     }
 }
 
@@ -272,8 +374,25 @@ async fn chat(State(s): State<Shared>, body: Bytes) -> Result<Response, OpenAiEr
     if b.messages.is_empty() {
         return Err(ApiError::bad_request("invalid field `messages`: at least one message is needed").into());
     }
-    let messages = b.messages.iter().map(|m| Message::new(m.role.clone(), text_of(&m.content))).collect();
-    run(s, common, Prompt::Messages(messages), true).await
+    let chat = b.options()?;
+    let messages = b
+        .messages
+        .iter()
+        .map(|m| Message {
+            role: m.role.clone(),
+            content: text_of(&m.content),
+            reasoning: m.reasoning_content.clone().or(m.reasoning.clone()).unwrap_or_default(),
+            tool_calls: m
+                .tool_calls
+                .iter()
+                .flatten()
+                .map(|c| ToolCall { id: c.id.clone(), name: c.function.name.clone(), arguments: crate::chat::arguments_text(&c.function.arguments) })
+                .collect(),
+            tool_call_id: m.tool_call_id.clone().unwrap_or_default(),
+            tool_name: m.name.clone().unwrap_or_default(),
+        })
+        .collect();
+    run(s, common, Prompt::Messages(messages), chat).await
 }
 
 async fn completions(State(s): State<Shared>, body: Bytes) -> Result<Response, OpenAiError> {
@@ -287,11 +406,13 @@ async fn completions(State(s): State<Shared>, body: Bytes) -> Result<Response, O
     if common.max_tokens.is_none() && common.max_completion_tokens.is_none() {
         common.max_tokens = Some(16);
     }
-    run(s, common, Prompt::Text(prompt), false).await
+    run(s, common, Prompt::Text(prompt), ChatOptions::default()).await
 }
 
-async fn run(s: Shared, c: Common, prompt: Prompt, is_chat: bool) -> Result<Response, OpenAiError> {
-    let json_mode = c.json()?;
+async fn run(s: Shared, c: Common, prompt: Prompt, mut chat: ChatOptions) -> Result<Response, OpenAiError> {
+    let is_chat = matches!(prompt, Prompt::Messages(_));
+    let (json_mode, schema) = c.json()?;
+    chat.json_schema = schema;
     let logprobs = c.logprobs(is_chat)?;
     let model = s.runtime.resolve(&c.model)?;
     let o = c.options(&model)?;
@@ -302,6 +423,7 @@ async fn run(s: Shared, c: Common, prompt: Prompt, is_chat: bool) -> Result<Resp
         json: json_mode,
         ignore_eos: c.ignore_eos,
         logprobs,
+        chat,
         ..Generate::new(prompt, o.sampling)
     };
     let generation = s.runtime.generate(&model, &LoadOptions { num_ctx: o.num_ctx, keep_alive: None }, request).await?;
@@ -315,16 +437,18 @@ async fn run(s: Shared, c: Common, prompt: Prompt, is_chat: bool) -> Result<Resp
         let mut lps = Vec::new();
         while let Some(e) = g.next().await {
             match e? {
-                Event::Token { text: t, logprobs: l } => {
+                Event::Token { text: t, logprobs: l, .. } => {
                     text.push_str(&t);
                     lps.extend(l);
                 }
-                Event::Done { reason, timings: t } => {
+                Event::Done { reason, timings: t, message } => {
                     let lp = logprobs.map(|_| logprobs_json(&lps, is_chat)).unwrap_or(Value::Null);
+                    let calls = crate::chat::has_calls(&message);
                     let choice = if is_chat {
-                        json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason(reason), "logprobs": lp})
+                        let m = message.unwrap_or(hearth_runtime::protocol::AssistantMessage { content: text, ..Default::default() });
+                        json!({"index": 0, "message": chat_message(&m), "finish_reason": finish_reason(reason, calls), "logprobs": lp})
                     } else {
-                        json!({"index": 0, "text": text, "finish_reason": finish_reason(reason), "logprobs": lp})
+                        json!({"index": 0, "text": text, "finish_reason": finish_reason(reason, false), "logprobs": lp})
                     };
                     return Ok(axum::Json(json!({
                         "id": id, "object": object, "created": created, "model": name,
@@ -345,38 +469,41 @@ async fn run(s: Shared, c: Common, prompt: Prompt, is_chat: bool) -> Result<Resp
         }
         format!("data: {}\n\n", serde_json::to_string(&v).expect("values serialize"))
     };
-    let delta = move |text: &str, first: bool, lp: Value| -> Value {
-        if is_chat {
-            let mut d = json!({"content": text});
-            if first {
-                d["role"] = json!("assistant");
-            }
-            json!([{"index": 0, "delta": d, "finish_reason": null, "logprobs": lp}])
-        } else {
-            json!([{"index": 0, "text": text, "finish_reason": null, "logprobs": lp}])
-        }
-    };
+    let delta = move |text: &str, lp: Value| -> Value { json!([{"index": 0, "text": text, "finish_reason": null, "logprobs": lp}]) };
     // The role comes first, in a frame of its own (as OpenAI sends it).
-    let first = is_chat.then(|| frame(delta("", true, Value::Null), None));
+    let first = is_chat.then(|| frame(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null, "logprobs": null}]), None));
     let frames = futures_util::stream::unfold(Some((g, Vec::<Logprobs>::new())), move |state| {
         let frame = frame.clone();
         async move {
             let (mut g, mut pending) = state?;
             loop {
                 let out = match g.next().await? {
-                    Ok(Event::Token { text, logprobs: l }) => {
+                    Ok(Event::Token { text, logprobs: l, deltas }) => {
                         pending.extend(l);
-                        if text.is_empty() {
-                            continue;
-                        }
-                        let lp = if pending.is_empty() { Value::Null } else { logprobs_json(&std::mem::take(&mut pending), is_chat) };
-                        frame(delta(&text, false, lp), None)
-                    }
-                    Ok(Event::Done { reason, timings: t }) => {
-                        let last = if is_chat {
-                            json!([{"index": 0, "delta": {}, "finish_reason": finish_reason(reason), "logprobs": null}])
+                        if is_chat {
+                            if deltas.is_empty() {
+                                continue;
+                            }
+                            let mut out = String::new();
+                            for d in &deltas {
+                                let lp = if pending.is_empty() { Value::Null } else { logprobs_json(&std::mem::take(&mut pending), true) };
+                                out.push_str(&frame(json!([{"index": 0, "delta": chat_delta(d), "finish_reason": null, "logprobs": lp}]), None));
+                            }
+                            out
                         } else {
-                            json!([{"index": 0, "text": "", "finish_reason": finish_reason(reason), "logprobs": null}])
+                            if text.is_empty() {
+                                continue;
+                            }
+                            let lp = if pending.is_empty() { Value::Null } else { logprobs_json(&std::mem::take(&mut pending), false) };
+                            frame(delta(&text, lp), None)
+                        }
+                    }
+                    Ok(Event::Done { reason, timings: t, message }) => {
+                        let calls = crate::chat::has_calls(&message);
+                        let last = if is_chat {
+                            json!([{"index": 0, "delta": {}, "finish_reason": finish_reason(reason, calls), "logprobs": null}])
+                        } else {
+                            json!([{"index": 0, "text": "", "finish_reason": finish_reason(reason, false), "logprobs": null}])
                         };
                         let mut end = frame(last, Some(("timings", timings(&t))));
                         if include_usage {

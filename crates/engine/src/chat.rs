@@ -1,0 +1,796 @@
+//! Chats with tools, reasoning and JSON schemas.
+//!
+//! A model whose Jinja template has tool syntax or thinks goes through llama.cpp's own chat
+//! code (`common/chat.cpp`, through `cpp/chat_shim.cpp`): it renders the template with the
+//! tools, detects the family's format, builds the (lazy) grammar that keeps calls valid and
+//! parses the output, as llama-server does. Any other model gets hearth's *generic* format:
+//! the tools are described in the system prompt, the answer is one JSON object
+//! (`{"tool_calls": [..]}` or `{"response": ".."}`) held to the tools' schemas by a grammar,
+//! and the conversation is rendered by the model's own template as usual.
+//!
+//! [`Chat::prepare`] turns messages and [`ChatOptions`] into a [`Prepared`] chat: the prompt,
+//! the grammar, extra stops and an [`AnswerReader`] that turns the generated text into
+//! [`Delta`]s and the final [`AssistantMessage`].
+
+use std::collections::HashSet;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+
+use hearth_protocol::runner::Message;
+use hearth_protocol::{AssistantMessage, ChatOptions, Delta, Tool, ToolCall, ToolChoice};
+use serde_json::{json, Value};
+
+use crate::grammar::Grammar;
+use crate::template::{ChatMessage, ChatTemplate};
+use crate::{sys, EngineError, Model, Token};
+
+extern "C" {
+    fn hearth_string_free(s: *mut c_char);
+    fn hearth_chat_init(model: *const sys::llama_model, override_src: *const c_char, err: *mut *mut c_char) -> *mut c_void;
+    fn hearth_chat_free(c: *mut c_void);
+    fn hearth_chat_caps(c: *const c_void, err: *mut *mut c_char) -> *mut c_char;
+    fn hearth_chat_apply(c: *const c_void, inputs: *const c_char, err: *mut *mut c_char) -> *mut c_char;
+    fn hearth_chat_parser_new(params: *const c_char, err: *mut *mut c_char) -> *mut c_void;
+    fn hearth_chat_parser_free(p: *mut c_void);
+    fn hearth_chat_parse(p: *const c_void, text: *const c_char, len: usize, partial: bool, err: *mut *mut c_char) -> *mut c_char;
+    fn hearth_json_schema_to_grammar(schema: *const c_char, err: *mut *mut c_char) -> *mut c_char;
+}
+
+/// Takes a string the shim allocated (or its error) and frees it.
+fn take(out: *mut c_char, err: *mut c_char) -> Result<String, String> {
+    // SAFETY: both are NULL or NUL-terminated strings from the shim's malloc, freed once here.
+    unsafe {
+        let take_one = |p: *mut c_char| {
+            let s = CStr::from_ptr(p).to_string_lossy().into_owned();
+            hearth_string_free(p);
+            s
+        };
+        if !out.is_null() {
+            if !err.is_null() {
+                hearth_string_free(err);
+            }
+            Ok(take_one(out))
+        } else if !err.is_null() {
+            Err(take_one(err))
+        } else {
+            Err("llama.cpp's chat code failed without saying why".into())
+        }
+    }
+}
+
+fn cstring(s: &str, what: &str) -> Result<CString, EngineError> {
+    CString::new(s).map_err(|_| EngineError::InvalidRequest(format!("{what} contains a NUL character")))
+}
+
+/// A JSON schema as a GBNF grammar (llama.cpp's converter). A schema it cannot handle is an
+/// error naming the unsupported part.
+pub fn json_schema_to_grammar(schema: &Value) -> Result<String, EngineError> {
+    let text = cstring(&schema.to_string(), "the JSON schema")?;
+    let mut err = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated string; the shim catches every C++ exception.
+    let out = unsafe { hearth_json_schema_to_grammar(text.as_ptr(), &mut err) };
+    take(out, err).map_err(|why| EngineError::InvalidRequest(format!("unsupported JSON schema: {why}")))
+}
+
+/// llama.cpp's chat templates for one model.
+struct NativeTemplates {
+    ptr: NonNull<c_void>,
+}
+
+// SAFETY: the templates are immutable after init; calls are serialized by the Mutex around it.
+unsafe impl Send for NativeTemplates {}
+
+impl Drop for NativeTemplates {
+    fn drop(&mut self) {
+        // SAFETY: owned, freed once.
+        unsafe { hearth_chat_free(self.ptr.as_ptr()) }
+    }
+}
+
+impl NativeTemplates {
+    fn new(model: &Model) -> Result<NativeTemplates, String> {
+        let mut err = std::ptr::null_mut();
+        // SAFETY: a loaded model; an empty override (the model's own template).
+        let ptr = unsafe { hearth_chat_init(model.as_ptr(), c"".as_ptr(), &mut err) };
+        match NonNull::new(ptr) {
+            Some(ptr) => {
+                if !err.is_null() {
+                    // SAFETY: the shim's string.
+                    unsafe { hearth_string_free(err) }
+                }
+                Ok(NativeTemplates { ptr })
+            }
+            None => Err(take(std::ptr::null_mut(), err).unwrap_err()),
+        }
+    }
+
+    fn caps(&self) -> Result<Value, String> {
+        let mut err = std::ptr::null_mut();
+        // SAFETY: valid templates.
+        let out = unsafe { hearth_chat_caps(self.ptr.as_ptr(), &mut err) };
+        let text = take(out, err)?;
+        serde_json::from_str(&text).map_err(|e| e.to_string())
+    }
+
+    fn apply(&self, inputs: &Value) -> Result<Applied, String> {
+        let text = CString::new(inputs.to_string()).map_err(|_| "the chat contains a NUL character".to_string())?;
+        let mut err = std::ptr::null_mut();
+        // SAFETY: valid templates and a NUL-terminated string; exceptions are caught.
+        let out = unsafe { hearth_chat_apply(self.ptr.as_ptr(), text.as_ptr(), &mut err) };
+        let text = take(out, err)?;
+        serde_json::from_str(&text).map_err(|e| e.to_string())
+    }
+}
+
+/// What llama.cpp's `common_chat_templates_apply` returned.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Applied {
+    format: i32,
+    format_name: String,
+    prompt: String,
+    grammar: String,
+    grammar_lazy: bool,
+    grammar_triggers: Vec<Trigger>,
+    preserved_tokens: Vec<String>,
+    additional_stops: Vec<String>,
+    generation_prompt: String,
+    supports_thinking: bool,
+    parser: String,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Trigger {
+    /// llama.cpp's `common_grammar_trigger_type`: token, word, pattern, full pattern.
+    #[serde(rename = "type")]
+    kind: i32,
+    value: String,
+    token: Token,
+}
+
+/// llama.cpp's output parser for one request.
+struct NativeParser {
+    ptr: NonNull<c_void>,
+}
+
+// SAFETY: owned by one reader, used by one thread at a time.
+unsafe impl Send for NativeParser {}
+
+impl Drop for NativeParser {
+    fn drop(&mut self) {
+        // SAFETY: owned, freed once.
+        unsafe { hearth_chat_parser_free(self.ptr.as_ptr()) }
+    }
+}
+
+impl NativeParser {
+    fn new(applied: &Applied, tools: bool) -> Result<NativeParser, String> {
+        let params = json!({
+            "format": applied.format,
+            "generation_prompt": applied.generation_prompt,
+            "parser": applied.parser,
+            "reasoning": true,
+            "tools": tools,
+        });
+        let text = CString::new(params.to_string()).map_err(|_| "NUL in the parser".to_string())?;
+        let mut err = std::ptr::null_mut();
+        // SAFETY: a NUL-terminated string; exceptions are caught.
+        let ptr = unsafe { hearth_chat_parser_new(text.as_ptr(), &mut err) };
+        match NonNull::new(ptr) {
+            Some(ptr) => Ok(NativeParser { ptr }),
+            None => Err(take(std::ptr::null_mut(), err).unwrap_err()),
+        }
+    }
+
+    fn parse(&self, text: &str, partial: bool) -> Result<AssistantMessage, String> {
+        let mut err = std::ptr::null_mut();
+        // SAFETY: valid parser; `text` is `len` bytes (not NUL-terminated, copied by the shim).
+        let out = unsafe { hearth_chat_parse(self.ptr.as_ptr(), text.as_ptr().cast(), text.len(), partial, &mut err) };
+        let v: Value = serde_json::from_str(&take(out, err)?).map_err(|e| e.to_string())?;
+        let s = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
+        Ok(AssistantMessage {
+            content: s(&v, "content"),
+            reasoning: s(&v, "reasoning_content"),
+            tool_calls: v["tool_calls"]
+                .as_array()
+                .map(|a| a.iter().map(|c| ToolCall { id: s(c, "id"), name: s(c, "name"), arguments: s(c, "arguments") }).collect())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// A model's chat: llama.cpp's chat code when its template has tool syntax or thinks, else
+/// its [`ChatTemplate`] with the generic tool format.
+pub struct Chat {
+    native: Option<Mutex<NativeTemplates>>,
+    fallback: ChatTemplate,
+    thinking: bool,
+    tool_format: String,
+    source: String,
+}
+
+/// A chat ready to generate.
+pub struct Prepared {
+    pub prompt: String,
+    pub grammar: Option<Grammar>,
+    /// Stops the format adds (end-of-turn markers written as text).
+    pub stops: Vec<String>,
+    /// Special tokens to be written out as text (the parser needs to see them).
+    pub preserved: Vec<Token>,
+    pub reader: AnswerReader,
+}
+
+impl Chat {
+    /// The chat of `model`; `fallback` renders plain chats of models without tool syntax.
+    pub fn new(model: &Arc<Model>, fallback: ChatTemplate) -> Chat {
+        let mut chat = Chat { native: None, fallback, thinking: false, tool_format: "generic".into(), source: String::new() };
+        if let Some(source) = &model.info().chat_template {
+            chat.source = source.clone();
+            match NativeTemplates::new(model) {
+                Ok(t) => {
+                    let caps = t.caps().unwrap_or_default();
+                    let tools = caps["supports_tool_calls"].as_bool().unwrap_or(false);
+                    let probe = t.apply(&json!({"messages": [{"role": "user", "content": "Hi"}], "add_generation_prompt": true}));
+                    let thinking = probe.as_ref().map(|a| a.supports_thinking).unwrap_or(false);
+                    if tools || thinking {
+                        let with_tools = t.apply(&json!({
+                            "messages": [{"role": "user", "content": "Hi"}],
+                            "tools": [{"type": "function", "function": {"name": "f", "description": "", "parameters": {"type": "object", "properties": {}}}}],
+                        }));
+                        chat.tool_format = match with_tools {
+                            Ok(a) if tools => a.format_name,
+                            _ => "generic".into(),
+                        };
+                        chat.thinking = thinking;
+                        chat.native = Some(Mutex::new(t));
+                    }
+                }
+                Err(e) => tracing::warn!("llama.cpp's chat code cannot use the model's template ({e}); tools use the generic format"),
+            }
+        }
+        chat
+    }
+
+    /// The template can think.
+    pub fn thinking(&self) -> bool {
+        self.thinking
+    }
+
+    /// "generic", or the name of llama.cpp's format for the template's tool syntax.
+    pub fn tool_format(&self) -> &str {
+        &self.tool_format
+    }
+
+    /// The model's own chat template source (empty without one).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Renders `messages` with `opts` for `model`.
+    pub fn prepare(&self, model: &Model, messages: &[Message], opts: &ChatOptions) -> Result<Prepared, EngineError> {
+        check_tools(&opts.tools, &opts.tool_choice)?;
+        if opts.think == Some(true) && !self.thinking {
+            return Err(EngineError::InvalidRequest("the model does not support thinking".into()));
+        }
+        match &self.native {
+            Some(native) => self.prepare_native(model, &native.lock().unwrap_or_else(|e| e.into_inner()), messages, opts),
+            None => self.prepare_generic(messages, opts),
+        }
+    }
+
+    fn prepare_native(&self, model: &Model, t: &NativeTemplates, messages: &[Message], opts: &ChatOptions) -> Result<Prepared, EngineError> {
+        let (tools, choice): (Vec<&Tool>, &str) = match &opts.tool_choice {
+            ToolChoice::Auto => (opts.tools.iter().collect(), "auto"),
+            ToolChoice::None => (opts.tools.iter().collect(), "none"),
+            ToolChoice::Required => (opts.tools.iter().collect(), "required"),
+            ToolChoice::Function(name) => (opts.tools.iter().filter(|t| &t.name == name).collect(), "required"),
+        };
+        let kwargs: serde_json::Map<String, Value> =
+            opts.template_kwargs.iter().map(|(k, v)| (k.clone(), Value::String(v.to_string()))).collect();
+        let enable_thinking = opts
+            .think
+            .or_else(|| opts.template_kwargs.get("enable_thinking").and_then(Value::as_bool))
+            .unwrap_or(true);
+        let mut inputs = json!({
+            "messages": messages.iter().map(openai_message).collect::<Vec<_>>(),
+            "tool_choice": choice,
+            "parallel_tool_calls": opts.parallel_tool_calls,
+            "enable_thinking": enable_thinking,
+            "reasoning_format": "auto",
+            "chat_template_kwargs": kwargs,
+            "add_generation_prompt": true,
+        });
+        if !tools.is_empty() {
+            inputs["tools"] = tools
+                .iter()
+                .map(|t| json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}))
+                .collect();
+        }
+        if let Some(schema) = &opts.json_schema {
+            // Checked here so that a schema llama.cpp cannot convert is named as such.
+            json_schema_to_grammar(schema)?;
+            inputs["json_schema"] = Value::String(schema.to_string());
+        }
+        let applied = t.apply(&inputs).map_err(EngineError::Template)?;
+        let vocab_token = |text: &str| -> Option<Token> {
+            match model.tokenize(text, false, true) {
+                Ok(t) if t.len() == 1 => Some(t[0]),
+                _ => None,
+            }
+        };
+        let preserved: Vec<Token> = applied.preserved_tokens.iter().filter_map(|t| vocab_token(t)).collect();
+        let grammar = (!applied.grammar.is_empty()).then(|| {
+            let mut patterns = Vec::new();
+            let mut tokens = Vec::new();
+            for t in &applied.grammar_triggers {
+                match t.kind {
+                    0 => tokens.extend(if t.token >= 0 { Some(t.token) } else { vocab_token(&t.value) }),
+                    1 => match vocab_token(&t.value) {
+                        Some(tok) if preserved.contains(&tok) => tokens.push(tok),
+                        _ => patterns.push(regex_escape(&t.value)),
+                    },
+                    2 => patterns.push(t.value.clone()),
+                    _ => {
+                        let p = &t.value;
+                        let mut anchored = String::new();
+                        if !p.starts_with('^') {
+                            anchored.push('^');
+                        }
+                        anchored.push_str(p);
+                        if !p.ends_with('$') {
+                            anchored.push('$');
+                        }
+                        patterns.push(anchored);
+                    }
+                }
+            }
+            Grammar::Chat {
+                gbnf: applied.grammar.clone(),
+                lazy: applied.grammar_lazy,
+                trigger_patterns: patterns,
+                trigger_tokens: tokens,
+                prefill: applied.generation_prompt.clone(),
+            }
+        });
+        let parser = NativeParser::new(&applied, !opts.tools.is_empty() && opts.tool_choice != ToolChoice::None).map_err(EngineError::Template)?;
+        Ok(Prepared {
+            prompt: applied.prompt,
+            grammar,
+            stops: applied.additional_stops,
+            preserved,
+            reader: AnswerReader::new(Parser::Native(parser)),
+        })
+    }
+
+    fn prepare_generic(&self, messages: &[Message], opts: &ChatOptions) -> Result<Prepared, EngineError> {
+        let calls = !opts.tools.is_empty() && opts.tool_choice != ToolChoice::None;
+        let rendered = generic::messages(messages, if calls { Some(opts) } else { None });
+        let prompt = self.fallback.render(&rendered, true)?;
+        let (grammar, parser) = if calls {
+            let schema = generic::schema(opts);
+            (Some(Grammar::Gbnf(json_schema_to_grammar(&schema)?)), Parser::Generic)
+        } else if let Some(schema) = &opts.json_schema {
+            (Some(Grammar::Gbnf(json_schema_to_grammar(schema)?)), Parser::Plain)
+        } else {
+            (None, Parser::Plain)
+        };
+        Ok(Prepared { prompt, grammar, stops: Vec::new(), preserved: Vec::new(), reader: AnswerReader::new(parser) })
+    }
+}
+
+/// Tool names must be usable in a grammar and unique; a named choice must name one of them.
+fn check_tools(tools: &[Tool], choice: &ToolChoice) -> Result<(), EngineError> {
+    let mut seen = HashSet::new();
+    for t in tools {
+        if t.name.is_empty() || t.name.len() > 256 || t.name.chars().any(|c| c.is_control()) {
+            return Err(EngineError::InvalidRequest(format!("tool name {:?} is not valid: 1 to 256 characters, no control characters", t.name)));
+        }
+        if !seen.insert(t.name.as_str()) {
+            return Err(EngineError::InvalidRequest(format!("two tools are named {:?}", t.name)));
+        }
+        if !t.parameters.is_object() {
+            return Err(EngineError::InvalidRequest(format!("the parameters of tool {:?} are not a JSON schema object", t.name)));
+        }
+    }
+    match choice {
+        ToolChoice::Function(name) if !seen.contains(name.as_str()) => {
+            Err(EngineError::InvalidRequest(format!("tool_choice names {name:?}, which is not one of the tools")))
+        }
+        ToolChoice::Required | ToolChoice::Function(_) if tools.is_empty() => {
+            Err(EngineError::InvalidRequest("tool_choice requires a tool call, but no tools were given".into()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A message in OpenAI's chat shape, as llama.cpp's chat code reads it.
+fn openai_message(m: &Message) -> Value {
+    let mut v = json!({"role": m.role, "content": m.content});
+    if !m.reasoning.is_empty() {
+        v["reasoning_content"] = m.reasoning.clone().into();
+    }
+    if !m.tool_calls.is_empty() {
+        v["tool_calls"] = m
+            .tool_calls
+            .iter()
+            .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+            .collect();
+    }
+    if !m.tool_call_id.is_empty() {
+        v["tool_call_id"] = m.tool_call_id.clone().into();
+    }
+    if !m.tool_name.is_empty() {
+        v["name"] = m.tool_name.clone().into();
+    }
+    v
+}
+
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if ".^$|()*+?[]{}\\-".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// hearth's tool format for templates without tool syntax.
+mod generic {
+    use super::*;
+
+    /// The system prompt part that describes the tools and the answer format.
+    fn instructions(opts: &ChatOptions) -> String {
+        let tools: Vec<Value> = opts
+            .tools
+            .iter()
+            .filter(|t| match &opts.tool_choice {
+                ToolChoice::Function(n) => &t.name == n,
+                _ => true,
+            })
+            .map(|t| json!({"name": t.name, "description": t.description, "parameters": t.parameters}))
+            .collect();
+        let call = r#"{"tool_calls": [{"name": "<tool name>", "arguments": {<the arguments>}}]}"#;
+        let how = match opts.tool_choice {
+            ToolChoice::Auto => format!(
+                "Answer with one JSON object and nothing else: {call} to call tools, or {{\"response\": \"<your answer>\"}} to answer directly."
+            ),
+            _ => format!("Answer with one JSON object and nothing else, calling a tool: {call}"),
+        };
+        format!(
+            "You can call these tools; each is given with its name, what it does and the JSON schema of its arguments:\n{}\n\n{how}\nThe result of a call comes back in a message with a \"tool_response\".",
+            serde_json::to_string_pretty(&tools).unwrap_or_default()
+        )
+    }
+
+    /// The conversation for the model's own template: the tool instructions in the system
+    /// message, calls and results written as JSON.
+    pub(super) fn messages(messages: &[Message], tools: Option<&ChatOptions>) -> Vec<ChatMessage> {
+        let mut out: Vec<ChatMessage> = Vec::new();
+        if let Some(opts) = tools {
+            let text = instructions(opts);
+            match messages.first() {
+                Some(m) if m.role == "system" => {}
+                _ => out.push(ChatMessage::new("system", text.clone())),
+            }
+        }
+        for (i, m) in messages.iter().enumerate() {
+            let (role, content) = if m.role == "assistant" && !m.tool_calls.is_empty() {
+                let calls: Vec<Value> = m
+                    .tool_calls
+                    .iter()
+                    .map(|c| json!({"name": c.name, "arguments": serde_json::from_str::<Value>(&c.arguments).unwrap_or(Value::String(c.arguments.clone()))}))
+                    .collect();
+                ("assistant", json!({"tool_calls": calls}).to_string())
+            } else if m.role == "assistant" && tools.is_some() {
+                ("assistant", json!({"response": m.content}).to_string())
+            } else if m.role == "tool" {
+                let mut r = json!({"content": m.content});
+                if !m.tool_name.is_empty() {
+                    r["name"] = m.tool_name.clone().into();
+                }
+                if !m.tool_call_id.is_empty() {
+                    r["id"] = m.tool_call_id.clone().into();
+                }
+                ("user", json!({"tool_response": r}).to_string())
+            } else if i == 0 && m.role == "system" && tools.is_some() {
+                ("system", format!("{}\n\n{}", m.content, instructions(tools.unwrap_or(&ChatOptions::default()))))
+            } else {
+                (m.role.as_str(), m.content.clone())
+            };
+            // Consecutive results of several calls become one user turn.
+            match out.last_mut() {
+                Some(last) if role == "user" && last.role == "user" && m.role == "tool" => {
+                    last.content.push_str("\n");
+                    last.content.push_str(&content);
+                }
+                _ => out.push(ChatMessage::new(role, content)),
+            }
+        }
+        out
+    }
+
+    /// The schema every answer must match.
+    pub(super) fn schema(opts: &ChatOptions) -> Value {
+        let calls: Vec<Value> = opts
+            .tools
+            .iter()
+            .filter(|t| match &opts.tool_choice {
+                ToolChoice::Function(n) => &t.name == n,
+                _ => true,
+            })
+            .map(|t| {
+                json!({
+                    "type": "object",
+                    "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+                    "required": ["name", "arguments"],
+                    "additionalProperties": false,
+                })
+            })
+            .collect();
+        let mut list = json!({"type": "array", "items": {"anyOf": calls}, "minItems": 1});
+        if !opts.parallel_tool_calls {
+            list["maxItems"] = 1.into();
+        }
+        let call = json!({
+            "type": "object",
+            "properties": {"tool_calls": list},
+            "required": ["tool_calls"],
+            "additionalProperties": false,
+        });
+        match opts.tool_choice {
+            ToolChoice::Auto => {
+                let answer = opts.json_schema.clone().unwrap_or(json!({"type": "string"}));
+                json!({"anyOf": [call, {
+                    "type": "object",
+                    "properties": {"response": answer},
+                    "required": ["response"],
+                    "additionalProperties": false,
+                }]})
+            }
+            _ => call,
+        }
+    }
+
+    /// The answer so far: a `response` string streams as it grows; calls appear when whole.
+    pub(super) fn parse(text: &str, partial: bool) -> AssistantMessage {
+        if let Ok(v) = serde_json::from_str::<Value>(text.trim()) {
+            if let Some(calls) = v.get("tool_calls").and_then(Value::as_array) {
+                return AssistantMessage {
+                    tool_calls: calls
+                        .iter()
+                        .map(|c| ToolCall {
+                            id: String::new(),
+                            name: c["name"].as_str().unwrap_or_default().to_string(),
+                            arguments: c.get("arguments").map(|a| a.to_string()).unwrap_or_else(|| "{}".into()),
+                        })
+                        .collect(),
+                    ..Default::default()
+                };
+            }
+            if let Some(r) = v.get("response") {
+                let content = match r {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                return AssistantMessage { content, ..Default::default() };
+            }
+        }
+        if partial {
+            return AssistantMessage { content: partial_response(text).unwrap_or_default(), ..Default::default() };
+        }
+        // Cut short (a token limit): what there is, as text.
+        AssistantMessage { content: partial_response(text).unwrap_or_else(|| text.to_string()), ..Default::default() }
+    }
+
+    /// The decoded start of `{"response": "...` while the string is still being written.
+    fn partial_response(text: &str) -> Option<String> {
+        let rest = text.trim_start().strip_prefix('{')?.trim_start().strip_prefix("\"response\"")?;
+        let rest = rest.trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
+        let mut out = String::new();
+        let mut chars = rest.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => break,
+                '\\' => {
+                    let esc = chars.clone().take(5).collect::<String>();
+                    let decoded = match esc.chars().next() {
+                        Some('u') if esc.len() == 5 => {
+                            let code = u32::from_str_radix(&esc[1..5], 16).ok()?;
+                            chars.nth(4);
+                            char::from_u32(code).unwrap_or('\u{fffd}')
+                        }
+                        Some('u') | None => break,
+                        Some(e) => {
+                            chars.next();
+                            match e {
+                                'n' => '\n',
+                                't' => '\t',
+                                'r' => '\r',
+                                'b' => '\u{8}',
+                                'f' => '\u{c}',
+                                other => other,
+                            }
+                        }
+                    };
+                    out.push(decoded);
+                }
+                c => out.push(c),
+            }
+        }
+        Some(out)
+    }
+}
+
+enum Parser {
+    /// Plain text: the content is the text.
+    Plain,
+    Generic,
+    Native(NativeParser),
+}
+
+/// Reads a chat's answer as it is generated: deltas as text comes, the whole message at the
+/// end. Tool calls get ids (`call_` and 24 random characters) that stay the same throughout.
+pub struct AnswerReader {
+    parser: Parser,
+    text: String,
+    last: AssistantMessage,
+    ids: Vec<String>,
+}
+
+impl AnswerReader {
+    fn new(parser: Parser) -> AnswerReader {
+        AnswerReader { parser, text: String::new(), last: AssistantMessage::default(), ids: Vec::new() }
+    }
+
+    fn parse(&self, partial: bool) -> Result<AssistantMessage, String> {
+        match &self.parser {
+            Parser::Plain => Ok(AssistantMessage { content: self.text.clone(), ..Default::default() }),
+            Parser::Generic => Ok(generic::parse(&self.text, partial)),
+            Parser::Native(p) => p.parse(&self.text, partial),
+        }
+    }
+
+    fn with_ids(&mut self, mut m: AssistantMessage) -> AssistantMessage {
+        for (i, call) in m.tool_calls.iter_mut().enumerate() {
+            if self.ids.len() <= i {
+                self.ids.push(if call.id.is_empty() { new_call_id() } else { call.id.clone() });
+            }
+            call.id = self.ids[i].clone();
+        }
+        m
+    }
+
+    /// More generated text: what it adds to the answer.
+    pub fn push(&mut self, text: &str) -> Vec<Delta> {
+        if text.is_empty() {
+            return Vec::new();
+        }
+        self.text.push_str(text);
+        match self.parse(true) {
+            Ok(m) => {
+                let m = self.with_ids(m);
+                let d = hearth_protocol::chat::deltas(&self.last, &m);
+                self.last = m;
+                d
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The end of the text (`cut`: it ended before the model finished, so it may be an
+    /// unfinished call): the last deltas and the whole answer.
+    pub fn finish(&mut self, text: &str, cut: bool) -> (Vec<Delta>, AssistantMessage) {
+        self.text.push_str(text);
+        let m = match self.parse(cut) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("the model's answer does not parse in its tool format ({e}); returned as text");
+                match self.parse(true) {
+                    Ok(m) => m,
+                    Err(_) => AssistantMessage { content: self.text.clone(), ..Default::default() },
+                }
+            }
+        };
+        let m = self.with_ids(m);
+        let d = hearth_protocol::chat::deltas(&self.last, &m);
+        self.last = m.clone();
+        (d, m)
+    }
+}
+
+fn new_call_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut out = String::from("call_");
+    let mut bits = 0u64;
+    for i in 0..24 {
+        if i % 8 == 0 {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
+            bits = h.finish();
+        }
+        out.push(ALPHABET[(bits % ALPHABET.len() as u64) as usize] as char);
+        bits /= ALPHABET.len() as u64;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tools() -> ChatOptions {
+        ChatOptions {
+            tools: vec![Tool {
+                name: "get_weather".into(),
+                description: "Weather of a city".into(),
+                parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn generic_answers_parse_and_stream() {
+        let mut r = AnswerReader::new(Parser::Generic);
+        let mut content = String::new();
+        for piece in ["{\"res", "ponse\": \"Hel", "lo \\\"you", "\\\"\\u00e9", "!\"}"] {
+            for d in r.push(piece) {
+                if let Delta::Content(t) = d {
+                    content.push_str(&t);
+                }
+            }
+        }
+        let (_, m) = r.finish("", false);
+        assert_eq!(m.content, "Hello \"you\"é!");
+        assert_eq!(content, m.content);
+
+        let mut r = AnswerReader::new(Parser::Generic);
+        assert!(r.push("{\"tool_calls\": [{\"name\": \"get_weather\", ").is_empty());
+        let (d, m) = r.finish("\"arguments\": {\"city\": \"Paris\"}}]}", false);
+        assert_eq!(m.tool_calls.len(), 1);
+        assert_eq!(m.tool_calls[0].name, "get_weather");
+        assert_eq!(serde_json::from_str::<Value>(&m.tool_calls[0].arguments).unwrap(), json!({"city": "Paris"}));
+        assert!(m.tool_calls[0].id.starts_with("call_") && m.tool_calls[0].id.len() == 29);
+        assert!(matches!(&d[0], Delta::ToolCall { index: 0, name, .. } if name == "get_weather"));
+    }
+
+    #[test]
+    fn generic_history_and_schema() {
+        let mut opts = tools();
+        let msgs = vec![
+            Message::new("user", "Weather in Paris?"),
+            Message { role: "assistant".into(), tool_calls: vec![ToolCall { id: "c1".into(), name: "get_weather".into(), arguments: "{\"city\":\"Paris\"}".into() }], ..Default::default() },
+            Message { role: "tool".into(), content: "18C".into(), tool_call_id: "c1".into(), ..Default::default() },
+        ];
+        let out = generic::messages(&msgs, Some(&opts));
+        assert_eq!(out[0].role, "system");
+        assert!(out[0].content.contains("get_weather") && out[0].content.contains("\"response\""));
+        assert_eq!(out[2].content, r#"{"tool_calls":[{"name":"get_weather","arguments":{"city":"Paris"}}]}"#);
+        assert_eq!(out[3].role, "user");
+        assert!(out[3].content.contains("tool_response") && out[3].content.contains("18C"));
+        assert!(generic::schema(&opts)["anyOf"].is_array());
+        opts.tool_choice = ToolChoice::Required;
+        let s = generic::schema(&opts);
+        assert_eq!(s["required"], json!(["tool_calls"]));
+        assert_eq!(s["properties"]["tool_calls"]["maxItems"], 1);
+    }
+
+    #[test]
+    fn bad_tools_are_named() {
+        let mut opts = tools();
+        opts.tools.push(opts.tools[0].clone());
+        assert!(check_tools(&opts.tools, &ToolChoice::Auto).unwrap_err().to_string().contains("two tools are named"));
+        assert!(check_tools(&[], &ToolChoice::Required).unwrap_err().to_string().contains("no tools"));
+        let t = tools();
+        assert!(check_tools(&t.tools, &ToolChoice::Function("nope".into())).unwrap_err().to_string().contains("\"nope\""));
+    }
+
+    #[test]
+    fn regex_escaping() {
+        assert_eq!(regex_escape("<tool_call>"), "<tool_call>");
+        assert_eq!(regex_escape("[TOOL_CALLS]"), "\\[TOOL_CALLS\\]");
+    }
+}
