@@ -97,6 +97,25 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
     };
     match request {
         Request::Info => send(&mut writer, &Reply::Info(state.info.clone())),
+        Request::Render { messages, chat } => {
+            let reply = state.chat.prepare(state.engine.model(), &messages, &chat).and_then(|p| {
+                let tokens = state.engine.tokenize_prompt(&p.prompt)?.len() as u32;
+                Ok(Reply::Rendered { prompt: p.prompt, tokens })
+            });
+            send(&mut writer, &reply.unwrap_or_else(|e| error_reply(&e)))
+        }
+        Request::Tokenize { text, special } => {
+            let reply = state.engine.model().tokenize(&text, false, special).map(|tokens| Reply::Tokens { tokens });
+            send(&mut writer, &reply.unwrap_or_else(|e| error_reply(&e)))
+        }
+        Request::Detokenize { tokens } => {
+            let n = state.engine.model().n_vocab();
+            let reply = match tokens.iter().find(|&&t| t < 0 || t >= n) {
+                Some(bad) => Reply::Error { kind: ErrorKind::BadRequest, message: format!("token {bad} is outside the vocabulary (0..{n})") },
+                None => Reply::Text { text: state.engine.model().detokenize(&tokens, true) },
+            };
+            send(&mut writer, &reply)
+        }
         Request::Embed { inputs, normalize } => {
             let prompt_tokens = inputs
                 .iter()

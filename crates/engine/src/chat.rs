@@ -89,10 +89,12 @@ impl Drop for NativeTemplates {
 }
 
 impl NativeTemplates {
-    fn new(model: &Model) -> Result<NativeTemplates, String> {
+    /// The model's own template, or `source` instead.
+    fn new(model: &Model, source: Option<&str>) -> Result<NativeTemplates, String> {
+        let source = CString::new(source.unwrap_or_default()).map_err(|_| "the template contains a NUL character".to_string())?;
         let mut err = std::ptr::null_mut();
-        // SAFETY: a loaded model; an empty override (the model's own template).
-        let ptr = unsafe { hearth_chat_init(model.as_ptr(), c"".as_ptr(), &mut err) };
+        // SAFETY: a loaded model; a NUL-terminated override (empty: the model's own template).
+        let ptr = unsafe { hearth_chat_init(model.as_ptr(), source.as_ptr(), &mut err) };
         match NonNull::new(ptr) {
             Some(ptr) => {
                 if !err.is_null() {
@@ -226,7 +228,7 @@ impl Chat {
         let mut chat = Chat { native: None, fallback, thinking: false, tool_format: "generic".into(), source: String::new() };
         if let Some(source) = &model.info().chat_template {
             chat.source = source.clone();
-            match NativeTemplates::new(model) {
+            match NativeTemplates::new(model, None) {
                 Ok(t) => {
                     let caps = t.caps().unwrap_or_default();
                     let tools = caps["supports_tool_calls"].as_bool().unwrap_or(false);
@@ -249,6 +251,18 @@ impl Chat {
             }
         }
         chat
+    }
+
+    /// Always llama.cpp's chat code, with `source` as the template (conformance tests; a
+    /// template given on the command line).
+    pub fn from_template(model: &Arc<Model>, source: &str) -> Result<Chat, EngineError> {
+        let t = NativeTemplates::new(model, Some(source)).map_err(EngineError::Template)?;
+        let thinking = t
+            .apply(&json!({"messages": [{"role": "user", "content": "Hi"}], "add_generation_prompt": true}))
+            .map(|a| a.supports_thinking)
+            .unwrap_or(false);
+        let fallback = ChatTemplate::Jinja { source: source.to_string(), bos_token: String::new(), eos_token: String::new() };
+        Ok(Chat { native: Some(Mutex::new(t)), fallback, thinking, tool_format: "native".into(), source: source.to_string() })
     }
 
     /// The template can think.
@@ -557,17 +571,20 @@ mod generic {
     pub(super) fn parse(text: &str, partial: bool) -> AssistantMessage {
         if let Ok(v) = serde_json::from_str::<Value>(text.trim()) {
             if let Some(calls) = v.get("tool_calls").and_then(Value::as_array) {
-                return AssistantMessage {
-                    tool_calls: calls
-                        .iter()
-                        .map(|c| ToolCall {
-                            id: String::new(),
-                            name: c["name"].as_str().unwrap_or_default().to_string(),
-                            arguments: c.get("arguments").map(|a| a.to_string()).unwrap_or_else(|| "{}".into()),
-                        })
-                        .collect(),
-                    ..Default::default()
-                };
+                let mut tool_calls: Vec<ToolCall> = Vec::new();
+                for c in calls {
+                    let call = ToolCall {
+                        id: String::new(),
+                        name: c["name"].as_str().unwrap_or_default().to_string(),
+                        arguments: c.get("arguments").map(|a| a.to_string()).unwrap_or_else(|| "{}".into()),
+                    };
+                    // The same call twice in one answer (small models repeat themselves) is
+                    // one call.
+                    if !tool_calls.contains(&call) {
+                        tool_calls.push(call);
+                    }
+                }
+                return AssistantMessage { tool_calls, ..Default::default() };
             }
             if let Some(r) = v.get("response") {
                 let content = match r {
@@ -745,6 +762,8 @@ mod tests {
         }
         let (_, m) = r.finish("", false);
         assert_eq!(m.content, "Hello \"you\"é!");
+        let twice = r#"{"tool_calls": [{"name": "f", "arguments": {}}, {"name": "f", "arguments": {}}, {"name": "f", "arguments": {"a": 1}}]}"#;
+        assert_eq!(generic::parse(twice, false).tool_calls.len(), 2);
         assert_eq!(content, m.content);
 
         let mut r = AnswerReader::new(Parser::Generic);

@@ -108,6 +108,16 @@ pub enum Request {
     Generate(Generate),
     Embed { inputs: Vec<String>, normalize: bool },
     Info,
+    /// The prompt a chat renders to, and its length in tokens.
+    Render {
+        messages: Vec<Message>,
+        #[serde(default)]
+        chat: ChatOptions,
+    },
+    /// Text to tokens (`special`: special-token text such as `<|im_start|>` is parsed).
+    Tokenize { text: String, special: bool },
+    /// Tokens to text.
+    Detokenize { tokens: Vec<i32> },
 }
 
 /// What the runner says about its model and context.
@@ -170,6 +180,9 @@ pub enum Reply {
     },
     Embeddings { embeddings: Vec<Vec<f32>>, prompt_tokens: u32 },
     Info(Info),
+    Rendered { prompt: String, tokens: u32 },
+    Tokens { tokens: Vec<i32> },
+    Text { text: String },
     Error { kind: ErrorKind, message: String },
 }
 

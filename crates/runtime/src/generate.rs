@@ -109,6 +109,13 @@ fn runner_error(kind: ErrorKind, message: String) -> RuntimeError {
     }
 }
 
+/// A rendered chat prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    pub prompt: String,
+    pub tokens: u32,
+}
+
 /// Embeddings of some inputs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Embeddings {
@@ -171,6 +178,47 @@ impl Runtime {
             Reply::Embeddings { embeddings, prompt_tokens } => Ok(Embeddings { vectors: embeddings, prompt_tokens, load_duration }),
             Reply::Error { kind, message } => Err(runner_error(kind, message)),
             other => Err(RuntimeError::Internal(format!("the runner for {} answered embeddings with {other:?}", model.name))),
+        }
+    }
+
+    /// The prompt `messages` render to with `chat` (tools, schema) and its length in tokens.
+    pub async fn render(&self, model: &Model, load: &LoadOptions, messages: Vec<hearth_protocol::runner::Message>, chat: hearth_protocol::ChatOptions) -> Result<Rendered, RuntimeError> {
+        match self.ask(model, load, &Request::Render { messages, chat }).await? {
+            Reply::Rendered { prompt, tokens } => Ok(Rendered { prompt, tokens }),
+            other => Err(RuntimeError::Internal(format!("the runner for {} answered a render with {other:?}", model.name))),
+        }
+    }
+
+    /// `text` as the model's tokens (`special`: special-token text is parsed).
+    pub async fn tokenize(&self, model: &Model, load: &LoadOptions, text: String, special: bool) -> Result<Vec<i32>, RuntimeError> {
+        match self.ask(model, load, &Request::Tokenize { text, special }).await? {
+            Reply::Tokens { tokens } => Ok(tokens),
+            other => Err(RuntimeError::Internal(format!("the runner for {} answered tokenize with {other:?}", model.name))),
+        }
+    }
+
+    /// The text of the model's `tokens`.
+    pub async fn detokenize(&self, model: &Model, load: &LoadOptions, tokens: Vec<i32>) -> Result<String, RuntimeError> {
+        match self.ask(model, load, &Request::Detokenize { tokens }).await? {
+            Reply::Text { text } => Ok(text),
+            other => Err(RuntimeError::Internal(format!("the runner for {} answered detokenize with {other:?}", model.name))),
+        }
+    }
+
+    /// The model's runner facts (context, template, whether it thinks), loading it if needed.
+    pub async fn info(&self, model: &Model, load: &LoadOptions) -> Result<hearth_protocol::runner::Info, RuntimeError> {
+        match self.ask(model, load, &Request::Info).await? {
+            Reply::Info(i) => Ok(i),
+            other => Err(RuntimeError::Internal(format!("the runner for {} answered info with {other:?}", model.name))),
+        }
+    }
+
+    /// One request, one reply (an error reply is the error).
+    async fn ask(&self, model: &Model, load: &LoadOptions, request: &Request) -> Result<Reply, RuntimeError> {
+        let (_lease, _stream, reply, _) = self.open(model, load, request).await?;
+        match reply {
+            Reply::Error { kind, message } => Err(runner_error(kind, message)),
+            r => Ok(r),
         }
     }
 

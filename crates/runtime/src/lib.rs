@@ -24,7 +24,7 @@ pub mod runner;
 pub mod scheduler;
 
 pub use error::{gib, RuntimeError};
-pub use generate::{Embeddings, Event, Generation, Runtime};
+pub use generate::{Embeddings, Event, Generation, Rendered, Runtime};
 pub use hearth_protocol as protocol;
 pub use keep_alive::KeepAlive;
 pub use model::{context_plan, split, Model};

@@ -56,6 +56,11 @@ impl ApiError {
     pub fn openai(self) -> Response {
         OpenAiError(self).into_response()
     }
+
+    /// In Anthropic's shape.
+    pub fn anthropic(self) -> Response {
+        AnthropicError(self).into_response()
+    }
 }
 
 /// The statuses both APIs share: 404 unknown model, 400 bad values, 503 + Retry-After only
@@ -83,6 +88,51 @@ pub struct OllamaError(pub ApiError);
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug)]
 pub struct OpenAiError(pub ApiError);
+
+/// An error in Anthropic's shape: `{"type": "error", "error": {"type", "message"}}`.
+#[derive(Debug)]
+pub struct AnthropicError(pub ApiError);
+
+impl From<ApiError> for AnthropicError {
+    fn from(e: ApiError) -> Self {
+        AnthropicError(e)
+    }
+}
+
+impl From<RuntimeError> for AnthropicError {
+    /// As for OpenAI: a model that can never fit is a 400 (the SDK retries 5xx).
+    fn from(e: RuntimeError) -> Self {
+        AnthropicError(OpenAiError::from(e).0)
+    }
+}
+
+impl AnthropicError {
+    /// Anthropic's error type for a status.
+    fn kind(status: StatusCode) -> &'static str {
+        match status.as_u16() {
+            400 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            _ => "api_error",
+        }
+    }
+
+    /// The body, also the `error` event of a stream that already started.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({"type": "error", "error": {"type": Self::kind(self.0.status), "message": self.0.message}})
+    }
+}
+
+impl IntoResponse for AnthropicError {
+    fn into_response(self) -> Response {
+        let body = self.body();
+        with_retry_after((self.0.status, axum::Json(body)).into_response(), self.0.retry_after)
+    }
+}
 
 impl From<ApiError> for OllamaError {
     fn from(e: ApiError) -> Self {
@@ -203,6 +253,11 @@ json_body!(
     /// A JSON body of the OpenAI API.
     OpenAiJson,
     OpenAiError
+);
+json_body!(
+    /// A JSON body of the Anthropic API.
+    AnthropicJson,
+    AnthropicError
 );
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! `llama-cpp-sys-2`): engines live in runner processes; the server survives any runner's
 //! death; `run` takes its shutdown signal as an argument.
 
+pub mod anthropic;
 pub mod chat;
 pub mod cluster;
 pub mod conversations;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod guard;
 pub mod metrics;
 pub mod observe;
+pub mod responses;
 pub mod ollama;
 pub mod openai;
 pub mod state;
@@ -50,6 +52,8 @@ pub fn router(state: Shared, listen: Option<std::net::SocketAddr>) -> Router {
     let api = Router::new()
         .merge(ollama::routes())
         .merge(openai::routes())
+        .merge(anthropic::routes())
+        .merge(responses::routes())
         .merge(web::routes(&state))
         .route("/health", get(health))
         .route("/v1/health", get(health))
@@ -154,8 +158,8 @@ async fn metrics_route(State(s): State<Shared>) -> Response {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }
 
-/// `Authorization: Bearer <key>` when a key is set; `/`, `/health` and the page's assets stay
-/// open.
+/// `Authorization: Bearer <key>` (or Anthropic's `x-api-key: <key>`) when a key is set; `/`,
+/// `/health` and the page's assets stay open.
 async fn auth(State(s): State<Shared>, req: Request, next: Next) -> Response {
     let Some(key) = &s.config.api_key else { return next.run(req).await };
     let path = req.uri().path();
@@ -169,17 +173,25 @@ async fn auth(State(s): State<Shared>, req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, key)| key.trim());
-    if given == Some(key.as_str()) {
+        .map(|(_, key)| key.trim())
+        .or_else(|| req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim));
+    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
         return next.run(req).await;
     }
-    let msg = "missing or wrong API key: send Authorization: Bearer <key>";
+    let msg = "missing or wrong API key: send Authorization: Bearer <key> (or x-api-key: <key>)";
     let e = error::ApiError { code: Some("invalid_api_key"), ..error::ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", msg) };
-    if path.starts_with("/v1/") {
+    if path.starts_with("/v1/messages") {
+        e.anthropic()
+    } else if path.starts_with("/v1/") {
         e.openai()
     } else {
         e.ollama()
     }
+}
+
+/// Compares keys in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn count_requests(State(s): State<Shared>, req: Request, next: Next) -> Response {

@@ -545,7 +545,7 @@ fn logprobs_json(lps: &[Logprobs], is_chat: bool) -> Value {
     }
 }
 
-fn rand_id() -> u64 {
+pub(crate) fn rand_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(crate::wire::unix_secs());
