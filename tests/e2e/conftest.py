@@ -249,3 +249,43 @@ def registry(tmp_path_factory):
     yield Registry(reference=reference, process=proc)
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def _serve(hearth: Path, env: dict, log: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """`hearth serve ARGS` on a free port of 127.0.0.1 (three tries: a port can be taken
+    between finding it and binding it); the process and its URL once GET / answers."""
+    for _attempt in range(3):
+        url = f"http://127.0.0.1:{_free_port()}"
+        with open(log, "ab") as log_file:
+            proc = subprocess.Popen(
+                [str(hearth), "serve", "--host", url.removeprefix("http://"), "-t", "2", "--parallel", "1", *args],
+                env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            )
+        if _wait_until_up(proc, url, log):
+            return proc, url
+    pytest.fail(f"hearth serve exited before answering (code {proc.returncode}); its log:\n{_tail(log)}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def keyed_url(server, tmp_path_factory) -> str:
+    """A second server on the session's store that requires API_KEY (`--api-key`)."""
+    from e2e_support import API_KEY
+
+    log = tmp_path_factory.mktemp("keyed") / "serve.log"
+    proc, url = _serve(server.bin, server.env, log, "--api-key", API_KEY)
+    yield url
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=SHUTDOWN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=SHUTDOWN_TIMEOUT)
+        pytest.fail(f"hearth serve --api-key did not exit within {SHUTDOWN_TIMEOUT:.0f} s of SIGTERM; its log:\n{_tail(log)}", pytrace=False)
+    assert code == 0, f"hearth serve --api-key exited with {code} after SIGTERM; its log:\n{_tail(log)}"
+
+
+@pytest.fixture(scope="session")
+def anth(url):
+    import anthropic
+
+    return anthropic.Anthropic(base_url=url, api_key="x", timeout=REQUEST_TIMEOUT, max_retries=0)

@@ -39,3 +39,6 @@ def write_tiny_gguf(path: Path) -> None:
         out += string(key) + struct.pack("<I", 8) + string(value)  # 8: string
     out += b"\0" * (-len(out) % 32)
     path.write_bytes(out)
+
+# The key a second server is started with (`--api-key`) to test authentication.
+API_KEY = "hearth-e2e-key"

@@ -41,6 +41,7 @@ fn request(prompt: Vec<i32>, max_tokens: u32) -> GenerateRequest {
         ignore_eos: true,
         grammar: None,
         logprobs: None,
+        preserved: Vec::new(),
     }
 }
 

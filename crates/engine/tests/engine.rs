@@ -21,6 +21,7 @@ fn greedy(prompt: &str, max_tokens: u32) -> GenerateRequest {
         ignore_eos: false,
         grammar: None,
         logprobs: None,
+        preserved: Vec::new(),
     }
 }
 

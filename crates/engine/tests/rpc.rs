@@ -52,6 +52,7 @@ fn a_model_offloaded_to_an_rpc_server_decodes_exactly_like_the_local_one() {
             ignore_eos: false,
             grammar: None,
             logprobs: None,
+            preserved: Vec::new(),
         })
         .unwrap()
         .collect()

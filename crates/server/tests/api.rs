@@ -21,6 +21,10 @@ struct Server {
 
 impl Server {
     async fn start(memory_budget: u64) -> Server {
+        Server::start_with(memory_budget, None).await
+    }
+
+    async fn start_with(memory_budget: u64, api_key: Option<&str>) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let store = hearth_store::Store::open(dir.path().join("models")).unwrap();
         let file = dir.path().join("tiny.gguf");
@@ -44,7 +48,13 @@ impl Server {
         .unwrap();
         let state = Arc::new(AppState {
             runtime: Runtime::new(sched, store),
-            config: ServerConfig { max_body: 1 << 20, header_timeout: Duration::from_millis(500), max_connections: 64, ..ServerConfig::new(dir.path().join("hearth.db")) },
+            config: ServerConfig {
+                max_body: 1 << 20,
+                header_timeout: Duration::from_millis(500),
+                max_connections: 64,
+                api_key: api_key.map(str::to_string),
+                ..ServerConfig::new(dir.path().join("hearth.db"))
+            },
             metrics: hearth_server::metrics::Metrics::new(),
             started: Instant::now(),
         });
@@ -121,7 +131,14 @@ async fn render(r: reqwest::Response) -> String {
     let shown = if ctype.starts_with("application/x-ndjson") {
         body.lines().map(json_line).collect::<Vec<_>>().join("\n")
     } else if ctype.starts_with("text/event-stream") {
-        body.split("\n\n").filter(|f| !f.is_empty()).map(|f| format!("data: {}", json_line(f.trim_start_matches("data: ")))).collect::<Vec<_>>().join("\n")
+        body.split("\n\n")
+            .filter(|f| !f.is_empty())
+            .map(|f| match f.strip_prefix("event: ").and_then(|f| f.split_once("\ndata: ")) {
+                Some((event, data)) => format!("event: {event} data: {}", json_line(data)),
+                None => format!("data: {}", json_line(f.trim_start_matches("data: "))),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     } else if let Ok(mut v) = serde_json::from_str::<Value>(&body) {
         scrub(&mut v);
         serde_json::to_string_pretty(&v).unwrap()
@@ -426,7 +443,7 @@ fn mutate(r: &mut Rng, base: &Value) -> Value {
 #[tokio::test]
 async fn random_request_bodies_never_break_the_server() {
     let s = Server::start(1 << 30).await;
-    let routes: [(&str, Value); 7] = [
+    let routes: [(&str, Value); 9] = [
         ("/api/chat", json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": false})),
         ("/api/generate", json!({"model": "tiny", "prompt": "hi", "stream": false})),
         ("/api/embed", json!({"model": "tiny", "input": "hi"})),
@@ -434,6 +451,10 @@ async fn random_request_bodies_never_break_the_server() {
         ("/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}]})),
         ("/v1/completions", json!({"model": "tiny", "prompt": "hi", "max_tokens": 2})),
         ("/v1/embeddings", json!({"model": "tiny", "input": "hi"})),
+        ("/v1/messages", json!({"model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": [{"type": "text", "text": "weather"}]}],
+            "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}], "tool_choice": {"type": "auto"}})),
+        ("/v1/responses", json!({"model": "tiny", "input": [{"type": "message", "role": "user", "content": "weather"}],
+            "tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]})),
     ];
     let client = reqwest::Client::new();
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
@@ -479,5 +500,107 @@ async fn errors_do_not_reveal_the_store_path() {
     assert!(r.starts_with("status: 500\n"), "{r}");
     let root = s._dir.path().join("models").display().to_string();
     assert!(!r.contains(&root) && r.contains("<store>"), "{r}");
+    s.stop().await;
+}
+
+fn weather_tool() -> Value {
+    json!({"type": "function", "function": {"name": "get_weather", "description": "The weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}})
+}
+
+#[tokio::test]
+async fn tool_calls_in_openai_and_ollama_shapes() {
+    let s = Server::start(1 << 30).await;
+    for stream in [false, true] {
+        let mut body = chat("weather in Paris?", stream);
+        body["tools"] = json!([weather_tool()]);
+        insta::assert_snapshot!(format!("openai_tool_call_stream_{stream}"), s.post("/v1/chat/completions", body.clone()).await);
+        insta::assert_snapshot!(format!("ollama_tool_call_stream_{stream}"), s.post("/api/chat", body).await);
+    }
+    // A call and its result fed back; bad history and choices are 400s naming the field.
+    let history = json!([
+        {"role": "user", "content": "weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "18C"},
+    ]);
+    let ok = s.post("/v1/chat/completions", json!({"model": "tiny", "messages": history, "tools": [weather_tool()]})).await;
+    assert!(ok.starts_with("status: 200"), "{ok}");
+    let bad = s.post("/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "assistant", "tool_calls": [{"function": {}}]}]})).await;
+    assert!(bad.starts_with("status: 400") && bad.contains("messages[0].tool_calls[0].function"), "{bad}");
+    let bad = s.post("/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "tools": [weather_tool()], "tool_choice": "sometimes"})).await;
+    assert!(bad.starts_with("status: 400") && bad.contains("tool_choice"), "{bad}");
+    let many: Vec<Value> = (0..1000).map(|i| json!({"type": "function", "function": {"name": format!("t{i}")}})).collect();
+    let bad = s.post("/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "tools": many})).await;
+    assert!(bad.starts_with("status: 400") && bad.contains("at most 512"), "{bad}");
+    let bad = s.post("/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": 5}}]})).await;
+    assert!(bad.starts_with("status: 400") && bad.contains("tools[0].function"), "{bad}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn anthropic_messages() {
+    let s = Server::start(1 << 30).await;
+    let body = |content: &str, stream: bool| json!({"model": "tiny", "max_tokens": 64, "stream": stream,
+        "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": content}]});
+    insta::assert_snapshot!("anthropic_whole", s.post("/v1/messages?beta=true", body("hi", false)).await);
+    insta::assert_snapshot!("anthropic_stream", s.post("/v1/messages", body("hi", true)).await);
+    for stream in [false, true] {
+        let mut b = body("weather in Paris?", stream);
+        b["tools"] = json!([{"name": "get_weather", "description": "The weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}},
+                            {"type": "web_search_20250305", "name": "web_search"}]);
+        b["tool_choice"] = json!({"type": "any"});
+        insta::assert_snapshot!(format!("anthropic_tool_use_stream_{stream}"), s.post("/v1/messages", b).await);
+    }
+    // The call and its result fed back as content blocks.
+    let fed = json!({"model": "tiny", "max_tokens": 8, "messages": [
+        {"role": "user", "content": "weather in Paris?"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm", "signature": ""}, {"type": "tool_use", "id": "t1", "name": "get_weather", "input": {"city": "Paris"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": "18C"}]}]},
+    ]});
+    assert!(s.post("/v1/messages", fed).await.starts_with("status: 200"));
+    insta::assert_snapshot!("anthropic_count_tokens", s.post("/v1/messages/count_tokens", json!({"model": "tiny", "messages": [{"role": "user", "content": "how many tokens"}]})).await);
+    insta::assert_snapshot!("anthropic_unknown_model", s.post("/v1/messages", json!({"model": "nope", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})).await);
+    let bad = s.post("/v1/messages", json!({"model": "tiny", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}], "tool_choice": {"type": "tool"}})).await;
+    assert!(bad.starts_with("status: 400") && bad.contains("invalid_request_error") && bad.contains("tool_choice.name"), "{bad}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn anthropic_clients_authenticate_with_x_api_key() {
+    let s = Server::start_with(1 << 30, Some("sekret")).await;
+    let body = json!({"model": "tiny", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]});
+    let denied = s.send(s.client(reqwest::Method::POST, "/v1/messages").json(&body)).await;
+    assert!(denied.starts_with("status: 401") && denied.contains("authentication_error"), "{denied}");
+    let wrong = s.send(s.client(reqwest::Method::POST, "/v1/messages").header("x-api-key", "nope").json(&body)).await;
+    assert!(wrong.starts_with("status: 401"), "{wrong}");
+    let ok = s.send(s.client(reqwest::Method::POST, "/v1/messages").header("x-api-key", "sekret").header("anthropic-version", "2023-06-01").json(&body)).await;
+    assert!(ok.starts_with("status: 200"), "{ok}");
+    let ok = s.send(s.client(reqwest::Method::POST, "/v1/chat/completions").bearer_auth("sekret").json(&chat("hi", false))).await;
+    assert!(ok.starts_with("status: 200"), "{ok}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn openai_responses() {
+    let s = Server::start(1 << 30).await;
+    insta::assert_snapshot!("responses_whole", s.post("/v1/responses", json!({"model": "tiny", "input": "hi", "instructions": "Be brief."})).await);
+    insta::assert_snapshot!("responses_stream", s.post("/v1/responses", json!({"model": "tiny", "input": "hi", "stream": true})).await);
+    for stream in [false, true] {
+        let body = json!({"model": "tiny", "stream": stream, "tool_choice": "auto", "store": false, "include": ["reasoning.encrypted_content"],
+            "input": [{"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "You are Codex."}]},
+                      {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "weather in Paris?"}]}],
+            "tools": [{"type": "namespace", "name": "ns", "tools": [{"type": "function", "name": "get_weather", "strict": false,
+                        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]},
+                      {"type": "web_search"}]});
+        insta::assert_snapshot!(format!("responses_function_call_stream_{stream}"), s.post("/v1/responses", body).await);
+    }
+    let fed = json!({"model": "tiny", "input": [
+        {"type": "message", "role": "user", "content": "weather in Paris?"},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{\"city\":\"Paris\"}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "18C"},
+    ]});
+    assert!(s.post("/v1/responses", fed).await.starts_with("status: 200"));
+    insta::assert_snapshot!("responses_previous_id", s.post("/v1/responses", json!({"model": "tiny", "input": "hi", "previous_response_id": "resp_1"})).await);
     s.stop().await;
 }

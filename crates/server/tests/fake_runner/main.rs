@@ -7,6 +7,10 @@
 //! - anything else: the tokens `Hello`, `,`, ` world`, `!` (fewer with `max_tokens`: then the
 //!   reason is `length`), with log-probabilities when asked.
 //!
+//! A chat (messages) also streams its answer as deltas and ends with the parsed message; with
+//! tools and a last message containing `weather`, the answer is one call of the first tool
+//! with the arguments `{"city":"Paris"}`.
+//!
 //! Embeddings are `[0.6, 0.8]` per input. Timings are fixed numbers. Loading takes two seconds
 //! when the context per sequence is 4242 (a slow load, to go away during).
 
@@ -14,7 +18,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 
 use hearth_protocol::runner::{line, ErrorKind, Generate, Info, Prompt, Reply, Request, Spec};
-use hearth_protocol::{Alternative, FinishReason, Logprobs, Timings};
+use hearth_protocol::{Alternative, AssistantMessage, Delta, FinishReason, Logprobs, Timings, ToolCall};
 
 const TOKENS: [&str; 4] = ["Hello", ",", " world", "!"];
 
@@ -64,6 +68,12 @@ fn serve(conn: UnixStream, parallel: u32, n_ctx: u32) -> std::io::Result<()> {
         Ok(Request::Info) => send(&mut w, &Reply::Info(Info { n_ctx_seq: n_ctx, parallel, n_ctx_train: 8192, n_embd: 2, n_vocab: 4, description: "fake".into(), ..Info::default() })),
         Ok(Request::Embed { inputs, .. }) => send(&mut w, &Reply::Embeddings { embeddings: inputs.iter().map(|_| vec![0.6, 0.8]).collect(), prompt_tokens: inputs.len() as u32 }),
         Ok(Request::Generate(g)) => generate(&mut w, g),
+        Ok(Request::Render { messages, .. }) => {
+            let prompt: String = messages.iter().map(|m| format!("<{}>{}", m.role, m.content)).collect();
+            send(&mut w, &Reply::Rendered { tokens: prompt.split_whitespace().count() as u32, prompt })
+        }
+        Ok(Request::Tokenize { text, .. }) => send(&mut w, &Reply::Tokens { tokens: text.bytes().map(i32::from).collect() }),
+        Ok(Request::Detokenize { tokens }) => send(&mut w, &Reply::Text { text: tokens.iter().map(|&t| char::from(t as u8)).collect() }),
     }
 }
 
@@ -76,19 +86,29 @@ fn generate(w: &mut UnixStream, g: Generate) -> std::io::Result<()> {
         let message = "the prompt is 9000 tokens, which does not fit in the context of 4096 tokens; raise the context size (-c) or shorten the prompt";
         return send(w, &Reply::Error { kind: ErrorKind::BadRequest, message: message.into() });
     }
+    let chat = matches!(g.prompt, Prompt::Messages(_));
+    let timings = |n: usize| Timings { prompt_tokens: 12, cached_tokens: 0, prompt_ms: 3.0, generated_tokens: n as u32, generation_ms: 6.0, queue_ms: 0.0, load_ms: 1.0 };
+    if chat && prompt.contains("weather") && !g.chat.tools.is_empty() {
+        let call = ToolCall { id: "call_fake0000000000000000000".into(), name: g.chat.tools[0].name.clone(), arguments: r#"{"city":"Paris"}"#.into() };
+        let delta = Delta::ToolCall { index: 0, id: call.id.clone(), name: call.name.clone(), arguments: call.arguments.clone() };
+        send(w, &Reply::Token { id: 0, text: "{".into(), logprobs: None, deltas: vec![delta] })?;
+        let message = AssistantMessage { tool_calls: vec![call], ..Default::default() };
+        return send(w, &Reply::Done { text: String::new(), reason: FinishReason::Stop, timings: timings(1), deltas: vec![], message: Some(message) });
+    }
     let n = g.max_tokens.map_or(TOKENS.len(), |m| (m as usize).min(TOKENS.len()));
     for (i, t) in TOKENS.iter().take(n).enumerate() {
         let logprobs = g.logprobs.map(|k| {
             let alt = |t: &str, lp: f32| Alternative { token: t.into(), bytes: t.as_bytes().to_vec(), logprob: lp };
             Logprobs { chosen: alt(t, -0.25), top: (0..k).map(|j| alt(TOKENS[(i + j as usize) % TOKENS.len()], -0.25 - j as f32)).collect() }
         });
-        send(w, &Reply::Token { id: i as i32, text: (*t).into(), logprobs })?;
+        let deltas = if chat { vec![Delta::Content((*t).into())] } else { vec![] };
+        send(w, &Reply::Token { id: i as i32, text: (*t).into(), logprobs, deltas })?;
         if prompt.contains("die") && i == 1 {
             eprintln!("error: the fake runner dies as asked");
             std::process::exit(3);
         }
     }
     let reason = if n < TOKENS.len() { FinishReason::Length } else { FinishReason::Stop };
-    let timings = Timings { prompt_tokens: 12, cached_tokens: 0, prompt_ms: 3.0, generated_tokens: n as u32, generation_ms: 6.0, queue_ms: 0.0, load_ms: 1.0 };
-    send(w, &Reply::Done { text: String::new(), reason, timings })
+    let message = chat.then(|| AssistantMessage { content: TOKENS[..n].concat(), ..Default::default() });
+    send(w, &Reply::Done { text: String::new(), reason, timings: timings(n), deltas: vec![], message })
 }
