@@ -54,6 +54,18 @@ static ojson record_case(const common_chat_templates * tmpls, const ojson & spec
     inputs.reasoning_format      = COMMON_REASONING_FORMAT_DEEPSEEK;
     inputs.add_generation_prompt = true;
     inputs.use_jinja             = true;
+    if (c.contains("json_schema")) {
+        inputs.json_schema = c.at("json_schema").dump();
+    }
+    if (c.contains("chat_template_kwargs")) {
+        for (const auto & kv : c.at("chat_template_kwargs").items()) {
+            inputs.chat_template_kwargs[kv.key()] = kv.value().dump();
+        }
+    }
+    // As llama-server: an enable_thinking kwarg overrides the request's setting.
+    if (inputs.chat_template_kwargs.count("enable_thinking")) {
+        inputs.enable_thinking = inputs.chat_template_kwargs.at("enable_thinking") == "true";
+    }
 
     ojson out = ojson::object();
     out["name"]                = c.at("name");
@@ -62,6 +74,8 @@ static ojson record_case(const common_chat_templates * tmpls, const ojson & spec
     out["tool_choice"]         = c.at("tool_choice");
     out["parallel_tool_calls"] = c.at("parallel_tool_calls");
     out["enable_thinking"]     = c.at("enable_thinking");
+    out["json_schema"]         = c.value("json_schema", ojson());
+    out["chat_template_kwargs"] = c.value("chat_template_kwargs", ojson::object());
     if (c.contains("known_difference")) {
         out["known_difference"] = c.at("known_difference");
     }

@@ -18,13 +18,16 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
   echo "hint: run bench/build-upstream.sh first" >&2
   exit 1
 fi
-cmake --build "$build" -j"$(nproc)" --target llama-common >&2
+if [ ! -f "$build/common/libllama-common.a" ]; then
+  cmake --build "$build" -j"$(nproc)" --target llama-common >&2
+fi
 
 # Which upstream: the llama.cpp commit llama-cpp-python's changelog names for the sdist's version.
 sdist="$(ls "$dir"/dl/llama_cpp_python-*.tar.gz | head -n1)"
 pyver="$(basename "$sdist" .tar.gz)"
 pyver="${pyver#llama_cpp_python-}"
-commit="$(tar -xzOf "$sdist" "llama_cpp_python-$pyver/CHANGELOG.md" \
+changelog="$(tar -xzOf "$sdist" "llama_cpp_python-$pyver/CHANGELOG.md")"
+commit="$(printf '%s\n' "$changelog" \
   | awk -v v="## [$pyver]" '$0 == v {on=1; next} on && /^## \[/ {exit} on && /llama.cpp@/ {sub(/.*llama.cpp@/, ""); print; exit}')"
 ggml="$(awk '/set\(GGML_VERSION_(MAJOR|MINOR|PATCH)/ {gsub(/\)/, "", $2); printf "%s%s", sep, $2; sep="."}' "$src/ggml/CMakeLists.txt")"
 note="llama.cpp ${commit:-unknown} (vendored in llama-cpp-python $pyver; ggml $ggml)"

@@ -116,13 +116,9 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
             };
             send(&mut writer, &reply)
         }
-        Request::Embed { inputs, normalize } => {
-            let prompt_tokens = inputs
-                .iter()
-                .map(|t| state.engine.model().tokenize(t, true, true).map(|v| v.len() as u32).unwrap_or(0))
-                .sum();
-            match state.engine.embed(&inputs, normalize) {
-                Ok(embeddings) => send(&mut writer, &Reply::Embeddings { embeddings, prompt_tokens }),
+        Request::Embed { inputs, normalize, truncate } => {
+            match state.engine.embed_counted(&inputs, normalize, truncate) {
+                Ok((embeddings, prompt_tokens)) => send(&mut writer, &Reply::Embeddings { embeddings, prompt_tokens }),
                 Err(e) => send(&mut writer, &error_reply(&e)),
             }
         }

@@ -205,6 +205,9 @@ impl NativeParser {
 /// its [`ChatTemplate`] with the generic tool format.
 pub struct Chat {
     native: Option<Mutex<NativeTemplates>>,
+    /// The template writes tool call ids back into the prompt, and its format may give a
+    /// call's id after its arguments (Mistral's `[TOOL_CALLS]`): see [`AnswerReader`].
+    late_ids: bool,
     fallback: ChatTemplate,
     thinking: bool,
     tool_format: String,
@@ -225,7 +228,7 @@ pub struct Prepared {
 impl Chat {
     /// The chat of `model`; `fallback` renders plain chats of models without tool syntax.
     pub fn new(model: &Arc<Model>, fallback: ChatTemplate) -> Chat {
-        let mut chat = Chat { native: None, fallback, thinking: false, tool_format: "generic".into(), source: String::new() };
+        let mut chat = Chat { native: None, late_ids: false, fallback, thinking: false, tool_format: "generic".into(), source: String::new() };
         if let Some(source) = &model.info().chat_template {
             chat.source = source.clone();
             match NativeTemplates::new(model, None) {
@@ -244,6 +247,7 @@ impl Chat {
                             _ => "generic".into(),
                         };
                         chat.thinking = thinking;
+                        chat.late_ids = renders_ids(&t);
                         chat.native = Some(Mutex::new(t));
                     }
                 }
@@ -262,7 +266,8 @@ impl Chat {
             .map(|a| a.supports_thinking)
             .unwrap_or(false);
         let fallback = ChatTemplate::Jinja { source: source.to_string(), bos_token: String::new(), eos_token: String::new() };
-        Ok(Chat { native: Some(Mutex::new(t)), fallback, thinking, tool_format: "native".into(), source: source.to_string() })
+        let late_ids = renders_ids(&t);
+        Ok(Chat { native: Some(Mutex::new(t)), late_ids, fallback, thinking, tool_format: "native".into(), source: source.to_string() })
     }
 
     /// The template can think.
@@ -326,6 +331,15 @@ impl Chat {
             inputs["json_schema"] = Value::String(schema.to_string());
         }
         let applied = t.apply(&inputs).map_err(EngineError::Template)?;
+        tracing::debug!(
+            format = applied.format_name,
+            lazy = applied.grammar_lazy,
+            grammar_bytes = applied.grammar.len(),
+            triggers = ?applied.grammar_triggers.iter().map(|t| (t.kind, t.value.as_str())).collect::<Vec<_>>(),
+            generation_prompt = applied.generation_prompt,
+            "chat rendered by llama.cpp's chat code"
+        );
+        tracing::trace!(grammar = applied.grammar, "the chat's grammar");
         let vocab_token = |text: &str| -> Option<Token> {
             match model.tokenize(text, false, true) {
                 Ok(t) if t.len() == 1 => Some(t[0]),
@@ -333,6 +347,13 @@ impl Chat {
             }
         };
         let preserved: Vec<Token> = applied.preserved_tokens.iter().filter_map(|t| vocab_token(t)).collect();
+        // llama.cpp's grammar for a required call lets free text come first; a client that
+        // requires a call gets the call at once (a small model could ramble to its token limit).
+        let gbnf = if matches!(opts.tool_choice, ToolChoice::Required | ToolChoice::Function(_)) {
+            required_call_grammar(&applied.grammar)
+        } else {
+            applied.grammar.clone()
+        };
         let grammar = (!applied.grammar.is_empty()).then(|| {
             let mut patterns = Vec::new();
             let mut tokens = Vec::new();
@@ -359,7 +380,7 @@ impl Chat {
                 }
             }
             Grammar::Chat {
-                gbnf: applied.grammar.clone(),
+                gbnf,
                 lazy: applied.grammar_lazy,
                 trigger_patterns: patterns,
                 trigger_tokens: tokens,
@@ -372,7 +393,7 @@ impl Chat {
             grammar,
             stops: applied.additional_stops,
             preserved,
-            reader: AnswerReader::new(Parser::Native(parser)),
+            reader: AnswerReader { late_ids: self.late_ids, ..AnswerReader::new(Parser::Native(parser)) },
         })
     }
 
@@ -390,6 +411,21 @@ impl Chat {
         };
         Ok(Prepared { prompt, grammar, stops: Vec::new(), preserved: Vec::new(), reader: AnswerReader::new(parser) })
     }
+}
+
+/// Whether the template writes a call's id into the prompt (a call fed back with the id
+/// `a1b2c3d4e` shows it).
+fn renders_ids(t: &NativeTemplates) -> bool {
+    let probe = json!({
+        "messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "", "tool_calls": [{"id": "a1b2c3d4e", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "a1b2c3d4e", "content": "ok"},
+        ],
+        "tools": [{"type": "function", "function": {"name": "f", "description": "", "parameters": {"type": "object", "properties": {}}}}],
+        "add_generation_prompt": true,
+    });
+    t.apply(&probe).map(|a| a.prompt.contains("a1b2c3d4e")).unwrap_or(false)
 }
 
 /// Tool names must be usable in a grammar and unique; a named choice must name one of them.
@@ -437,6 +473,35 @@ fn openai_message(m: &Message) -> Value {
         v["name"] = m.tool_name.clone().into();
     }
     v
+}
+
+/// hearth's one change to llama.cpp's tool-call grammars: where a call is required, the
+/// grammar's root lets free text come before the calls (`root ::= "<gen prompt>" space
+/// until-161? tool-calls`); hearth drops those optional `until-N?` references of the root rule,
+/// so the answer starts with the call (reasoning blocks stay allowed). Any other grammar is
+/// returned as it is.
+pub fn required_call_grammar(gbnf: &str) -> String {
+    let mut out = String::with_capacity(gbnf.len());
+    for line in gbnf.split_inclusive('\n') {
+        match line.strip_prefix("root ::= ") {
+            Some(rule) if line.contains("tool-call") => {
+                let kept: Vec<&str> = rule
+                    .split(' ')
+                    .filter(|part| {
+                        let p = part.trim_end();
+                        !(p.starts_with("until-") && p.ends_with('?') && p[6..p.len() - 1].chars().all(|c| c.is_ascii_digit()))
+                    })
+                    .collect();
+                out.push_str("root ::= ");
+                out.push_str(&kept.join(" "));
+                if line.ends_with('\n') && !out.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+            _ => out.push_str(line),
+        }
+    }
+    out
 }
 
 fn regex_escape(s: &str) -> String {
@@ -648,17 +713,23 @@ enum Parser {
 }
 
 /// Reads a chat's answer as it is generated: deltas as text comes, the whole message at the
-/// end. Tool calls get ids (`call_` and 24 random characters) that stay the same throughout.
+/// end. Tool calls keep the model's ids, or get ids (`call_` and 24 random characters) that
+/// stay the same throughout.
+///
+/// For a template that writes ids back into the prompt (`late_ids`), a call is streamed only
+/// once its id is parsed (Mistral writes it after the arguments), and ids it must make up are
+/// 9 letters and digits, which such templates accept.
 pub struct AnswerReader {
     parser: Parser,
     text: String,
     last: AssistantMessage,
     ids: Vec<String>,
+    late_ids: bool,
 }
 
 impl AnswerReader {
     fn new(parser: Parser) -> AnswerReader {
-        AnswerReader { parser, text: String::new(), last: AssistantMessage::default(), ids: Vec::new() }
+        AnswerReader { parser, text: String::new(), last: AssistantMessage::default(), ids: Vec::new(), late_ids: false }
     }
 
     fn parse(&self, partial: bool) -> Result<AssistantMessage, String> {
@@ -672,7 +743,11 @@ impl AnswerReader {
     fn with_ids(&mut self, mut m: AssistantMessage) -> AssistantMessage {
         for (i, call) in m.tool_calls.iter_mut().enumerate() {
             if self.ids.len() <= i {
-                self.ids.push(if call.id.is_empty() { new_call_id() } else { call.id.clone() });
+                self.ids.push(match (call.id.is_empty(), self.late_ids) {
+                    (false, _) => call.id.clone(),
+                    (true, false) => new_call_id(),
+                    (true, true) => new_call_id()[5..14].to_string(),
+                });
             }
             call.id = self.ids[i].clone();
         }
@@ -686,7 +761,10 @@ impl AnswerReader {
         }
         self.text.push_str(text);
         match self.parse(true) {
-            Ok(m) => {
+            Ok(mut m) => {
+                if self.late_ids && m.tool_calls.last().is_some_and(|c| c.id.is_empty()) {
+                    m.tool_calls.pop();
+                }
                 let m = self.with_ids(m);
                 let d = hearth_protocol::chat::deltas(&self.last, &m);
                 self.last = m;
@@ -710,6 +788,8 @@ impl AnswerReader {
                 }
             }
         };
+        // A call cut off by the token limit stays, unfinished, as llama-server returns it (the
+        // finish reason says `length`).
         let m = self.with_ids(m);
         let d = hearth_protocol::chat::deltas(&self.last, &m);
         self.last = m.clone();
@@ -805,6 +885,14 @@ mod tests {
         assert!(check_tools(&[], &ToolChoice::Required).unwrap_err().to_string().contains("no tools"));
         let t = tools();
         assert!(check_tools(&t.tools, &ToolChoice::Function("nope".into())).unwrap_err().to_string().contains("\"nope\""));
+    }
+
+    #[test]
+    fn a_required_call_comes_first() {
+        let g = "root ::= \"<|im_start|>assistant\\n\" space until-161? tool-calls\nuntil-161 ::= | [<] until-161\n";
+        assert_eq!(required_call_grammar(g), "root ::= \"<|im_start|>assistant\\n\" space tool-calls\nuntil-161 ::= | [<] until-161\n");
+        let other = "root ::= \"a b\" until-1?\n";
+        assert_eq!(required_call_grammar(other), other);
     }
 
     #[test]

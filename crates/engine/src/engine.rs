@@ -444,14 +444,25 @@ impl Engine {
 
     /// Embeddings of each input: pooled as the model says (mean for models without a pooling
     /// type), L2-normalised when `normalize`.
-    pub fn embed(&self, inputs: &[String], normalize: bool) -> Result<Vec<Vec<f32>>, EngineError> {
+    pub fn embed(&self, inputs: &[String], normalize: bool, truncate: bool) -> Result<Vec<Vec<f32>>, EngineError> {
+        Ok(self.embed_counted(inputs, normalize, truncate)?.0)
+    }
+
+    /// [`Engine::embed`], and how many tokens the inputs took. With `truncate`, an input longer
+    /// than the context is cut to fit (Ollama's `truncate`); without, it is an error.
+    pub fn embed_counted(&self, inputs: &[String], normalize: bool, truncate: bool) -> Result<(Vec<Vec<f32>>, u32), EngineError> {
         let mut tokenized = Vec::with_capacity(inputs.len());
+        let mut count = 0;
         for text in inputs {
-            let tokens = self.model.tokenize(text, true, true)?;
+            let mut tokens = self.model.tokenize(text, true, true)?;
             if tokens.is_empty() {
                 return Err(EngineError::InvalidRequest("an input to embed is empty".into()));
             }
             let limit = self.n_batch.min(self.n_ctx_seq) as usize;
+            if truncate {
+                tokens.truncate(limit);
+            }
+            count += tokens.len() as u32;
             if tokens.len() > limit {
                 return Err(EngineError::PromptTooLong { tokens: tokens.len(), n_ctx: limit as u32 });
             }
@@ -461,7 +472,7 @@ impl Engine {
         self.commands
             .send(Command::Embed(EmbedJob { inputs: tokenized, normalize, reply: tx }))
             .map_err(|_| EngineError::Stopped)?;
-        rx.recv().map_err(|_| EngineError::Stopped)?
+        Ok((rx.recv().map_err(|_| EngineError::Stopped)??, count))
     }
 
     /// The physical batch size (embedding inputs of pooled models must fit in it).

@@ -26,7 +26,7 @@ mod sampling;
 mod template;
 pub mod text;
 
-pub use chat::{json_schema_to_grammar, AnswerReader, Chat, Prepared};
+pub use chat::{json_schema_to_grammar, required_call_grammar, AnswerReader, Chat, Prepared};
 pub use engine::{
     CacheType, Canceller, Engine, EngineOptions, Event, FinishReason, FlashAttn, GenerateRequest,
     Generation, LoadSettings, Output, Prompt, Timings,

@@ -84,9 +84,10 @@ fn options(case: &Value) -> ChatOptions {
             _ => ToolChoice::Auto,
         },
         parallel_tool_calls: case["parallel_tool_calls"].as_bool().unwrap_or(false),
+        json_schema: Some(case["json_schema"].clone()).filter(|s| !s.is_null()),
         // The recording passes enable_thinking; hearth's default is on.
         think: (case["enable_thinking"] == false).then_some(false),
-        ..Default::default()
+        template_kwargs: case["chat_template_kwargs"].as_object().cloned().unwrap_or_default(),
     }
 }
 
@@ -106,6 +107,14 @@ fn normalize_dates(prompt: &str) -> String {
         }
     }
     out
+}
+
+/// Where two texts part, with some context on each side.
+fn first_difference(got: &str, want: &str) -> String {
+    let at = got.char_indices().zip(want.chars()).find(|((_, a), b)| a != b).map(|((i, _), _)| i).unwrap_or(got.len().min(want.len()));
+    let from = got[..at].char_indices().rev().nth(40).map(|(i, _)| i).unwrap_or(0);
+    let tail = |s: &str| s[at.min(s.len())..].chars().take(60).collect::<String>();
+    format!("at byte {at}, after {:?}:\n      hearth:   {:?}\n      upstream: {:?}", &got[from..at], tail(got), tail(want))
 }
 
 /// Pieces of at most `n` bytes, cut at char boundaries.
@@ -256,16 +265,22 @@ fn check_family(name: &str) -> Report {
             }
         };
         let want = &case["expect"];
-        if normalize_dates(&p.prompt) != normalize_dates(&text(&want["prompt"])) {
-            report.add(known, format!("{cname}: prompt\n      hearth:   {:?}\n      upstream: {:?}", p.prompt, text(&want["prompt"])));
+        let (prompt, upstream) = (normalize_dates(&p.prompt), normalize_dates(&text(&want["prompt"])));
+        if prompt != upstream {
+            report.add(known, format!("{cname}: prompt differs {}", first_difference(&prompt, &upstream)));
         }
         let (gbnf, lazy) = match &p.grammar {
             Some(Grammar::Chat { gbnf, lazy, .. }) => (gbnf.as_str(), *lazy),
             Some(g) => (g.gbnf(), false),
             None => ("", false),
         };
-        if gbnf != text(&want["grammar"]) {
-            report.add(known, format!("{cname}: grammar\n      hearth:   {gbnf:?}\n      upstream: {:?}", text(&want["grammar"])));
+        // hearth's documented change: a required call comes first (see `required_call_grammar`).
+        let upstream_grammar = match opts.tool_choice {
+            ToolChoice::Required | ToolChoice::Function(_) => hearth_engine::required_call_grammar(&text(&want["grammar"])),
+            _ => text(&want["grammar"]),
+        };
+        if gbnf != upstream_grammar {
+            report.add(known, format!("{cname}: grammar differs {}", first_difference(gbnf, &upstream_grammar)));
         }
         if !gbnf.is_empty() && lazy != want["grammar_lazy"].as_bool().unwrap_or(false) {
             report.add(known, format!("{cname}: grammar lazy {lazy}, upstream {}", want["grammar_lazy"]));
@@ -356,4 +371,5 @@ fn date_lines_are_normalized() {
         "a\nToday Date: <date>\n\nb Current date: <date>\n"
     );
     assert_eq!(pieces("aé€b", 2), vec!["aé", "€", "b"]);
+    assert!(first_difference("abcé", "abcd").starts_with("at byte 3, after \"abc\""));
 }

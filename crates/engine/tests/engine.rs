@@ -267,7 +267,7 @@ fn seeded_sampling_is_reproducible() {
 fn embeddings_are_normalised_and_distinguish_texts() {
     let e = engine(2, 512);
     let v = e
-        .embed(&["The cat sat on the mat.".into(), "The cat sat on the mat.".into(), "Quantum chromodynamics".into()], true)
+        .embed(&["The cat sat on the mat.".into(), "The cat sat on the mat.".into(), "Quantum chromodynamics".into()], true, false)
         .unwrap();
     assert_eq!(v.len(), 3);
     assert_eq!(v[0].len(), e.model().info().n_embd as usize);

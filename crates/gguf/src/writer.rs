@@ -115,6 +115,30 @@ impl GgufWriter {
         GgufWriter::default()
     }
 
+    /// A copy of the GGUF file at `path`: its metadata and tensors, data read into memory
+    /// (to write the same weights with other metadata, e.g. another chat template).
+    pub fn from_file(path: &Path) -> Result<GgufWriter, WriteError> {
+        use std::io::Read;
+        let io_err = |source: io::Error| WriteError::Io { target: path.display().to_string(), source };
+        let g = crate::Gguf::open(path).map_err(|e| WriteError::Io { target: path.display().to_string(), source: io::Error::other(e.to_string()) })?;
+        let mut w = GgufWriter::new();
+        for (k, v) in &g.metadata {
+            w.set(k.clone(), v.clone());
+        }
+        let mut file = File::open(path).map_err(io_err)?;
+        for t in &g.tensors {
+            let n = match tensor_n_bytes(&t.dims, t.ggml_type) {
+                Ok(Some(n)) => n,
+                _ => return Err(WriteError::Tensor { name: t.name.clone(), message: format!("type {} has no known size", t.ggml_type) }),
+            };
+            let mut data = vec![0u8; n as usize];
+            file.seek(SeekFrom::Start(g.data_offset + t.offset)).map_err(io_err)?;
+            file.read_exact(&mut data).map_err(io_err)?;
+            w.tensor(t.name.clone(), t.dims.clone(), t.ggml_type, TensorData::Bytes(data));
+        }
+        Ok(w)
+    }
+
     /// Sets a metadata key, replacing its value in place if it is already set.
     pub fn set(&mut self, key: impl Into<String>, value: impl Into<Value>) -> &mut GgufWriter {
         let (key, value) = (key.into(), value.into());

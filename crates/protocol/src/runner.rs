@@ -106,7 +106,13 @@ impl Generate {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Generate(Generate),
-    Embed { inputs: Vec<String>, normalize: bool },
+    Embed {
+        inputs: Vec<String>,
+        normalize: bool,
+        /// Cut inputs longer than the context instead of refusing them.
+        #[serde(default)]
+        truncate: bool,
+    },
     Info,
     /// The prompt a chat renders to, and its length in tokens.
     Render {

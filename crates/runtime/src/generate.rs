@@ -171,9 +171,10 @@ impl Runtime {
         Ok(g)
     }
 
-    /// The embeddings of `inputs` (normalized to unit length when `normalize`).
-    pub async fn embed(&self, model: &Model, load: &LoadOptions, inputs: Vec<String>, normalize: bool) -> Result<Embeddings, RuntimeError> {
-        let (_lease, _stream, reply, load_duration) = self.open(model, load, &Request::Embed { inputs, normalize }).await?;
+    /// The embeddings of `inputs` (normalized to unit length when `normalize`; inputs longer
+    /// than the context cut to fit when `truncate`, else refused).
+    pub async fn embed(&self, model: &Model, load: &LoadOptions, inputs: Vec<String>, normalize: bool, truncate: bool) -> Result<Embeddings, RuntimeError> {
+        let (_lease, _stream, reply, load_duration) = self.open(model, load, &Request::Embed { inputs, normalize, truncate }).await?;
         match reply {
             Reply::Embeddings { embeddings, prompt_tokens } => Ok(Embeddings { vectors: embeddings, prompt_tokens, load_duration }),
             Reply::Error { kind, message } => Err(runner_error(kind, message)),

@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod conversations;
 pub mod error;
 pub mod guard;
+pub mod llamacpp;
 pub mod metrics;
 pub mod observe;
 pub mod responses;
@@ -54,6 +55,7 @@ pub fn router(state: Shared, listen: Option<std::net::SocketAddr>) -> Router {
         .merge(openai::routes())
         .merge(anthropic::routes())
         .merge(responses::routes())
+        .merge(llamacpp::routes())
         .merge(web::routes(&state))
         .route("/health", get(health))
         .route("/v1/health", get(health))

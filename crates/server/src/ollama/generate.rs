@@ -296,6 +296,12 @@ async fn respond(s: Shared, job: Job) -> Result<Response, OllamaError> {
 pub struct EmbedBody {
     model: String,
     input: Value,
+    /// Cut inputs longer than the context (the default) instead of refusing them.
+    #[serde(default)]
+    truncate: Option<bool>,
+    /// Keep the first this many dimensions (then normalized again).
+    #[serde(default)]
+    dimensions: Option<usize>,
     #[serde(default)]
     options: Option<Value>,
     #[serde(default)]
@@ -319,7 +325,23 @@ pub async fn embed(State(s): State<Shared>, OllamaJson(b): OllamaJson<EmbedBody>
     let o = options(&model, b.options.as_ref())?;
     let load = LoadOptions { num_ctx: o.num_ctx, keep_alive: keep_alive(&b.keep_alive)? };
     let started = std::time::Instant::now();
-    let e = s.runtime.embed(&model, &load, inputs, true).await?;
+    if b.dimensions == Some(0) {
+        return Err(ApiError::bad_request("invalid field `dimensions`: must be at least 1").into());
+    }
+    let mut e = s.runtime.embed(&model, &load, inputs, true, b.truncate.unwrap_or(true)).await?;
+    if let Some(d) = b.dimensions {
+        let have = e.vectors.first().map_or(0, Vec::len);
+        if d > have {
+            return Err(ApiError::bad_request(format!("invalid field `dimensions`: {d} is more than the model's {have}")).into());
+        }
+        for v in &mut e.vectors {
+            v.truncate(d);
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                v.iter_mut().for_each(|x| *x /= norm);
+            }
+        }
+    }
     Ok(axum::Json(json!({
         "model": model.name,
         "embeddings": e.vectors,
@@ -344,6 +366,6 @@ pub async fn embeddings(State(s): State<Shared>, OllamaJson(b): OllamaJson<Embed
     let model = s.runtime.resolve(&b.model)?;
     let o = options(&model, b.options.as_ref())?;
     let load = LoadOptions { num_ctx: o.num_ctx, keep_alive: keep_alive(&b.keep_alive)? };
-    let mut e = s.runtime.embed(&model, &load, vec![b.prompt], false).await?;
+    let mut e = s.runtime.embed(&model, &load, vec![b.prompt], false, true).await?;
     Ok(axum::Json(json!({ "embedding": e.vectors.pop().unwrap_or_default() })).into_response())
 }

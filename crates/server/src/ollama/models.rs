@@ -96,7 +96,8 @@ fn ps_now(s: Shared) -> Response {
                 "digest": manifest.as_ref().map(manifest_digest).unwrap_or_default(),
                 "details": manifest.as_ref().map(|x| details(&s, x)).unwrap_or(Value::Null),
                 "expires_at": crate::wire::rfc3339(m.expires_at()),
-                "size_vram": 0,
+                // The offload devices' share (the host is first in a placement).
+                "size_vram": m.placement.as_ref().map_or(0, |p| p.devices.iter().skip(1).map(|d| d.total).sum::<u64>().min(m.estimate)),
                 "context_length": m.ctx_per_seq,
                 "workers": m.workers,
                 "status": if m.runner.alive() { "loaded" } else { "unavailable" },
@@ -168,7 +169,7 @@ fn show_now(s: Shared, b: ModelBody) -> Response {
     model_info.insert("general.parameter_count".into(), json!(g.summary().parameters));
     let arch = g.architecture().unwrap_or("");
     let embedding_only = matches!(arch, "bert" | "nomic-bert" | "jina-bert-v2" | "t5encoder") || g.arch_u64("pooling_type").is_some_and(|p| p > 0);
-    let capabilities = if embedding_only { json!(["embedding"]) } else { json!(["completion", "embedding"]) };
+    let capabilities = capabilities(embedding_only, &template);
     // Where it came from, unless that is a path on this machine (not a client's business).
     let from = if m.source.kind == "file" { m.name.clone() } else { m.source.reference.clone() };
     let modelfile = format!(
@@ -191,6 +192,22 @@ fn show_now(s: Shared, b: ModelBody) -> Response {
         "modified_at": modified,
     }))
     .into_response()
+}
+
+/// What clients may ask of a model, as Ollama lists it: every chat model takes tools (through
+/// its template's own syntax, or hearth's generic format for a template without one);
+/// thinking when its template has a reasoning syntax llama.cpp's chat code splits off.
+fn capabilities(embedding_only: bool, template: &str) -> Value {
+    if embedding_only {
+        return json!(["embedding"]);
+    }
+    let mut c = vec!["completion", "tools"];
+    let thinks = ["<think>", "enable_thinking", "reasoning_content", "<|channel|>", "[THINK]", "<seed:think>"];
+    if thinks.iter().any(|m| template.contains(m)) {
+        c.push("thinking");
+    }
+    c.push("embedding");
+    json!(c)
 }
 
 fn gguf_json(v: &hearth_gguf::Value) -> Value {

@@ -215,7 +215,8 @@ impl ChatBody {
         let mut o = ChatOptions {
             tools,
             tool_choice: crate::chat::openai_tool_choice(self.tool_choice.as_ref())?,
-            parallel_tool_calls: self.parallel_tool_calls.unwrap_or(false),
+            // OpenAI's default.
+            parallel_tool_calls: self.parallel_tool_calls.unwrap_or(true),
             template_kwargs: self.chat_template_kwargs.clone().unwrap_or_default(),
             ..Default::default()
         };
@@ -370,9 +371,17 @@ fn chat_delta(d: &Delta) -> Value {
 }
 
 async fn chat(State(s): State<Shared>, body: Bytes) -> Result<Response, OpenAiError> {
-    let (b, common): (ChatBody, Common) = (parse(&body)?, parse(&body)?);
+    let common: Common = parse(&body)?;
+    let (messages, chat) = chat_request(&body)?;
+    run(s, common, Prompt::Messages(messages), chat).await
+}
+
+/// A chat completion request's conversation and chat options (also llama-server's
+/// `/apply-template`).
+pub(crate) fn chat_request(body: &[u8]) -> Result<(Vec<Message>, ChatOptions), ApiError> {
+    let b: ChatBody = parse(body)?;
     if b.messages.is_empty() {
-        return Err(ApiError::bad_request("invalid field `messages`: at least one message is needed").into());
+        return Err(ApiError::bad_request("invalid field `messages`: at least one message is needed"));
     }
     let chat = b.options()?;
     let messages = b
@@ -392,7 +401,7 @@ async fn chat(State(s): State<Shared>, body: Bytes) -> Result<Response, OpenAiEr
             tool_name: m.name.clone().unwrap_or_default(),
         })
         .collect();
-    run(s, common, Prompt::Messages(messages), chat).await
+    Ok((messages, chat))
 }
 
 async fn completions(State(s): State<Shared>, body: Bytes) -> Result<Response, OpenAiError> {
@@ -575,7 +584,7 @@ async fn embeddings(State(s): State<Shared>, OpenAiJson(b): OpenAiJson<Embedding
         return Err(ApiError::bad_request("invalid field `input`: empty").into());
     }
     let model = s.runtime.resolve(&b.model)?;
-    let e = s.runtime.embed(&model, &LoadOptions::default(), inputs, true).await?;
+    let e = s.runtime.embed(&model, &LoadOptions::default(), inputs, true, false).await?;
     let data: Vec<Value> = e
         .vectors
         .into_iter()
