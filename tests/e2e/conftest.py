@@ -12,6 +12,7 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -21,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -258,7 +260,7 @@ def _serve(hearth: Path, env: dict, log: Path, *args: str) -> tuple[subprocess.P
         url = f"http://127.0.0.1:{_free_port()}"
         with open(log, "ab") as log_file:
             proc = subprocess.Popen(
-                [str(hearth), "serve", "--host", url.removeprefix("http://"), "-t", "2", "--parallel", "1", *args],
+                [str(hearth), "serve", "--host", url.removeprefix("http://"), "-t", "2", "--parallel", "2", *args],
                 env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
             )
         if _wait_until_up(proc, url, log):
@@ -266,22 +268,42 @@ def _serve(hearth: Path, env: dict, log: Path, *args: str) -> tuple[subprocess.P
     pytest.fail(f"hearth serve exited before answering (code {proc.returncode}); its log:\n{_tail(log)}", pytrace=False)
 
 
+@contextlib.contextmanager
+def serving(server: Server, log: Path, *args: str) -> Iterator[str]:
+    """Another `hearth serve ARGS` on the session server's store, like it (-t 2 --parallel 2),
+    for tests that need a server of their own; its URL. It must exit cleanly on SIGTERM."""
+    proc, url = _serve(server.bin, server.env, log, *args)
+    try:
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=SHUTDOWN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=SHUTDOWN_TIMEOUT)
+            pytest.fail(f"hearth serve {' '.join(args)} did not exit within {SHUTDOWN_TIMEOUT:.0f} s of SIGTERM; its log:\n{_tail(log)}", pytrace=False)
+    assert code == 0, f"hearth serve {' '.join(args)} exited with {code} after SIGTERM; its log:\n{_tail(log)}"
+
+
+@pytest.fixture(scope="session")
+def serve_another(server, tmp_path_factory):
+    """`serve_another(*ARGS)`: a context manager for another server (see `serving`), its log
+    in a temporary folder of its own."""
+
+    def start(*args: str):
+        return serving(server, tmp_path_factory.mktemp("serve") / "serve.log", *args)
+
+    return start
+
+
 @pytest.fixture(scope="module")
-def keyed_url(server, tmp_path_factory) -> str:
+def keyed_url(serve_another) -> str:
     """A second server on the session's store that requires API_KEY (`--api-key`)."""
     from e2e_support import API_KEY
 
-    log = tmp_path_factory.mktemp("keyed") / "serve.log"
-    proc, url = _serve(server.bin, server.env, log, "--api-key", API_KEY)
-    yield url
-    proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(timeout=SHUTDOWN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=SHUTDOWN_TIMEOUT)
-        pytest.fail(f"hearth serve --api-key did not exit within {SHUTDOWN_TIMEOUT:.0f} s of SIGTERM; its log:\n{_tail(log)}", pytrace=False)
-    assert code == 0, f"hearth serve --api-key exited with {code} after SIGTERM; its log:\n{_tail(log)}"
+    with serve_another("--api-key", API_KEY) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

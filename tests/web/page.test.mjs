@@ -327,6 +327,31 @@ describe('model output never runs script', () => {
     assert.ok(text.includes('<img src=x onerror='), text);
     await closePage(page);
   });
+
+  test('reasoning streams into a collapsible block and tool calls show after the answer', async () => {
+    const page = await openPage();
+    const line = (message, extra = {}) => JSON.stringify({ model: MODEL, message: { role: 'assistant', content: '', ...message }, done: false, ...extra });
+    const lines = [
+      line({ thinking: 'The user wants ' }),
+      line({ thinking: 'the weather <b>now</b>.' }),
+      line({ content: 'Let me look it up.' }),
+      line({ tool_calls: [{ id: 'call_1', function: { index: 0, name: 'get_weather', arguments: { city: 'Paris' } } }] }),
+      line({}, { done: true, done_reason: 'stop', eval_count: 9, eval_duration: 1e9, prompt_eval_count: 3 }),
+    ];
+    await page.route('**/api/chat', (route) => route.fulfill({ status: 200, contentType: 'application/x-ndjson', body: `${lines.join('\n')}\n` }));
+    await ask(page, 'Weather in Paris?');
+    await waitForAnswer(page);
+    await assertInert(page);
+    const last = page.locator('article.msg.assistant').last();
+    const think = last.locator('details.think');
+    assert.equal(await think.count(), 1);
+    assert.equal(await think.evaluate((d) => d.open), false, 'closed once the answer came');
+    assert.ok((await think.textContent()).includes('the weather <b>now</b>.'), 'reasoning as text');
+    const text = await answerText(page);
+    assert.ok(text.includes('Let me look it up.'), text);
+    assert.ok(text.includes('get_weather({"city":"Paris"})'), text);
+    await closePage(page);
+  });
 });
 
 describe('models page', () => {

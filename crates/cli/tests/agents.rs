@@ -158,6 +158,7 @@ fn a_native_tool_format_end_to_end() {
     assert!(prompt.contains("<tools>") && prompt.contains("get_weather") && prompt.contains("<tool_call>"), "{prompt}");
     let mut body = ask(json!([weather()]), json!("required"));
     body["model"] = json!("qwenish");
+    body["parallel_tool_calls"] = json!(false);
     let (code, v) = s.post("/v1/chat/completions", body.clone());
     assert_eq!(code, 200, "{v}");
     let (name, args) = the_call(&v);

@@ -393,7 +393,7 @@ impl Chat {
             grammar,
             stops: applied.additional_stops,
             preserved,
-            reader: AnswerReader { late_ids: self.late_ids, ..AnswerReader::new(Parser::Native(parser)) },
+            reader: AnswerReader { late_ids: self.late_ids, one_call: !opts.parallel_tool_calls, ..AnswerReader::new(Parser::Native(parser)) },
         })
     }
 
@@ -725,11 +725,14 @@ pub struct AnswerReader {
     last: AssistantMessage,
     ids: Vec<String>,
     late_ids: bool,
+    /// The client asked for at most one call (`parallel_tool_calls: false`): later ones are
+    /// not reported (the format's grammar may allow several).
+    one_call: bool,
 }
 
 impl AnswerReader {
     fn new(parser: Parser) -> AnswerReader {
-        AnswerReader { parser, text: String::new(), last: AssistantMessage::default(), ids: Vec::new(), late_ids: false }
+        AnswerReader { parser, text: String::new(), last: AssistantMessage::default(), ids: Vec::new(), late_ids: false, one_call: false }
     }
 
     fn parse(&self, partial: bool) -> Result<AssistantMessage, String> {
@@ -741,6 +744,9 @@ impl AnswerReader {
     }
 
     fn with_ids(&mut self, mut m: AssistantMessage) -> AssistantMessage {
+        if self.one_call {
+            m.tool_calls.truncate(1);
+        }
         for (i, call) in m.tool_calls.iter_mut().enumerate() {
             if self.ids.len() <= i {
                 self.ids.push(match (call.id.is_empty(), self.late_ids) {

@@ -43,6 +43,19 @@ export function currentConversationId() {
   return state.conv ? state.conv.id : null;
 }
 
+/** An answer as stored and rendered: its reasoning in a <think> block (open while nothing
+ * else came yet), the text, then each tool call as a `tool-call` code block. */
+export function composeAnswer(thinking, text, calls, done) {
+  let out = '';
+  if (thinking) out += `<think>${thinking}${text || calls.length || done ? '</think>\n\n' : ''}`;
+  out += text;
+  for (const c of calls) {
+    const f = c.function || {};
+    out += `\n\n\`\`\`tool-call\n${f.name || ''}(${JSON.stringify(f.arguments ?? {})})\n\`\`\``;
+  }
+  return out;
+}
+
 /** Stops the streaming answer, if any (its text so far is kept). */
 export function stop() {
   if (state.running) state.running.controller.abort();
@@ -338,19 +351,29 @@ async function generate(conv, from) {
       signal: controller.signal,
     });
     if (!resp.ok) throw new Error(await errorOf(resp));
+    // Reasoning (`message.thinking`) is kept as a <think> block before the answer, and tool
+    // calls as a `tool-call` code block after it: both render, and both are stored as text.
+    let thinking = '';
+    let text = '';
+    const calls = [];
     for await (const line of ndjson(resp)) {
       if (line.error) throw new Error(line.error);
-      const piece = (line.message && line.message.content) || '';
-      if (piece) {
+      const msg = line.message || {};
+      const piece = (msg.content || '') + (msg.thinking || '');
+      if (msg.thinking) thinking += msg.thinking;
+      if (msg.content) text += msg.content;
+      if (Array.isArray(msg.tool_calls)) calls.push(...msg.tool_calls);
+      if (piece || msg.tool_calls) {
         const now = performance.now();
         if (tFirst === null) tFirst = now;
         tLast = now;
-        chunks++;
-        answer.content += piece;
+        if (piece) chunks++;
+        answer.content = composeAnswer(thinking, text, calls, Boolean(line.done));
         scheduleRender(answer);
       }
       if (line.done) {
         final = line;
+        answer.content = composeAnswer(thinking, text, calls, true);
         break;
       }
     }
