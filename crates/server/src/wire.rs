@@ -30,3 +30,11 @@ pub fn unix_secs() -> u64 {
 pub fn ms_to_ns(ms: f64) -> u64 {
     (ms * 1e6).max(0.0) as u64
 }
+
+/// A random number for ids (`chatcmpl-..`, `msg_..`, `resp_..`): not a secret.
+pub fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(unix_secs());
+    h.finish()
+}

@@ -221,7 +221,7 @@ fn blocks(m: &AssistantMessage) -> Vec<Value> {
 }
 
 fn message_id() -> String {
-    format!("msg_{:024x}", crate::openai::rand_id() as u128 * 0x1_0000_0001)
+    format!("msg_{:024x}", crate::wire::rand_id() as u128 * 0x1_0000_0001)
 }
 
 async fn messages(State(s): State<Shared>, body: Bytes) -> Result<Response, AnthropicError> {

@@ -438,7 +438,7 @@ async fn run(s: Shared, c: Common, prompt: Prompt, mut chat: ChatOptions) -> Res
     let generation = s.runtime.generate(&model, &LoadOptions { num_ctx: o.num_ctx, keep_alive: None }, request).await?;
     let mut g = Observed::new(generation, s.metrics.clone());
     let name = model.name;
-    let id = format!("{}-{:x}", if is_chat { "chatcmpl" } else { "cmpl" }, rand_id());
+    let id = format!("{}-{:x}", if is_chat { "chatcmpl" } else { "cmpl" }, crate::wire::rand_id());
     let created = crate::wire::unix_secs();
     let object = if is_chat { "chat.completion" } else { "text_completion" };
     if !c.stream {
@@ -554,12 +554,6 @@ fn logprobs_json(lps: &[Logprobs], is_chat: bool) -> Value {
     }
 }
 
-pub(crate) fn rand_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(crate::wire::unix_secs());
-    h.finish()
-}
 
 #[derive(Deserialize)]
 pub struct EmbeddingsBody {

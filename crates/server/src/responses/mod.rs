@@ -193,7 +193,7 @@ impl Body {
 }
 
 fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{:016x}{:08x}", crate::openai::rand_id(), crate::openai::rand_id() as u32)
+    format!("{prefix}_{:016x}{:08x}", crate::wire::rand_id(), crate::wire::rand_id() as u32)
 }
 
 /// What a response says about the request, in every state.
