@@ -236,7 +236,7 @@ impl Session {
         for event in generation.events.iter() {
             match event {
                 Event::Token { text, .. } => emit(&text)?,
-                Event::Done { text, reason, timings } => {
+                Event::Done { text, reason, timings, .. } => {
                     emit(&text)?;
                     return Ok((reason, timings));
                 }

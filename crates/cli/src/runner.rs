@@ -151,6 +151,7 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
                 Ok(g) => g,
                 Err(e) => return send(&mut writer, &error_reply(&e)),
             };
+            send(&mut writer, &Reply::Started { prompt_tokens: generation.prompt_tokens })?;
             // The server closing the connection cancels the generation.
             let canceller = generation.canceller();
             let mut watch = conn.try_clone()?;
@@ -181,7 +182,7 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
                             hearth_protocol::Logprobs { chosen: alt(&l.chosen), top: l.top.iter().map(alt).collect() }
                         }),
                     },
-                    Event::Done { text, reason, timings } => {
+                    Event::Done { text, reason, timings, stop } => {
                         let cut = matches!(reason, FinishReason::Length | FinishReason::Cancelled);
                         let (deltas, message) = match reader.as_mut() {
                             Some(r) => {
@@ -190,7 +191,7 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
                             }
                             None => (Vec::new(), None),
                         };
-                        let reply = Reply::Done { text, reason, timings, deltas, message };
+                        let reply = Reply::Done { text, reason, timings, deltas, message, stop };
                         send(&mut writer, &reply)?;
                         break;
                     }

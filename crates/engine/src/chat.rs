@@ -590,19 +590,63 @@ mod generic {
         out
     }
 
+    /// `schema` to be embedded in a larger one: its `$defs` (or `definitions`) moved into
+    /// `defs` under names that start with `prefix`, and its local `$ref`s (`#`, `#/$defs/..`,
+    /// `#/definitions/..`) pointed there.
+    pub(super) fn embeddable(schema: &Value, prefix: &str, defs: &mut serde_json::Map<String, Value>) -> Value {
+        fn rewrite(v: &mut Value, prefix: &str, root_used: &mut bool) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(r)) = m.get_mut("$ref") {
+                        if r == "#" {
+                            *r = format!("#/$defs/{prefix}root");
+                            *root_used = true;
+                        } else if let Some(rest) = r.strip_prefix("#/$defs/").or_else(|| r.strip_prefix("#/definitions/")) {
+                            *r = format!("#/$defs/{prefix}{rest}");
+                        }
+                    }
+                    m.values_mut().for_each(|x| rewrite(x, prefix, root_used));
+                }
+                Value::Array(a) => a.iter_mut().for_each(|x| rewrite(x, prefix, root_used)),
+                _ => {}
+            }
+        }
+        let mut out = schema.clone();
+        let mut root_used = false;
+        let mut own = serde_json::Map::new();
+        if let Value::Object(m) = &mut out {
+            for key in ["$defs", "definitions"] {
+                if let Some(Value::Object(d)) = m.remove(key) {
+                    own.extend(d);
+                }
+            }
+        }
+        rewrite(&mut out, prefix, &mut root_used);
+        for (name, mut def) in own {
+            rewrite(&mut def, prefix, &mut root_used);
+            defs.insert(format!("{prefix}{name}"), def);
+        }
+        if root_used {
+            defs.insert(format!("{prefix}root"), out.clone());
+        }
+        out
+    }
+
     /// The schema every answer must match.
     pub(super) fn schema(opts: &ChatOptions) -> Value {
+        let mut defs = serde_json::Map::new();
         let calls: Vec<Value> = opts
             .tools
             .iter()
-            .filter(|t| match &opts.tool_choice {
+            .enumerate()
+            .filter(|(_, t)| match &opts.tool_choice {
                 ToolChoice::Function(n) => &t.name == n,
                 _ => true,
             })
-            .map(|t| {
+            .map(|(i, t)| {
                 json!({
                     "type": "object",
-                    "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+                    "properties": {"name": {"const": t.name}, "arguments": embeddable(&t.parameters, &format!("tool{i}_"), &mut defs)},
                     "required": ["name", "arguments"],
                     "additionalProperties": false,
                 })
@@ -618,9 +662,12 @@ mod generic {
             "required": ["tool_calls"],
             "additionalProperties": false,
         });
-        match opts.tool_choice {
+        let mut schema = match opts.tool_choice {
             ToolChoice::Auto => {
-                let answer = opts.json_schema.clone().unwrap_or(json!({"type": "string"}));
+                let answer = match &opts.json_schema {
+                    Some(s) => embeddable(s, "response_", &mut defs),
+                    None => json!({"type": "string"}),
+                };
                 json!({"anyOf": [call, {
                     "type": "object",
                     "properties": {"response": answer},
@@ -629,7 +676,11 @@ mod generic {
                 }]})
             }
             _ => call,
+        };
+        if !defs.is_empty() {
+            schema["$defs"] = Value::Object(defs);
         }
+        schema
     }
 
     /// The answer so far: a `response` string streams as it grows; calls appear when whole.
@@ -881,6 +932,20 @@ mod tests {
         let s = generic::schema(&opts);
         assert_eq!(s["required"], json!(["tool_calls"]));
         assert_eq!(s["properties"]["tool_calls"]["maxItems"], 1);
+    }
+
+    #[test]
+    fn tool_schemas_with_local_refs_are_embedded() {
+        let params = json!({"type": "object", "$defs": {"u": {"type": "string", "enum": ["c", "f"]}},
+            "properties": {"unit": {"$ref": "#/$defs/u"}, "next": {"$ref": "#"}}});
+        let opts = ChatOptions { tools: vec![Tool { name: "w".into(), description: String::new(), parameters: params }], ..Default::default() };
+        let s = generic::schema(&opts);
+        assert_eq!(s["$defs"]["tool0_u"]["enum"], json!(["c", "f"]));
+        let args = &s["anyOf"][0]["properties"]["tool_calls"]["items"]["anyOf"][0]["properties"]["arguments"];
+        assert_eq!(args["properties"]["unit"]["$ref"], "#/$defs/tool0_u");
+        assert_eq!(args["properties"]["next"]["$ref"], "#/$defs/tool0_root");
+        assert!(args.get("$defs").is_none());
+        json_schema_to_grammar(&s).expect("the converter resolves them");
     }
 
     #[test]

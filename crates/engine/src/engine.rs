@@ -172,11 +172,13 @@ pub enum Event {
         text: String,
         logprobs: Option<TokenLogprobs>,
     },
-    /// The end. `text` is what was still held back; `reason` says why it ended.
+    /// The end. `text` is what was still held back; `reason` says why it ended; `stop` is the
+    /// stop string that ended it, if one did.
     Done {
         text: String,
         reason: FinishReason,
         timings: Timings,
+        stop: Option<String>,
     },
     /// The request failed after it was accepted.
     Error(EngineError),
@@ -196,6 +198,8 @@ pub struct Output {
 /// A running generation: read its events; drop it or call [`Generation::cancel`] to stop it.
 pub struct Generation {
     pub events: Receiver<Event>,
+    /// The prompt's length in tokens.
+    pub prompt_tokens: u32,
     cancel: Arc<AtomicBool>,
 }
 
@@ -223,7 +227,7 @@ impl Generation {
                     text.push_str(&t);
                     logprobs.extend(lp);
                 }
-                Event::Done { text: t, reason, timings } => {
+                Event::Done { text: t, reason, timings, .. } => {
                     text.push_str(&t);
                     return Ok(Output { text, tokens, logprobs, reason, timings });
                 }
@@ -410,6 +414,7 @@ impl Engine {
         let grammar = req.grammar.as_ref().map(|g| CompiledGrammar::new(&self.model, g)).transpose()?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let cancel = Arc::new(AtomicBool::new(false));
+        let prompt_tokens = prompt.len() as u32;
         let job = Job {
             prompt,
             sampling: req.sampling,
@@ -426,7 +431,7 @@ impl Engine {
         self.commands
             .send(Command::Generate(Box::new(job)))
             .map_err(|_| EngineError::Stopped)?;
-        Ok(Generation { events: rx, cancel })
+        Ok(Generation { events: rx, cancel, prompt_tokens })
     }
 
     /// Tokenizes a prompt as llama.cpp's server does: the model's BOS rule, special tokens
@@ -513,6 +518,8 @@ struct Active {
     cached: u32,
     started: Instant,
     first_token: Option<Instant>,
+    /// The stop string that ended the generation.
+    stop_hit: Option<String>,
 }
 
 struct Slot {
@@ -733,6 +740,7 @@ impl Worker {
                     text: String::new(),
                     reason: FinishReason::Cancelled,
                     timings: Timings::default(),
+                    stop: None,
                 });
             }
             !cancelled
@@ -785,6 +793,7 @@ impl Worker {
                 cached: keep as u32,
                 started: Instant::now(),
                 first_token: None,
+                stop_hit: None,
             });
         }
     }
@@ -913,6 +922,7 @@ impl Worker {
             return;
         }
         if stopped {
+            a.stop_hit = a.stop.matched().map(str::to_string);
             a.stop = StopMatcher::new(Vec::new());
             a.utf8 = Utf8Stream::default();
             self.finish(i, FinishReason::Stop);
@@ -945,7 +955,8 @@ impl Worker {
             load_ms: self.model.info().load_ms,
         };
         tracing::debug!(seq = self.slots[i].seq, ?reason, ?timings, "request finished");
-        let _ = a.job.events.send(Event::Done { text, reason, timings });
+        let stop = a.stop_hit.take().or_else(|| a.stop.matched().map(str::to_string));
+        let _ = a.job.events.send(Event::Done { text, reason, timings, stop });
     }
 
     fn fail(&mut self, i: usize, err: EngineError) {

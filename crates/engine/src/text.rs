@@ -59,6 +59,8 @@ pub struct StopMatcher {
     stops: Vec<String>,
     /// Text received but not released, because it may be the start of a stop string.
     held: String,
+    /// The stop string that ended the text, once one did.
+    matched: Option<String>,
 }
 
 /// What [`StopMatcher::push`] decided.
@@ -75,7 +77,13 @@ impl StopMatcher {
         Self {
             stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
             held: String::new(),
+            matched: None,
         }
+    }
+
+    /// The stop string that ended the text, if one did.
+    pub fn matched(&self) -> Option<&str> {
+        self.matched.as_deref()
     }
 
     pub fn push(&mut self, text: &str) -> StopOutcome {
@@ -87,9 +95,10 @@ impl StopMatcher {
         let found = self
             .stops
             .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min();
-        if let Some(at) = found {
+            .filter_map(|s| self.held.find(s.as_str()).map(|at| (at, s)))
+            .min_by_key(|(at, _)| *at);
+        if let Some((at, stop)) = found {
+            self.matched = Some(stop.clone());
             let out = self.held[..at].to_string();
             self.held.clear();
             return StopOutcome::Stopped(out);

@@ -183,7 +183,12 @@ pub enum Reply {
         deltas: Vec<Delta>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<AssistantMessage>,
+        /// The stop string that ended it, if one did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stop: Option<String>,
     },
+    /// A generation was accepted: its prompt's length (the first line of its answer).
+    Started { prompt_tokens: u32 },
     Embeddings { embeddings: Vec<Vec<f32>>, prompt_tokens: u32 },
     Info(Info),
     Rendered { prompt: String, tokens: u32 },
@@ -209,7 +214,7 @@ mod tests {
         let text = String::from_utf8(line(&g)).unwrap();
         assert!(text.ends_with('\n') && !text.trim_end().contains('\n'));
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), g);
-        let done = Reply::Done { text: String::new(), reason: FinishReason::Length, timings: Timings::default(), deltas: vec![], message: None };
+        let done = Reply::Done { text: String::new(), reason: FinishReason::Length, timings: Timings::default(), deltas: vec![], message: None, stop: None };
         let v = serde_json::to_value(&done).unwrap();
         assert_eq!(v["done"]["reason"], "length");
     }

@@ -23,8 +23,9 @@ pub enum Event {
     /// chat, `deltas` is what the text added to the parsed answer (its reasoning, text and
     /// tool calls, which the raw text mixes).
     Token { text: String, logprobs: Option<Logprobs>, deltas: Vec<Delta> },
-    /// The end; for a chat with the whole parsed answer.
-    Done { reason: FinishReason, timings: Timings, message: Option<AssistantMessage> },
+    /// The end; for a chat with the whole parsed answer; `stop` is the stop string that ended
+    /// it, if one did.
+    Done { reason: FinishReason, timings: Timings, message: Option<AssistantMessage>, stop: Option<String> },
 }
 
 /// A running generation. Dropping it closes the runner connection, which cancels it.
@@ -43,13 +44,27 @@ pub struct Generation {
     pub started: Instant,
     /// The context per sequence it runs with.
     pub n_ctx: u32,
+    /// The prompt's length in tokens, when the runner said (before the first token).
+    pub prompt_tokens: Option<u32>,
 }
 
 impl Generation {
     /// The next event; `None` after [`Event::Done`] or an error.
     pub async fn next(&mut self) -> Option<Result<Event, RuntimeError>> {
+        loop {
+            match self.next_reply().await {
+                // A reply with nothing to report (a late `Started`): read on.
+                Some(Ok(None)) => continue,
+                Some(Ok(Some(e))) => return Some(Ok(e)),
+                Some(Err(e)) => return Some(Err(e)),
+                None => return None,
+            }
+        }
+    }
+
+    async fn next_reply(&mut self) -> Option<Result<Option<Event>, RuntimeError>> {
         if let Some(e) = self.pending.pop_front() {
-            return Some(Ok(e));
+            return Some(Ok(Some(e)));
         }
         if self.finished {
             return None;
@@ -77,8 +92,8 @@ impl Generation {
                     self.pending.push_back(done);
                 }
                 match first {
-                    Some(e) => Some(Ok(e)),
-                    None => self.pending.pop_front().map(Ok),
+                    Some(e) => Some(Ok(Some(e))),
+                    None => Some(Ok(self.pending.pop_front())),
                 }
             }
             Err(e) => {
@@ -93,10 +108,11 @@ impl Generation {
 fn reply_event(reply: Reply, model: &str) -> Result<(Option<Event>, Option<Event>), RuntimeError> {
     match reply {
         Reply::Token { text, logprobs, deltas, .. } => Ok((Some(Event::Token { text, logprobs, deltas }), None)),
-        Reply::Done { text, reason, timings, deltas, message } => {
+        Reply::Done { text, reason, timings, deltas, message, stop } => {
             let rest = (!text.is_empty() || !deltas.is_empty()).then_some(Event::Token { text, logprobs: None, deltas });
-            Ok((rest, Some(Event::Done { reason, timings, message })))
+            Ok((rest, Some(Event::Done { reason, timings, message, stop })))
         }
+        Reply::Started { .. } => Ok((None, None)),
         Reply::Error { kind, message } => Err(runner_error(kind, message)),
         other => Err(RuntimeError::Internal(format!("the runner for {model} answered a generation with {other:?}"))),
     }
@@ -161,7 +177,12 @@ impl Runtime {
             load_duration,
             started,
             n_ctx,
+            prompt_tokens: None,
         };
+        if let Reply::Started { prompt_tokens } = first {
+            g.prompt_tokens = Some(prompt_tokens);
+            return Ok(g);
+        }
         let (first, then) = reply_event(first, &model.name)?;
         g.pending.extend(first);
         if let Some(done) = then {

@@ -79,3 +79,30 @@ pub fn openai_tool_calls(calls: &[ToolCall]) -> Value {
 pub fn has_calls(m: &Option<AssistantMessage>) -> bool {
     m.as_ref().is_some_and(|m| !m.tool_calls.is_empty())
 }
+
+/// System messages (Anthropic's top-level `system` and a `system` turn Claude Code sends after
+/// the user's, Responses' `instructions` and `developer` items) joined into one, first: many
+/// templates accept one system message, at the start only.
+pub fn system_first(messages: Vec<hearth_runtime::protocol::runner::Message>) -> Vec<hearth_runtime::protocol::runner::Message> {
+    let (system, rest): (Vec<_>, Vec<_>) = messages.into_iter().partition(|m| m.role == "system");
+    if system.is_empty() {
+        return rest;
+    }
+    let text = system.iter().map(|m| m.content.as_str()).filter(|t| !t.is_empty()).collect::<Vec<_>>().join("\n\n");
+    let mut out = vec![hearth_runtime::protocol::runner::Message::new("system", text)];
+    out.extend(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_runtime::protocol::runner::Message;
+
+    #[test]
+    fn system_messages_go_first_as_one() {
+        let m = system_first(vec![Message::new("system", "a"), Message::new("user", "hi"), Message::new("system", "b"), Message::new("assistant", "yo")]);
+        assert_eq!(m, vec![Message::new("system", "a\n\nb"), Message::new("user", "hi"), Message::new("assistant", "yo")]);
+        assert_eq!(system_first(vec![Message::new("user", "x")]), vec![Message::new("user", "x")]);
+    }
+}

@@ -102,7 +102,7 @@ fn scrub(v: &mut Value) {
         Value::Object(m) => {
             for (k, x) in m.iter_mut() {
                 match k.as_str() {
-                    "created_at" | "created" | "id" | "total_duration" | "load_duration" | "expires_at" | "modified_at" | "digest" => *x = json!("[scrubbed]"),
+                    "created_at" | "created" | "id" | "item_id" | "total_duration" | "load_duration" | "expires_at" | "modified_at" | "digest" => *x = json!("[scrubbed]"),
                     _ => scrub(x),
                 }
             }
@@ -602,5 +602,23 @@ async fn openai_responses() {
     ]});
     assert!(s.post("/v1/responses", fed).await.starts_with("status: 200"));
     insta::assert_snapshot!("responses_previous_id", s.post("/v1/responses", json!({"model": "tiny", "input": "hi", "previous_response_id": "resp_1"})).await);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn reasoning_and_stop_strings_in_every_shape() {
+    let s = Server::start(1 << 30).await;
+    insta::assert_snapshot!("openai_reasoning_stream", s.post("/v1/chat/completions", chat("think first", true)).await);
+    insta::assert_snapshot!("openai_reasoning_whole", s.post("/v1/chat/completions", chat("think first", false)).await);
+    insta::assert_snapshot!("ollama_thinking_stream", s.post("/api/chat", chat("think first", true)).await);
+    let off = s.post("/api/chat", json!({"model": "tiny", "think": false, "stream": false, "messages": [{"role": "user", "content": "think first"}]})).await;
+    assert!(!off.contains("thinking"), "{off}");
+    let body = |stream: bool| json!({"model": "tiny", "max_tokens": 64, "stream": stream, "messages": [{"role": "user", "content": "think first"}]});
+    insta::assert_snapshot!("anthropic_thinking_stream", s.post("/v1/messages", body(true)).await);
+    insta::assert_snapshot!("anthropic_thinking_whole", s.post("/v1/messages", body(false)).await);
+    insta::assert_snapshot!("responses_reasoning_stream", s.post("/v1/responses", json!({"model": "tiny", "input": "think first", "stream": true})).await);
+    // A stop string: Anthropic names it.
+    let stopped = s.post("/v1/messages", json!({"model": "tiny", "max_tokens": 64, "stop_sequences": [" world"], "messages": [{"role": "user", "content": "hi"}]})).await;
+    assert!(stopped.contains("\"stop_reason\": \"stop_sequence\"") && stopped.contains("\"stop_sequence\": \" world\""), "{stopped}");
     s.stop().await;
 }

@@ -149,7 +149,7 @@ impl Body {
         for m in out.iter_mut().filter(|m| m.role == "tool") {
             m.tool_name = names.get(&m.tool_call_id).cloned().unwrap_or_default();
         }
-        Ok(out)
+        Ok(crate::chat::system_first(out))
     }
 
     fn chat(&self) -> Result<ChatOptions, ApiError> {
@@ -197,10 +197,11 @@ impl Body {
     }
 }
 
-fn stop_reason(reason: FinishReason, m: &AssistantMessage) -> &'static str {
+fn stop_reason(reason: FinishReason, m: &AssistantMessage, stop: &Option<String>) -> &'static str {
     match reason {
         FinishReason::Length => "max_tokens",
         _ if !m.tool_calls.is_empty() => "tool_use",
+        _ if stop.is_some() => "stop_sequence",
         _ => "end_turn",
     }
 }
@@ -259,12 +260,12 @@ async fn messages(State(s): State<Shared>, body: Bytes) -> Result<Response, Anth
         while let Some(e) = g.next().await {
             match e? {
                 Event::Token { text: t, .. } => text.push_str(&t),
-                Event::Done { reason, timings, message } => {
+                Event::Done { reason, timings, message, stop } => {
                     let m = message.unwrap_or(AssistantMessage { content: text, ..Default::default() });
                     return Ok(axum::Json(json!({
                         "id": id, "type": "message", "role": "assistant", "model": name,
                         "content": blocks(&m),
-                        "stop_reason": stop_reason(reason, &m), "stop_sequence": null,
+                        "stop_reason": stop_reason(reason, &m, &stop), "stop_sequence": stop,
                         "usage": {"input_tokens": timings.prompt_tokens, "output_tokens": timings.generated_tokens,
                                   "cache_read_input_tokens": timings.cached_tokens, "cache_creation_input_tokens": 0},
                     }))
@@ -276,7 +277,8 @@ async fn messages(State(s): State<Shared>, body: Bytes) -> Result<Response, Anth
     }
     let start = json!({"type": "message_start", "message": {
         "id": id, "type": "message", "role": "assistant", "model": name, "content": [],
-        "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 0, "output_tokens": 0},
+        "stop_reason": null, "stop_sequence": null,
+        "usage": {"input_tokens": g.generation.prompt_tokens.unwrap_or(0), "output_tokens": 0},
     }});
     let head = format!("{}{}", event("message_start", &start), event("ping", &json!({"type": "ping"})));
     let frames = futures_util::stream::unfold(Some((g, Blocks::default())), move |state| async move {
@@ -290,7 +292,7 @@ async fn messages(State(s): State<Shared>, body: Bytes) -> Result<Response, Anth
                     }
                     out
                 }
-                Ok(Event::Done { reason, timings, message }) => {
+                Ok(Event::Done { reason, timings, message, stop }) => {
                     let m = message.unwrap_or_default();
                     let mut out = open.close();
                     if open.index == 0 {
@@ -299,7 +301,7 @@ async fn messages(State(s): State<Shared>, body: Bytes) -> Result<Response, Anth
                         out.push_str(&open.close());
                     }
                     out.push_str(&event("message_delta", &json!({"type": "message_delta",
-                        "delta": {"stop_reason": stop_reason(reason, &m), "stop_sequence": null},
+                        "delta": {"stop_reason": stop_reason(reason, &m, &stop), "stop_sequence": stop},
                         "usage": {"input_tokens": timings.prompt_tokens, "output_tokens": timings.generated_tokens,
                                   "cache_read_input_tokens": timings.cached_tokens}})));
                     out.push_str(&event("message_stop", &json!({"type": "message_stop"})));

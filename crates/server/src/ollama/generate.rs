@@ -244,7 +244,7 @@ async fn respond(s: Shared, job: Job) -> Result<Response, OllamaError> {
         while let Some(e) = g.next().await {
             match e? {
                 Event::Token { text: t, .. } => text.push_str(&t),
-                Event::Done { reason, timings, message } => {
+                Event::Done { reason, timings, message, .. } => {
                     let m = message.unwrap_or(AssistantMessage { content: text, ..Default::default() });
                     let v = last(chunk(&name, is_chat, &m.content, &m.reasoning, &m.tool_calls), reason, &timings, g.generation.load_duration, g.generation.started.elapsed());
                     return Ok(axum::Json(v).into_response());
@@ -274,7 +274,7 @@ async fn respond(s: Shared, job: Job) -> Result<Response, OllamaError> {
                         }
                         out
                     }
-                    Ok(Event::Done { reason, timings, message }) => {
+                    Ok(Event::Done { reason, timings, message, .. }) => {
                         let mut out = String::new();
                         if let Some(m) = message.filter(|m| !m.tool_calls.is_empty()) {
                             out.push_str(&ndjson_line(&chunk(&name, is_chat, "", "", &m.tool_calls)));

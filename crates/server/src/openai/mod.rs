@@ -220,10 +220,15 @@ impl ChatBody {
             template_kwargs: self.chat_template_kwargs.clone().unwrap_or_default(),
             ..Default::default()
         };
+        // "none" turns thinking off; an effort goes to the template (gpt-oss reads it) and
+        // leaves a model that cannot think as it is, as llama-server does.
         o.think = match self.reasoning_effort.as_deref() {
             None => o.template_kwargs.get("enable_thinking").and_then(Value::as_bool),
             Some("none") => Some(false),
-            Some("minimal" | "low" | "medium" | "high") => Some(true),
+            Some(effort @ ("minimal" | "low" | "medium" | "high")) => {
+                o.template_kwargs.entry("reasoning_effort").or_insert_with(|| Value::String(effort.to_string()));
+                None
+            }
             Some(other) => return Err(ApiError::bad_request(format!("invalid field `reasoning_effort`: {other:?} is not none, minimal, low, medium or high"))),
         };
         Ok(o)
@@ -450,7 +455,7 @@ async fn run(s: Shared, c: Common, prompt: Prompt, mut chat: ChatOptions) -> Res
                     text.push_str(&t);
                     lps.extend(l);
                 }
-                Event::Done { reason, timings: t, message } => {
+                Event::Done { reason, timings: t, message, .. } => {
                     let lp = logprobs.map(|_| logprobs_json(&lps, is_chat)).unwrap_or(Value::Null);
                     let calls = crate::chat::has_calls(&message);
                     let choice = if is_chat {
@@ -507,7 +512,7 @@ async fn run(s: Shared, c: Common, prompt: Prompt, mut chat: ChatOptions) -> Res
                             frame(delta(&text, lp), None)
                         }
                     }
-                    Ok(Event::Done { reason, timings: t, message }) => {
+                    Ok(Event::Done { reason, timings: t, message, .. }) => {
                         let calls = crate::chat::has_calls(&message);
                         let last = if is_chat {
                             json!([{"index": 0, "delta": {}, "finish_reason": finish_reason(reason, calls), "logprobs": null}])

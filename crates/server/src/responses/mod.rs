@@ -145,7 +145,7 @@ impl Body {
                 _ => return Err(ApiError::bad_request(format!("invalid field `{field}`: an item needs a `type` (message, function_call, function_call_output, reasoning)"))),
             }
         }
-        Ok(out)
+        Ok(crate::chat::system_first(out))
     }
 
     fn chat(&self) -> Result<ChatOptions, ApiError> {
@@ -172,9 +172,14 @@ impl Body {
             },
             _ => None,
         };
+        let mut template_kwargs = serde_json::Map::new();
         let think = match self.reasoning.as_ref().and_then(|r| r["effort"].as_str()) {
             Some("none") => Some(false),
-            _ => None,
+            Some(effort) => {
+                template_kwargs.insert("reasoning_effort".into(), Value::String(effort.to_string()));
+                None
+            }
+            None => None,
         };
         Ok(ChatOptions {
             tools,
@@ -182,7 +187,7 @@ impl Body {
             parallel_tool_calls: self.parallel_tool_calls.unwrap_or(true),
             json_schema,
             think,
-            ..Default::default()
+            template_kwargs,
         })
     }
 
@@ -312,7 +317,7 @@ async fn create(State(s): State<Shared>, body: Bytes) -> Result<Response, OpenAi
         while let Some(e) = g.next().await {
             match e? {
                 Event::Token { text: t, .. } => text.push_str(&t),
-                Event::Done { reason, timings, message } => {
+                Event::Done { reason, timings, message, .. } => {
                     let m = message.unwrap_or(AssistantMessage { content: text, ..Default::default() });
                     let done = if reason == FinishReason::Stop { "completed" } else { "incomplete" };
                     let mut v = head.response(status(reason), output(&m, done), Some(&timings), Some(reason));
@@ -337,7 +342,7 @@ async fn create(State(s): State<Shared>, body: Bytes) -> Result<Response, OpenAi
                         st.delta(d);
                     }
                 }
-                Ok(Event::Done { reason, timings, message }) => {
+                Ok(Event::Done { reason, timings, message, .. }) => {
                     st.close();
                     let m = message.unwrap_or_default();
                     let _ = m;

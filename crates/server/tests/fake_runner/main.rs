@@ -9,7 +9,9 @@
 //!
 //! A chat (messages) also streams its answer as deltas and ends with the parsed message; with
 //! tools and a last message containing `weather`, the answer is one call of the first tool
-//! with the arguments `{"city":"Paris"}`.
+//! with the arguments `{"city":"Paris"}`; a last message containing `think` (unless thinking
+//! is turned off) first reasons `Hm, ` `let me see.`. A stop string ` world` ends the answer
+//! after `Hello,` (the stop is reported).
 //!
 //! Embeddings are `[0.6, 0.8]` per input. Timings are fixed numbers. Loading takes two seconds
 //! when the context per sequence is 4242 (a slow load, to go away during).
@@ -93,9 +95,19 @@ fn generate(w: &mut UnixStream, g: Generate) -> std::io::Result<()> {
         let delta = Delta::ToolCall { index: 0, id: call.id.clone(), name: call.name.clone(), arguments: call.arguments.clone() };
         send(w, &Reply::Token { id: 0, text: "{".into(), logprobs: None, deltas: vec![delta] })?;
         let message = AssistantMessage { tool_calls: vec![call], ..Default::default() };
-        return send(w, &Reply::Done { text: String::new(), reason: FinishReason::Stop, timings: timings(1), deltas: vec![], message: Some(message) });
+        return send(w, &Reply::Done { text: String::new(), reason: FinishReason::Stop, timings: timings(1), deltas: vec![], message: Some(message), stop: None });
     }
+    send(w, &Reply::Started { prompt_tokens: 12 })?;
+    let mut reasoning = String::new();
+    if chat && prompt.contains("think") && g.chat.think != Some(false) {
+        for (i, t) in ["Hm, ", "let me see."].iter().enumerate() {
+            reasoning.push_str(t);
+            send(w, &Reply::Token { id: 10 + i as i32, text: (*t).into(), logprobs: None, deltas: vec![Delta::Reasoning((*t).into())] })?;
+        }
+    }
+    let stop = g.stop.iter().any(|s| s == " world").then(|| " world".to_string());
     let n = g.max_tokens.map_or(TOKENS.len(), |m| (m as usize).min(TOKENS.len()));
+    let n = if stop.is_some() { n.min(2) } else { n };
     for (i, t) in TOKENS.iter().take(n).enumerate() {
         let logprobs = g.logprobs.map(|k| {
             let alt = |t: &str, lp: f32| Alternative { token: t.into(), bytes: t.as_bytes().to_vec(), logprob: lp };
@@ -108,7 +120,7 @@ fn generate(w: &mut UnixStream, g: Generate) -> std::io::Result<()> {
             std::process::exit(3);
         }
     }
-    let reason = if n < TOKENS.len() { FinishReason::Length } else { FinishReason::Stop };
-    let message = chat.then(|| AssistantMessage { content: TOKENS[..n].concat(), ..Default::default() });
-    send(w, &Reply::Done { text: String::new(), reason, timings: timings(n), deltas: vec![], message })
+    let reason = if n < TOKENS.len() && stop.is_none() { FinishReason::Length } else { FinishReason::Stop };
+    let message = chat.then(|| AssistantMessage { content: TOKENS[..n].concat(), reasoning, ..Default::default() });
+    send(w, &Reply::Done { text: String::new(), reason, timings: timings(n), deltas: vec![], message, stop })
 }
