@@ -154,6 +154,10 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
             send(&mut writer, &Reply::Started { prompt_tokens: generation.prompt_tokens })?;
             // The server closing the connection cancels the generation.
             let canceller = generation.canceller();
+            // A chat whose answer is complete before the model stops (see `said_all`) is ended
+            // here, and reported as stopped.
+            let ender = generation.canceller();
+            let mut said_all = false;
             let mut watch = conn.try_clone()?;
             std::thread::spawn(move || {
                 let mut buf = [0u8; 64];
@@ -171,7 +175,17 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
                 let reply = match event {
                     Event::Token { id, text, logprobs } => Reply::Token {
                         id,
-                        deltas: reader.as_mut().map(|r| r.push(&text)).unwrap_or_default(),
+                        deltas: match reader.as_mut() {
+                            Some(r) => {
+                                let d = r.push(&text);
+                                if r.said_all() && !said_all {
+                                    said_all = true;
+                                    ender.cancel();
+                                }
+                                d
+                            }
+                            None => Vec::new(),
+                        },
                         text,
                         logprobs: logprobs.map(|l| {
                             let alt = |t: &hearth_engine::TokenLogprob| hearth_protocol::Alternative {
@@ -183,6 +197,7 @@ fn serve(state: &State, conn: UnixStream) -> std::io::Result<()> {
                         }),
                     },
                     Event::Done { text, reason, timings, stop } => {
+                        let reason = if said_all && reason == FinishReason::Cancelled { FinishReason::Stop } else { reason };
                         let cut = matches!(reason, FinishReason::Length | FinishReason::Cancelled);
                         let (deltas, message) = match reader.as_mut() {
                             Some(r) => {

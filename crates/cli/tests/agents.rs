@@ -135,12 +135,13 @@ fn generic_tool_calls_and_schemas_with_the_starter_model() {
     assert_eq!(code, 200, "the server and its runner still answer");
 }
 
-/// The starter model's weights with Qwen2.5's chat template (tool syntax `<tool_call>`).
-fn qwen_templated_model(dir: &std::path::Path) -> PathBuf {
-    let template = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../engine/tests/chat/templates/Qwen-Qwen2.5-7B-Instruct.jinja")).unwrap();
+/// The starter model's weights with another family's chat template (from the conformance
+/// suite's real templates).
+fn templated_model(dir: &std::path::Path, template: &str) -> PathBuf {
+    let source = std::fs::read_to_string(format!("{}/../engine/tests/chat/templates/{template}", env!("CARGO_MANIFEST_DIR"))).unwrap();
     let mut w = hearth_gguf::writer::GgufWriter::from_file(&model_path()).unwrap();
-    w.set("tokenizer.chat_template", template.as_str());
-    let path = dir.join("smollm2-qwen-template.gguf");
+    w.set("tokenizer.chat_template", source.as_str());
+    let path = dir.join(format!("smollm2-{template}.gguf"));
     w.write_to_path(&path).unwrap();
     path
 }
@@ -148,7 +149,21 @@ fn qwen_templated_model(dir: &std::path::Path) -> PathBuf {
 #[test]
 fn a_native_tool_format_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start_with(&[], &[("qwenish", qwen_templated_model(dir.path()))]);
+    let s = Server::start_with(
+        &[],
+        &[("qwenish", templated_model(dir.path(), "Qwen-Qwen2.5-7B-Instruct.jinja")), ("thinker", templated_model(dir.path(), "Qwen-Qwen3-0.6B.jinja"))],
+    );
+    // Qwen3's template thinks: shown in the capabilities, `think` accepted, and turned off in
+    // the prompt as the template does it.
+    let (_, v) = s.post("/api/show", json!({"model": "thinker"}));
+    assert!(v["capabilities"].as_array().unwrap().contains(&json!("thinking")), "{v}");
+    let (_, v) = s.post("/api/show", json!({"model": "qwenish"}));
+    assert!(!v["capabilities"].as_array().unwrap().contains(&json!("thinking")), "{v}");
+    let (code, v) = s.post("/api/chat", json!({"model": "thinker", "think": true, "stream": false, "options": {"num_predict": 4}, "messages": [{"role": "user", "content": "Hi"}]}));
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = s.post("/apply-template", json!({"model": "thinker", "chat_template_kwargs": {"enable_thinking": false}, "messages": [{"role": "user", "content": "Hi"}]}));
+    assert_eq!(code, 200, "{v}");
+    assert!(v["prompt"].as_str().unwrap().ends_with("<think>\n\n</think>\n\n"), "{v}");
     let (code, v) = s.get("/props?model=qwenish");
     assert_eq!(code, 200, "{v}");
     assert_ne!(v["chat_template_caps"]["tool_format"], "generic", "{v}");

@@ -684,23 +684,69 @@ mod generic {
     }
 
     /// The answer so far: a `response` string streams as it grows; calls appear when whole.
+    /// The calls of a `tool_calls` list, each once (small models repeat themselves), and
+    /// whether one came twice.
+    fn calls(list: &[Value]) -> (Vec<ToolCall>, bool) {
+        let mut out: Vec<ToolCall> = Vec::new();
+        let mut repeated = false;
+        for c in list {
+            let call = ToolCall {
+                id: String::new(),
+                name: c["name"].as_str().unwrap_or_default().to_string(),
+                arguments: c.get("arguments").map(|a| a.to_string()).unwrap_or_else(|| "{}".into()),
+            };
+            if out.contains(&call) {
+                repeated = true;
+            } else {
+                out.push(call);
+            }
+        }
+        (out, repeated)
+    }
+
+    /// The whole calls of an unfinished `{"tool_calls": [...`: each call as soon as its
+    /// object is complete.
+    fn complete_calls(text: &str) -> Option<Vec<Value>> {
+        let rest = text.trim_start().strip_prefix('{')?.trim_start().strip_prefix("\"tool_calls\"")?;
+        let mut rest = rest.trim_start().strip_prefix(':')?.trim_start().strip_prefix('[')?;
+        let mut out = Vec::new();
+        loop {
+            rest = rest.trim_start();
+            rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
+            if !rest.starts_with('{') {
+                return Some(out);
+            }
+            let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+            match values.next() {
+                Some(Ok(v)) => {
+                    let used = values.byte_offset();
+                    out.push(v);
+                    rest = &rest[used..];
+                }
+                _ => return Some(out),
+            }
+        }
+    }
+
+    /// The answer so far (see [`parse`]), and whether the model began to repeat a call: then
+    /// it has said all it will.
+    pub(super) fn parse_checked(text: &str, partial: bool) -> (AssistantMessage, bool) {
+        if let Ok(v) = serde_json::from_str::<Value>(text.trim()) {
+            if let Some(list) = v.get("tool_calls").and_then(Value::as_array) {
+                let (tool_calls, repeated) = calls(list);
+                return (AssistantMessage { tool_calls, ..Default::default() }, repeated);
+            }
+        } else if let Some(list) = complete_calls(text) {
+            let (tool_calls, repeated) = calls(&list);
+            return (AssistantMessage { tool_calls, ..Default::default() }, repeated);
+        }
+        (parse(text, partial), false)
+    }
+
     pub(super) fn parse(text: &str, partial: bool) -> AssistantMessage {
         if let Ok(v) = serde_json::from_str::<Value>(text.trim()) {
-            if let Some(calls) = v.get("tool_calls").and_then(Value::as_array) {
-                let mut tool_calls: Vec<ToolCall> = Vec::new();
-                for c in calls {
-                    let call = ToolCall {
-                        id: String::new(),
-                        name: c["name"].as_str().unwrap_or_default().to_string(),
-                        arguments: c.get("arguments").map(|a| a.to_string()).unwrap_or_else(|| "{}".into()),
-                    };
-                    // The same call twice in one answer (small models repeat themselves) is
-                    // one call.
-                    if !tool_calls.contains(&call) {
-                        tool_calls.push(call);
-                    }
-                }
-                return AssistantMessage { tool_calls, ..Default::default() };
+            if let Some(list) = v.get("tool_calls").and_then(Value::as_array) {
+                return AssistantMessage { tool_calls: calls(list).0, ..Default::default() };
             }
             if let Some(r) = v.get("response") {
                 let content = match r {
@@ -709,6 +755,9 @@ mod generic {
                 };
                 return AssistantMessage { content, ..Default::default() };
             }
+        }
+        if let Some(list) = complete_calls(text) {
+            return AssistantMessage { tool_calls: calls(&list).0, ..Default::default() };
         }
         if partial {
             return AssistantMessage { content: partial_response(text).unwrap_or_default(), ..Default::default() };
@@ -779,17 +828,31 @@ pub struct AnswerReader {
     /// The client asked for at most one call (`parallel_tool_calls: false`): later ones are
     /// not reported (the format's grammar may allow several).
     one_call: bool,
+    /// The model began to repeat itself (a call it already made): see [`Self::said_all`].
+    repeated: bool,
 }
 
 impl AnswerReader {
     fn new(parser: Parser) -> AnswerReader {
-        AnswerReader { parser, text: String::new(), last: AssistantMessage::default(), ids: Vec::new(), late_ids: false, one_call: false }
+        AnswerReader {
+            parser,
+            text: String::new(),
+            last: AssistantMessage::default(),
+            ids: Vec::new(),
+            late_ids: false,
+            one_call: false,
+            repeated: false,
+        }
     }
 
-    fn parse(&self, partial: bool) -> Result<AssistantMessage, String> {
+    fn parse(&mut self, partial: bool) -> Result<AssistantMessage, String> {
         match &self.parser {
             Parser::Plain => Ok(AssistantMessage { content: self.text.clone(), ..Default::default() }),
-            Parser::Generic => Ok(generic::parse(&self.text, partial)),
+            Parser::Generic => {
+                let (m, repeated) = generic::parse_checked(&self.text, partial);
+                self.repeated |= repeated;
+                Ok(m)
+            }
             Parser::Native(p) => p.parse(&self.text, partial),
         }
     }
@@ -809,6 +872,12 @@ impl AnswerReader {
             call.id = self.ids[i].clone();
         }
         m
+    }
+
+    /// The answer is complete even if the model goes on: it began to repeat a call it already
+    /// made (small models loop over the generic format's call list). The generation can stop.
+    pub fn said_all(&self) -> bool {
+        self.repeated
     }
 
     /// More generated text: what it adds to the answer.
@@ -901,7 +970,17 @@ mod tests {
         assert_eq!(m.content, "Hello \"you\"é!");
         let twice = r#"{"tool_calls": [{"name": "f", "arguments": {}}, {"name": "f", "arguments": {}}, {"name": "f", "arguments": {"a": 1}}]}"#;
         assert_eq!(generic::parse(twice, false).tool_calls.len(), 2);
+        // Calls stream as each is complete; a repeated one means the model has said all.
         assert_eq!(content, m.content);
+        let mut r2 = AnswerReader::new(Parser::Generic);
+        assert!(r2.push(r#"{"tool_calls": [{"name": "f", "arguments": {"a": "#).is_empty());
+        let d = r2.push(r#"1}}, {"name": "#);
+        assert!(matches!(&d[..], [Delta::ToolCall { index: 0, name, arguments, .. }] if name == "f" && arguments == r#"{"a":1}"#), "{d:?}");
+        assert!(!r2.said_all());
+        r2.push(r#""f", "arguments": {"a": 1}}, {"#);
+        assert!(r2.said_all());
+        let (_, m2) = r2.finish("", true);
+        assert_eq!(m2.tool_calls.len(), 1);
 
         let mut r = AnswerReader::new(Parser::Generic);
         assert!(r.push("{\"tool_calls\": [{\"name\": \"get_weather\", ").is_empty());
