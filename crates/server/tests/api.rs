@@ -159,6 +159,8 @@ async fn ollama_generation() {
     insta::assert_snapshot!("ollama_chat_stream", s.post("/api/chat", chat("hi", true)).await);
     insta::assert_snapshot!("ollama_chat_whole", s.post("/api/chat", chat("hi", false)).await);
     insta::assert_snapshot!("ollama_generate_length", s.post("/api/generate", json!({"model": "tiny", "prompt": "hi", "options": {"num_predict": 2}})).await);
+    // A raw prompt streams its text (it has no chat to read into deltas).
+    insta::assert_snapshot!("ollama_generate_raw_stream", s.post("/api/generate", json!({"model": "tiny", "prompt": "hi", "raw": true, "options": {"num_predict": 2}})).await);
     insta::assert_snapshot!("ollama_embed", s.post("/api/embed", json!({"model": "tiny", "input": ["a", "b"]})).await);
     insta::assert_snapshot!("ollama_ps", s.get("/api/ps").await);
     s.stop().await;

@@ -220,6 +220,8 @@ async fn respond(s: Shared, job: Job) -> Result<Response, OllamaError> {
     let load = LoadOptions { num_ctx: o.num_ctx, keep_alive: keep };
     let name = job.model.name.clone();
     let is_chat = job.is_chat;
+    // A raw prompt's answer is its text as it comes; a chat's is read into deltas.
+    let raw = matches!(job.prompt, Prompt::Text(_));
     // An empty prompt loads the model (or, with keep_alive 0, unloads it).
     if job.empty {
         let unload = keep == Some(KeepAlive::For(Duration::ZERO));
@@ -259,6 +261,12 @@ async fn respond(s: Shared, job: Job) -> Result<Response, OllamaError> {
             let mut g = g?;
             loop {
                 let line = match g.next().await? {
+                    Ok(Event::Token { text, .. }) if raw => {
+                        if text.is_empty() {
+                            continue;
+                        }
+                        ndjson_line(&chunk(&name, is_chat, &text, "", &[]))
+                    }
                     Ok(Event::Token { deltas, .. }) => {
                         let mut out = String::new();
                         for d in deltas {
