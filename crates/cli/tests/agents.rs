@@ -139,11 +139,38 @@ fn generic_tool_calls_and_schemas_with_the_starter_model() {
 /// suite's real templates).
 fn templated_model(dir: &std::path::Path, template: &str) -> PathBuf {
     let source = std::fs::read_to_string(format!("{}/../engine/tests/chat/templates/{template}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    with_template(dir, template, &source)
+}
+
+fn with_template(dir: &std::path::Path, name: &str, source: &str) -> PathBuf {
     let mut w = hearth_gguf::writer::GgufWriter::from_file(&model_path()).unwrap();
-    w.set("tokenizer.chat_template", source.as_str());
-    let path = dir.join(format!("smollm2-{template}.gguf"));
+    w.set("tokenizer.chat_template", source);
+    let path = dir.join(format!("smollm2-{name}.gguf"));
     w.write_to_path(&path).unwrap();
     path
+}
+
+/// A hostile template (a loop of 100 million steps, which llama.cpp's Jinja engine would run
+/// for ever) and a broken one (raises when given tools): the model still loads and answers, or
+/// the request is a clear 400; never a hung or dead runner.
+#[test]
+fn hostile_and_broken_templates_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    let looping = format!("{{% for a in range(10000) %}}{{% for b in range(10000) %}}{{{{ b }}}}{{% endfor %}}{{% endfor %}}{chatml}");
+    let raising = format!("{{% if tools %}}{{{{ raise_exception('this template takes no tools') }}}}{{% endif %}}{chatml}");
+    let s = Server::start_with(&[], &[("smollm2", model_path()), ("looping", with_template(dir.path(), "looping", &looping)), ("raising", with_template(dir.path(), "raising", &raising))]);
+    for model in ["looping", "raising"] {
+        for body in [
+            json!({"model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}),
+            json!({"model": model, "max_tokens": 64, "tools": [weather()], "tool_choice": "required", "messages": [{"role": "user", "content": "Weather in Paris?"}]}),
+        ] {
+            let (code, v) = s.post("/v1/chat/completions", body);
+            assert!(code == 200 || (code == 400 && v["error"]["message"].as_str().unwrap().contains("template")), "{model}: {code} {v}");
+        }
+    }
+    let (code, _) = s.post("/api/chat", common::chat("Hi", 2));
+    assert_eq!(code, 200, "the server still answers");
 }
 
 #[test]

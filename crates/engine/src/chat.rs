@@ -231,6 +231,14 @@ impl Chat {
         let mut chat = Chat { native: None, late_ids: false, fallback, thinking: false, tool_format: "generic".into(), source: String::new() };
         if let Some(source) = &model.info().chat_template {
             chat.source = source.clone();
+            // Before llama.cpp's unlimited Jinja engine sees it (see `prepare_native`).
+            let probe = json!([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "", "tool_calls": [{"id": "a1b2c3d4e", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}, {"role": "tool", "tool_call_id": "a1b2c3d4e", "content": "ok"}]);
+            let tools = json!([{"type": "function", "function": {"name": "f", "description": "", "parameters": {"type": "object", "properties": {}}}}]);
+            let info = model.info();
+            if let Err(e) = crate::template::runaway(source, &probe, Some(&tools), &info.bos_token, &info.eos_token) {
+                tracing::warn!("{e}; llama.cpp's chat code is not used for this model (tools use the generic format)");
+                return chat;
+            }
             match NativeTemplates::new(model, None) {
                 Ok(t) => {
                     let caps = t.caps().unwrap_or_default();
@@ -310,8 +318,22 @@ impl Chat {
             .think
             .or_else(|| opts.template_kwargs.get("enable_thinking").and_then(Value::as_bool))
             .unwrap_or(true);
+        let rendered: Vec<Value> = messages.iter().map(openai_message).collect();
+        // llama.cpp's Jinja engine has no limits: a template that loops for ever (or writes
+        // gigabytes) would hang or kill the runner. The same chat goes through minijinja with
+        // its limits first; a template that runs away there is refused.
+        if let ChatTemplate::Jinja { source, bos_token, eos_token } = &self.fallback {
+            let tools_json: Option<Value> = (!tools.is_empty()).then(|| {
+                tools
+                    .iter()
+                    .map(|t| json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}))
+                    .collect()
+            });
+            crate::template::runaway(source, &Value::Array(rendered.clone()), tools_json.as_ref(), bos_token, eos_token)
+                .map_err(EngineError::Template)?;
+        }
         let mut inputs = json!({
-            "messages": messages.iter().map(openai_message).collect::<Vec<_>>(),
+            "messages": rendered,
             "tool_choice": choice,
             "parallel_tool_calls": opts.parallel_tool_calls,
             "enable_thinking": enable_thinking,

@@ -150,6 +150,37 @@ fn render_jinja(
     String::from_utf8(out.0).map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("the template wrote invalid UTF-8: {e}")))
 }
 
+/// Renders a chat (OpenAI-shaped `messages` and `tools`, as llama.cpp's chat code renders
+/// them) with minijinja's limits, to find out whether the template would run away with it: an
+/// error only when the render ran out of instructions, output or recursion (or the source is
+/// too large). Any other failure is minijinja's business, not a verdict on the template.
+pub(crate) fn runaway(source: &str, messages: &serde_json::Value, tools: Option<&serde_json::Value>, bos_token: &str, eos_token: &str) -> Result<(), String> {
+    if source.len() > MAX_SOURCE {
+        return Err(format!("the chat template is {} bytes, more than the {MAX_SOURCE} accepted", source.len()));
+    }
+    let env = environment();
+    let Ok(tmpl) = env.template_from_str(source) else { return Ok(()) };
+    let ctx = minijinja::context! {
+        messages => Value::from_serialize(messages),
+        tools => tools.map(Value::from_serialize),
+        add_generation_prompt => true,
+        bos_token => bos_token,
+        eos_token => eos_token,
+    };
+    let mut out = Bounded(Vec::new());
+    let verdict = match tmpl.render_captured_to(ctx, &mut out) {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(e.kind(), ErrorKind::OutOfFuel | ErrorKind::WriteFailure)
+                || ["recursion limit", "range has too many elements"].iter().any(|m| e.to_string().contains(m)) =>
+        {
+            Err(format!("the chat template does not finish: {e}"))
+        }
+        Err(_) => Ok(()),
+    };
+    verdict
+}
+
 /// A writer that refuses to grow past [`MAX_OUTPUT`].
 struct Bounded(Vec<u8>);
 

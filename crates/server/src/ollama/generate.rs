@@ -239,7 +239,14 @@ async fn respond(s: Shared, job: Job) -> Result<Response, OllamaError> {
         return Ok(axum::Json(v).into_response());
     }
     let request = Generate { max_tokens: o.max_tokens, stop: o.stop, json: json_mode, chat, ..Generate::new(job.prompt, o.sampling) };
-    let generation = s.runtime.generate(&job.model, &load, request).await?;
+    let thinks = request.chat.think == Some(true);
+    let generation = match s.runtime.generate(&job.model, &load, request).await {
+        // In Ollama's words.
+        Err(hearth_runtime::RuntimeError::Rejected(why)) if thinks && why.contains("does not support thinking") => {
+            return Err(ApiError::bad_request(format!("\"{name}\" does not support thinking")).into());
+        }
+        other => other?,
+    };
     let mut g = Observed::new(generation, s.metrics.clone());
     if !job.stream {
         let mut text = String::new();

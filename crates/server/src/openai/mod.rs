@@ -355,7 +355,9 @@ fn chat_message(m: &hearth_runtime::protocol::AssistantMessage) -> Value {
         v["content"] = Value::Null;
     }
     if !m.reasoning.is_empty() {
+        // llama-server's name, and Ollama's `/v1` name.
         v["reasoning_content"] = json!(m.reasoning);
+        v["reasoning"] = json!(m.reasoning);
     }
     if !m.tool_calls.is_empty() {
         v["tool_calls"] = crate::chat::openai_tool_calls(&m.tool_calls);
@@ -367,7 +369,7 @@ fn chat_message(m: &hearth_runtime::protocol::AssistantMessage) -> Value {
 fn chat_delta(d: &Delta) -> Value {
     match d {
         Delta::Content(t) => json!({"content": t}),
-        Delta::Reasoning(t) => json!({"reasoning_content": t}),
+        Delta::Reasoning(t) => json!({"reasoning_content": t, "reasoning": t}),
         Delta::ToolCall { index, id, name, arguments } if !id.is_empty() => json!({"tool_calls": [{
             "index": index, "id": id, "type": "function", "function": {"name": name, "arguments": arguments},
         }]}),
