@@ -86,13 +86,6 @@ pub struct ChatOptions {
     pub template_kwargs: Map<String, Value>,
 }
 
-impl ChatOptions {
-    /// Whether anything here needs more than rendering the messages.
-    pub fn is_plain(&self) -> bool {
-        self.tools.is_empty() && self.json_schema.is_none() && self.think.is_none() && self.template_kwargs.is_empty()
-    }
-}
-
 /// The changes from `old` to `new` as deltas. Text that is not an extension of what was sent
 /// (a parser that took back a partial marker) is not sent again.
 pub fn deltas(old: &AssistantMessage, new: &AssistantMessage) -> Vec<Delta> {

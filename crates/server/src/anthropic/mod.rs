@@ -256,24 +256,16 @@ async fn messages(State(s): State<Shared>, body: Bytes) -> Result<Response, Anth
     let name = model.name.to_string();
     let id = message_id();
     if !b.stream {
-        let mut text = String::new();
-        while let Some(e) = g.next().await {
-            match e? {
-                Event::Token { text: t, .. } => text.push_str(&t),
-                Event::Done { reason, timings, message, stop } => {
-                    let m = message.unwrap_or(AssistantMessage { content: text, ..Default::default() });
-                    return Ok(axum::Json(json!({
-                        "id": id, "type": "message", "role": "assistant", "model": name,
-                        "content": blocks(&m),
-                        "stop_reason": stop_reason(reason, &m, &stop), "stop_sequence": stop,
-                        "usage": {"input_tokens": timings.prompt_tokens, "output_tokens": timings.generated_tokens,
-                                  "cache_read_input_tokens": timings.cached_tokens, "cache_creation_input_tokens": 0},
-                    }))
-                    .into_response());
-                }
-            }
-        }
-        return Err(ApiError::internal("the generation ended without a result").into());
+        let w = g.whole().await?;
+        let t = &w.timings;
+        return Ok(axum::Json(json!({
+            "id": id, "type": "message", "role": "assistant", "model": name,
+            "content": blocks(&w.message),
+            "stop_reason": stop_reason(w.reason, &w.message, &w.stop), "stop_sequence": w.stop,
+            "usage": {"input_tokens": t.prompt_tokens, "output_tokens": t.generated_tokens,
+                      "cache_read_input_tokens": t.cached_tokens, "cache_creation_input_tokens": 0},
+        }))
+        .into_response());
     }
     let start = json!({"type": "message_start", "message": {
         "id": id, "type": "message", "role": "assistant", "model": name, "content": [],

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use hearth_runtime::protocol::runner::{Generate, Message, Prompt};
-use hearth_runtime::protocol::{AssistantMessage, ChatOptions, Delta, FinishReason, Timings, ToolCall};
+use hearth_runtime::protocol::{ChatOptions, Delta, FinishReason, Timings, ToolCall};
 use hearth_runtime::{Event, KeepAlive, LoadOptions, Model};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -249,18 +249,10 @@ async fn respond(s: Shared, job: Job) -> Result<Response, OllamaError> {
     };
     let mut g = Observed::new(generation, s.metrics.clone());
     if !job.stream {
-        let mut text = String::new();
-        while let Some(e) = g.next().await {
-            match e? {
-                Event::Token { text: t, .. } => text.push_str(&t),
-                Event::Done { reason, timings, message, .. } => {
-                    let m = message.unwrap_or(AssistantMessage { content: text, ..Default::default() });
-                    let v = last(chunk(&name, is_chat, &m.content, &m.reasoning, &m.tool_calls), reason, &timings, g.generation.load_duration, g.generation.started.elapsed());
-                    return Ok(axum::Json(v).into_response());
-                }
-            }
-        }
-        return Err(ApiError::internal("the generation ended without a result").into());
+        let w = g.whole().await?;
+        let m = &w.message;
+        let v = last(chunk(&name, is_chat, &m.content, &m.reasoning, &m.tool_calls), w.reason, &w.timings, g.generation.load_duration, g.generation.started.elapsed());
+        return Ok(axum::Json(v).into_response());
     }
     let lines = futures_util::stream::unfold(Some(g), move |g| {
         let name = name.clone();

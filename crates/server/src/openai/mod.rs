@@ -449,32 +449,19 @@ async fn run(s: Shared, c: Common, prompt: Prompt, mut chat: ChatOptions) -> Res
     let created = crate::wire::unix_secs();
     let object = if is_chat { "chat.completion" } else { "text_completion" };
     if !c.stream {
-        let mut text = String::new();
-        let mut lps = Vec::new();
-        while let Some(e) = g.next().await {
-            match e? {
-                Event::Token { text: t, logprobs: l, .. } => {
-                    text.push_str(&t);
-                    lps.extend(l);
-                }
-                Event::Done { reason, timings: t, message, .. } => {
-                    let lp = logprobs.map(|_| logprobs_json(&lps, is_chat)).unwrap_or(Value::Null);
-                    let calls = crate::chat::has_calls(&message);
-                    let choice = if is_chat {
-                        let m = message.unwrap_or(hearth_runtime::protocol::AssistantMessage { content: text, ..Default::default() });
-                        json!({"index": 0, "message": chat_message(&m), "finish_reason": finish_reason(reason, calls), "logprobs": lp})
-                    } else {
-                        json!({"index": 0, "text": text, "finish_reason": finish_reason(reason, false), "logprobs": lp})
-                    };
-                    return Ok(axum::Json(json!({
-                        "id": id, "object": object, "created": created, "model": name,
-                        "choices": [choice], "usage": usage(&t), "timings": timings(&t),
-                    }))
-                    .into_response());
-                }
-            }
-        }
-        return Err(ApiError::internal("the generation ended without a result").into());
+        let w = g.whole().await?;
+        let lp = logprobs.map(|_| logprobs_json(&w.logprobs, is_chat)).unwrap_or(Value::Null);
+        let choice = if is_chat {
+            let calls = !w.message.tool_calls.is_empty();
+            json!({"index": 0, "message": chat_message(&w.message), "finish_reason": finish_reason(w.reason, calls), "logprobs": lp})
+        } else {
+            json!({"index": 0, "text": w.text, "finish_reason": finish_reason(w.reason, false), "logprobs": lp})
+        };
+        return Ok(axum::Json(json!({
+            "id": id, "object": object, "created": created, "model": name,
+            "choices": [choice], "usage": usage(&w.timings), "timings": timings(&w.timings),
+        }))
+        .into_response());
     }
     let include_usage = c.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let chunk_object = if is_chat { "chat.completion.chunk" } else { "text_completion" };

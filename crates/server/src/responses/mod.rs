@@ -313,20 +313,11 @@ async fn create(State(s): State<Shared>, body: Bytes) -> Result<Response, OpenAi
     let generation = s.runtime.generate(&model, &LoadOptions { num_ctx: o.num_ctx, keep_alive: None }, request).await?;
     let mut g = Observed::new(generation, s.metrics.clone());
     if !b.stream {
-        let mut text = String::new();
-        while let Some(e) = g.next().await {
-            match e? {
-                Event::Token { text: t, .. } => text.push_str(&t),
-                Event::Done { reason, timings, message, .. } => {
-                    let m = message.unwrap_or(AssistantMessage { content: text, ..Default::default() });
-                    let done = if reason == FinishReason::Stop { "completed" } else { "incomplete" };
-                    let mut v = head.response(status(reason), output(&m, done), Some(&timings), Some(reason));
-                    v["output_text"] = json!(m.content);
-                    return Ok(axum::Json(v).into_response());
-                }
-            }
-        }
-        return Err(ApiError::internal("the generation ended without a result").into());
+        let w = g.whole().await?;
+        let done = if w.reason == FinishReason::Stop { "completed" } else { "incomplete" };
+        let mut v = head.response(status(w.reason), output(&w.message, done), Some(&w.timings), Some(w.reason));
+        v["output_text"] = json!(w.message.content);
+        return Ok(axum::Json(v).into_response());
     }
     let mut events = Events { seq: 0, out: String::new() };
     events.push("response.created", json!({"response": head.response("in_progress", vec![], None, None)}));
@@ -342,10 +333,8 @@ async fn create(State(s): State<Shared>, body: Bytes) -> Result<Response, OpenAi
                         st.delta(d);
                     }
                 }
-                Ok(Event::Done { reason, timings, message, .. }) => {
+                Ok(Event::Done { reason, timings, .. }) => {
                     st.close();
-                    let m = message.unwrap_or_default();
-                    let _ = m;
                     let name = match reason {
                         FinishReason::Length => "response.incomplete",
                         _ => "response.completed",
