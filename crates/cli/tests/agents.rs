@@ -45,6 +45,7 @@ fn weather_args_valid(args: &Value) {
 
 #[test]
 fn generic_tool_calls_and_schemas_with_the_starter_model() {
+    let _turn = common::one_at_a_time();
     let s = Server::start(&[]);
     // Required: always a valid call, whatever the model would have said.
     let (code, v) = s.post("/v1/chat/completions", ask(json!([weather()]), json!("required")));
@@ -155,6 +156,7 @@ fn with_template(dir: &std::path::Path, name: &str, source: &str) -> PathBuf {
 /// the request is a clear 400; never a hung or dead runner.
 #[test]
 fn hostile_and_broken_templates_are_clear_errors() {
+    let _turn = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
     let looping = format!("{{% for a in range(10000) %}}{{% for b in range(10000) %}}{{{{ b }}}}{{% endfor %}}{{% endfor %}}{chatml}");
@@ -175,6 +177,7 @@ fn hostile_and_broken_templates_are_clear_errors() {
 
 #[test]
 fn a_native_tool_format_end_to_end() {
+    let _turn = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start_with(
         &[],

@@ -22,6 +22,7 @@ fn run(args: &[&str]) -> Output {
 
 #[test]
 fn one_prompt_streams_the_greedy_answer_to_stdout() {
+    let _turn = common::one_at_a_time();
     let m = model();
     let out = run(&["run", m.to_str().unwrap(), "What is the capital of France?", "--temp", "0", "-n", "32", "-t", "2"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -32,6 +33,7 @@ fn one_prompt_streams_the_greedy_answer_to_stdout() {
 
 #[test]
 fn verbose_prints_timings_to_stderr_only() {
+    let _turn = common::one_at_a_time();
     let m = model();
     let out = run(&["run", m.to_str().unwrap(), "Hi", "--temp", "0", "-n", "4", "-t", "2", "--verbose"]);
     assert!(out.status.success());
@@ -42,6 +44,7 @@ fn verbose_prints_timings_to_stderr_only() {
 
 #[test]
 fn raw_mode_skips_the_template() {
+    let _turn = common::one_at_a_time();
     let m = model();
     let raw = run(&["run", m.to_str().unwrap(), "The capital of France is", "--raw", "--temp", "0", "-n", "8", "-t", "2", "-v"]);
     assert!(raw.status.success(), "{}", text(&raw.stderr));
@@ -50,6 +53,7 @@ fn raw_mode_skips_the_template() {
 
 #[test]
 fn interactive_chat_keeps_history_and_reuses_the_cache() {
+    let _turn = common::one_at_a_time();
     let m = model();
     let mut child = hearth()
         .args(["run", m.to_str().unwrap(), "--temp", "0", "-n", "32", "-t", "2", "-v"])
@@ -81,6 +85,7 @@ fn interactive_chat_keeps_history_and_reuses_the_cache() {
 
 #[test]
 fn ctrl_c_stops_the_answer_not_the_chat() {
+    let _turn = common::one_at_a_time();
     let m = model();
     let mut child = hearth()
         .args(["run", m.to_str().unwrap(), "--temp", "0", "-t", "2"])
@@ -163,6 +168,7 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn a_closed_pipe_ends_quietly() {
+    let _turn = common::one_at_a_time();
     let m = model();
     let mut child = hearth()
         .args(["run", m.to_str().unwrap(), "Write a long story.", "--temp", "0", "-n", "200", "-t", "2"])

@@ -119,6 +119,7 @@ fn ps_workers(s: &Server) -> Vec<String> {
 
 #[test]
 fn greedy_output_through_two_and_three_workers_is_the_single_process_answer() {
+    let _turn = common::one_at_a_time();
     let ws = workers(3);
     // The planner's own split over this machine and two workers.
     let s = serve_over(&[&ws[0], &ws[1]], &[]);
@@ -170,6 +171,7 @@ fn read_stream(r: impl Read, mut on_chunk: impl FnMut(usize)) -> (String, Option
 
 #[test]
 fn a_lost_worker_ends_only_its_request_and_the_model_comes_back() {
+    let _turn = common::one_at_a_time();
     let mut ws = workers(2);
     let s = serve_over(&[&ws[0], &ws[1]], &["--gpu-layers", "99", "--tensor-split", "1,1"]);
     assert!(UPSTREAM_GREEDY.starts_with(&answer(&s)));
@@ -223,6 +225,7 @@ fn a_lost_worker_ends_only_its_request_and_the_model_comes_back() {
 
 #[test]
 fn only_peers_with_the_token_get_in() {
+    let _turn = common::one_at_a_time();
     let w = Worker::start("127.0.0.1:0", &["--token", TOKEN]);
     let hearth = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_hearth")).args(args).env("HEARTH_HOST", "127.0.0.1:1").env_remove("HEARTH_CLUSTER_TOKEN").env_remove("HEARTH_WORKERS").output().unwrap()
@@ -253,6 +256,7 @@ fn only_peers_with_the_token_get_in() {
 
 #[test]
 fn a_model_too_large_for_the_cluster_is_refused_before_loading() {
+    let _turn = common::one_at_a_time();
     let ws: Vec<Worker> = (0..2).map(|_| Worker::start("127.0.0.1:0", &["--token", TOKEN, "--mem", "30M"])).collect();
     let s = serve_over(&[&ws[0], &ws[1]], &["--memory-budget", "40M"]);
     let (code, v) = s.post("/api/chat", chat("hi", 4));
@@ -282,6 +286,7 @@ fn load_over(w: &Worker, store_models: &[(&str, PathBuf)]) -> (u64, f64) {
 
 #[test]
 fn a_preloaded_worker_receives_hashes_instead_of_weights() {
+    let _turn = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("synth.gguf");
     hearth_testkit::synthetic::preload_model(&model_path(), &model).unwrap();
@@ -358,6 +363,7 @@ impl Drop for Netns {
 
 #[test]
 fn workers_on_separate_network_hosts() {
+    let _turn = common::one_at_a_time();
     let Some(hosts) = Netns::create(2) else {
         eprintln!("\n*** SKIPPED: this machine does not allow network namespaces (ip netns add failed); the loopback cluster tests still ran ***\n");
         return;
@@ -377,6 +383,7 @@ fn workers_on_separate_network_hosts() {
 
 #[test]
 fn hearth_run_over_workers_answers_like_one_process() {
+    let _turn = common::one_at_a_time();
     let ws = workers(2);
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
@@ -409,6 +416,7 @@ fn hearth_run_over_workers_answers_like_one_process() {
 
 #[test]
 fn the_config_file_names_the_workers_and_the_token() {
+    let _turn = common::one_at_a_time();
     let w = Worker::start("127.0.0.1:0", &["--token", TOKEN]);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");

@@ -15,6 +15,7 @@ use common::{alive, chat, fetch, model_path, wait_until, Server, UPSTREAM_GREEDY
 
 #[test]
 fn eight_concurrent_clients_on_four_sequences_all_get_the_right_answer() {
+    let _turn = common::one_at_a_time();
     let s = Server::start(&["--parallel", "4"]);
     let prompts = ["What is the capital of France?", "List three colors.", "Write a haiku about the sea.", "How do I boil an egg?"];
     let alone: Vec<String> = prompts
@@ -40,6 +41,7 @@ fn eight_concurrent_clients_on_four_sequences_all_get_the_right_answer() {
 
 #[test]
 fn the_bounded_queue_answers_503_with_retry_after() {
+    let _turn = common::one_at_a_time();
     let s = Server::start(&["--parallel", "1", "--max-queue", "1"]);
     // Load first, so the requests below compete only for sequences.
     assert_eq!(s.post("/api/generate", json!({"model": "smollm2", "prompt": ""})).0, 200);
@@ -68,6 +70,7 @@ fn the_bounded_queue_answers_503_with_retry_after() {
 
 #[test]
 fn keep_alive_expiry_shows_in_ps_and_unloads_the_runner() {
+    let _turn = common::one_at_a_time();
     let s = Server::start(&[]);
     let (code, _) = s.post("/api/generate", json!({"model": "smollm2", "prompt": "Hi", "stream": false, "keep_alive": "2s", "options": {"num_predict": 2}}));
     assert_eq!(code, 200);
@@ -88,6 +91,7 @@ fn keep_alive_expiry_shows_in_ps_and_unloads_the_runner() {
 
 #[test]
 fn a_runner_killed_mid_stream_fails_that_request_and_the_next_one_works() {
+    let _turn = common::one_at_a_time();
     let s = Server::start(&[]);
     let mut conn = TcpStream::connect(s.url.trim_start_matches("http://")).unwrap();
     let body = json!({"model": "smollm2", "messages": [{"role": "user", "content": "Write a very long story about a dragon."}], "options": {"temperature": 0}}).to_string();
@@ -117,6 +121,7 @@ fn a_runner_killed_mid_stream_fails_that_request_and_the_next_one_works() {
 
 #[test]
 fn no_runner_outlives_the_server_even_after_sigkill() {
+    let _turn = common::one_at_a_time();
     let mut s = Server::start(&[]);
     assert_eq!(s.post("/api/chat", chat("Hi", 2)).0, 200);
     let pids = s.runner_pids();
@@ -128,6 +133,7 @@ fn no_runner_outlives_the_server_even_after_sigkill() {
 
 #[test]
 fn sigterm_shuts_down_cleanly() {
+    let _turn = common::one_at_a_time();
     let mut s = Server::start(&[]);
     assert_eq!(s.post("/api/chat", chat("Hi", 2)).0, 200);
     let pids = s.runner_pids();
@@ -143,6 +149,7 @@ fn sigterm_shuts_down_cleanly() {
 
 #[test]
 fn api_key_guards_everything_but_root_and_health() {
+    let _turn = common::one_at_a_time();
     let s = Server::start(&["--api-key", "sesame"]);
     assert_eq!(ureq::get(&format!("{}/", s.url)).call().unwrap().status(), 200);
     assert_eq!(s.get("/health").0, 200);
@@ -160,6 +167,7 @@ fn api_key_guards_everything_but_root_and_health() {
 
 #[test]
 fn bad_input_gets_a_clear_status_in_each_apis_format() {
+    let _turn = common::one_at_a_time();
     let s = Server::start(&["-c", "128"]);
     let raw = |path: &str, body: &str| match ureq::post(&format!("{}{path}", s.url)).set("Content-Type", "application/json").send_string(body) {
         Ok(r) => (r.status(), r.into_json::<Value>().unwrap()),
@@ -192,6 +200,7 @@ fn bad_input_gets_a_clear_status_in_each_apis_format() {
 
 #[test]
 fn a_taken_port_is_named_with_a_suggestion() {
+    let _turn = common::one_at_a_time();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
@@ -207,6 +216,7 @@ fn a_taken_port_is_named_with_a_suggestion() {
 
 #[test]
 fn two_models_under_a_budget_for_one_evict_each_other() {
+    let _turn = common::one_at_a_time();
     let gemma = fetch("gemma3");
     let s = Server::start_with(&["--parallel", "1", "--memory-budget", "1000M"], &[("smollm2", model_path()), ("gemma3", gemma)]);
     let ask = |model: &str| {
@@ -228,6 +238,7 @@ fn two_models_under_a_budget_for_one_evict_each_other() {
 
 #[test]
 fn the_cli_talks_to_a_running_server() {
+    let _turn = common::one_at_a_time();
     let s = Server::start(&[]);
     let host = s.url.trim_start_matches("http://").to_string();
     let cli = |args: &[&str]| {
@@ -251,6 +262,7 @@ fn the_cli_talks_to_a_running_server() {
 
 #[test]
 fn a_client_that_goes_away_cancels_its_generation() {
+    let _turn = common::one_at_a_time();
     // One sequence and no queue: while the long story runs, any other request gets 503.
     let s = Server::start(&["--parallel", "1", "--max-queue", "0"]);
     let mut conn = TcpStream::connect(s.url.trim_start_matches("http://")).unwrap();
@@ -281,6 +293,7 @@ fn a_client_that_goes_away_cancels_its_generation() {
 
 #[test]
 fn bench_measures_endpoints_side_by_side() {
+    let _turn = common::one_at_a_time();
     let s = Server::start(&["--parallel", "2"]);
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("bench.svg");
@@ -342,6 +355,7 @@ fn rss_kib(pid: u32) -> u64 {
 /// the killed runner (a 500 naming it), the server stays up, and its memory stays bounded.
 #[test]
 fn a_bounded_load_with_a_runner_killed_in_the_middle() {
+    let _turn = common::one_at_a_time();
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     let s = Arc::new(Server::start(&["--parallel", "4", "--max-queue", "64", "-c", "256"]));

@@ -34,6 +34,15 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Taken first by every test that runs a model: one at a time per test binary. The tests of a
+/// binary run in parallel, and two runners decoding with two threads each on a 2-core machine
+/// spin against each other in OpenMP's barriers (generation 50x slower), so a request would time
+/// out by contention, not by a defect.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A `hearth serve` on a free port with a store of its own.
 pub struct Server {
     pub child: Child,
