@@ -242,7 +242,8 @@ fn only_peers_with_the_token_get_in() {
     let mut raw = TcpStream::connect(&w.addr).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut hello = vec![14u8];
-    hello.extend_from_slice(&0u64.to_le_bytes());
+    hello.extend_from_slice(&24u64.to_le_bytes());
+    hello.extend_from_slice(&[0u8; 24]);
     raw.write_all(&hello).unwrap();
     let mut buf = [0u8; 64];
     let n = raw.read(&mut buf).unwrap_or(0);
@@ -252,6 +253,50 @@ fn only_peers_with_the_token_get_in() {
     let open = hearth(&["worker", "--listen", "0.0.0.0:0"]);
     assert_eq!(open.status.code(), Some(1));
     assert!(text(&open.stderr).contains("without a cluster token") && text(&open.stderr).contains("HEARTH_CLUSTER_TOKEN"), "{}", text(&open.stderr));
+}
+
+/// The TCP ports process `pid` listens on, from `/proc` (Linux).
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string))
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            (cols[3] == "0A" && inodes.iter().any(|i| i == cols[9])).then(|| u16::from_str_radix(cols[1].rsplit(':').next()?, 16).ok())?
+        })
+        .collect()
+}
+
+#[test]
+fn the_workers_ggml_port_answers_no_other_process() {
+    let _turn = common::one_at_a_time();
+    let w = Worker::start("127.0.0.1:0", &["--token", TOKEN]);
+    let public: u16 = w.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let ggml: Vec<u16> = listening_ports(w.child.id()).into_iter().filter(|p| *p != public).collect();
+    assert_eq!(ggml.len(), 1, "one loopback port for ggml's RPC server: {ggml:?}");
+    // Another process (this test; another user is no different) sends ggml's HELLO: the
+    // command, the size of the request, and the request (24 bytes of transport capabilities).
+    let mut raw = TcpStream::connect(("127.0.0.1", ggml[0])).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut hello = vec![14u8];
+    hello.extend_from_slice(&24u64.to_le_bytes());
+    hello.extend_from_slice(&[0u8; 24]);
+    let _ = raw.write_all(&hello);
+    let mut buf = [0u8; 64];
+    let n = raw.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "ggml's RPC server answered another process: {:?}", &buf[..n]);
+    assert!(common::wait_until(Duration::from_secs(10), || w.log().contains("only this process may use it")), "{}", w.log());
+    // The worker itself still gets through: a model loads and answers over it.
+    let s = serve_over(&[&w], &["--gpu-layers", "99"]);
+    let got = answer(&s);
+    assert!(!got.is_empty() && UPSTREAM_GREEDY.starts_with(&got), "{got:?}");
 }
 
 #[test]

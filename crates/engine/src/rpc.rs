@@ -185,6 +185,7 @@ pub fn serve(endpoint: &str, threads: usize, cache_dir: Option<&str>, devices: &
     if chosen.is_empty() {
         return Err(err("no device to serve".into()));
     }
+    guard::protect(endpoint);
     // SAFETY: the device handles come from ggml's registry and live for the program.
     unsafe {
         ggml_backend_rpc_start_server(
@@ -196,4 +197,110 @@ pub fn serve(endpoint: &str, threads: usize, cache_dir: Option<&str>, devices: &
         );
     }
     Err(err("the RPC server stopped (is the address already in use?)".into()))
+}
+
+/// Only this process may talk to the RPC servers it runs.
+///
+/// ggml's RPC server has no authentication: whoever connects can allocate memory, run graphs
+/// and feed its deserializer. `hearth worker` puts it on a loopback port behind its token gate,
+/// but any local process can reach loopback. ggml's server accepts connections with the C
+/// library's `accept`, which this crate defines over the real one (Rust's own sockets, tokio's
+/// included, use `accept4` and never come here): a connection to a protected port whose other
+/// end is not a socket of this process is closed before ggml reads a byte. Linux only (the
+/// check reads `/proc`); elsewhere the port is as reachable as before.
+mod guard {
+    use std::sync::Mutex;
+
+    /// Loopback ports where this process serves ggml RPC.
+    static PROTECTED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+    pub(super) fn protect(endpoint: &str) {
+        // Keeps the object that holds `accept` in the link, so that it is the one ggml calls.
+        std::hint::black_box(accept as unsafe extern "C" fn(_, _, _) -> _);
+        if let Some(port) = endpoint.rsplit(':').next().and_then(|p| p.parse().ok()) {
+            PROTECTED.lock().unwrap_or_else(|p| p.into_inner()).push(port);
+        }
+    }
+
+    /// The C library's `accept`, with the check above. `accept4` is the same system call.
+    #[no_mangle]
+    pub unsafe extern "C" fn accept(fd: libc::c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> libc::c_int {
+        loop {
+            // SAFETY: the caller's arguments, passed on unchanged.
+            let conn = unsafe { libc::accept4(fd, addr, len, 0) };
+            if conn < 0 || allowed(conn) {
+                return conn;
+            }
+            // SAFETY: `conn` was just accepted and is ours to close.
+            unsafe { libc::close(conn) };
+        }
+    }
+
+    fn allowed(conn: libc::c_int) -> bool {
+        use std::os::fd::FromRawFd;
+        // SAFETY: borrows `conn` for two queries; ManuallyDrop leaves it open.
+        let stream = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(conn) });
+        let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else { return true };
+        if !PROTECTED.lock().unwrap_or_else(|p| p.into_inner()).contains(&local.port()) {
+            return true;
+        }
+        let ours = peer_is_this_process(peer, local);
+        if !ours {
+            tracing::warn!("refused a connection to ggml's RPC port {local} from {peer}: only this process may use it");
+        }
+        ours
+    }
+
+    /// Whether the socket at `peer`, connected to `local`, is one of this process's.
+    #[cfg(target_os = "linux")]
+    pub(super) fn peer_is_this_process(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> bool {
+        let Some(inode) = socket_inode(peer, local) else { return false };
+        let want = format!("socket:[{inode}]");
+        let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return false };
+        fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == want.as_str()))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn peer_is_this_process(_: std::net::SocketAddr, _: std::net::SocketAddr) -> bool {
+        true
+    }
+
+    /// The inode of the socket whose own address is `from` and whose peer is `to`, from
+    /// `/proc/net/tcp` or `tcp6`.
+    #[cfg(target_os = "linux")]
+    fn socket_inode(from: std::net::SocketAddr, to: std::net::SocketAddr) -> Option<u64> {
+        use std::net::SocketAddr::{V4, V6};
+        let hex = |a: std::net::SocketAddr| match a {
+            V4(a) => format!("{:08X}:{:04X}", u32::from_le_bytes(a.ip().octets()), a.port()),
+            V6(a) => {
+                let words: String = a.ip().octets().chunks(4).map(|w| format!("{:08X}", u32::from_le_bytes([w[0], w[1], w[2], w[3]]))).collect();
+                format!("{words}:{:04X}", a.port())
+            }
+        };
+        let table = if from.is_ipv4() { "/proc/net/tcp" } else { "/proc/net/tcp6" };
+        let (want_local, want_remote) = (hex(from), hex(to));
+        std::fs::read_to_string(table).ok()?.lines().skip(1).find_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            (cols.get(1) == Some(&want_local.as_str()) && cols.get(2) == Some(&want_remote.as_str())).then(|| cols.get(9)?.parse().ok())?
+        })
+    }
+
+    #[cfg(all(test, target_os = "linux"))]
+    mod tests {
+        use std::net::{TcpListener, TcpStream};
+
+        #[test]
+        fn a_socket_of_this_process_is_told_from_one_of_another() {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server_side, _) = listener.accept().unwrap();
+            assert!(super::peer_is_this_process(client.local_addr().unwrap(), server_side.local_addr().unwrap()));
+            // A peer address with no socket in this process (the connection is gone).
+            let (peer, local) = (client.local_addr().unwrap(), server_side.local_addr().unwrap());
+            drop(client);
+            drop(server_side);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(!super::peer_is_this_process(peer, local));
+        }
+    }
 }
