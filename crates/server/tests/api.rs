@@ -352,6 +352,19 @@ async fn idle_and_slow_connections_are_closed() {
         let closed = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf)).await;
         assert!(closed.is_ok(), "the {name} connection is still open after 5 s");
     }
+    // A keep-alive connection gets its answer, then is closed once idle as long.
+    let mut kept = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    kept.write_all(b"GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\"version\"") {
+        let n = kept.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the answer: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    let rest = tokio::time::timeout(Duration::from_secs(5), kept.read_to_end(&mut got)).await;
+    assert!(rest.is_ok(), "the idle keep-alive connection is still open 5 s after its answer");
     s.stop().await;
 }
 
