@@ -83,7 +83,11 @@ pub struct FitArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchApi {
+    /// `/v1/completions`: the prompt as is
     Openai,
+    /// `/v1/chat/completions`: the prompt as the user's message, through the chat template
+    OpenaiChat,
+    /// `/api/generate` with `raw`
     Ollama,
 }
 
@@ -107,6 +111,9 @@ pub struct BenchArgs {
     /// Concurrency levels, comma-separated
     #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
     pub concurrency: Vec<usize>,
+    /// Sampling temperature (0: greedy)
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
     /// Runs per level (medians are reported)
     #[arg(long, default_value_t = 3)]
     pub runs: usize,

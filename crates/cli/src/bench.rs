@@ -62,19 +62,25 @@ fn prompt(words: usize, seed: u64) -> String {
 }
 
 impl Endpoint {
-    /// One streamed request: prompt as is (no chat template), greedy, `gen` tokens.
-    fn request(&self, model: &str, prompt: &str, gen: u32, seed: u64) -> Result<Sample> {
+    /// One streamed request of `gen` tokens (the end-of-text token ignored where the API
+    /// allows): the prompt as is, or as the user's message of a chat.
+    fn request(&self, model: &str, prompt: &str, gen: u32, temperature: f32, seed: u64) -> Result<Sample> {
         let start = Instant::now();
         let (path, body) = match self.api {
             BenchApi::Openai => (
                 "/v1/completions",
-                json!({"model": model, "prompt": prompt, "max_tokens": gen, "temperature": 0, "seed": seed, "stream": true,
+                json!({"model": model, "prompt": prompt, "max_tokens": gen, "temperature": temperature, "seed": seed, "stream": true,
                        "stream_options": {"include_usage": true}, "ignore_eos": true}),
+            ),
+            BenchApi::OpenaiChat => (
+                "/v1/chat/completions",
+                json!({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": gen, "temperature": temperature,
+                       "seed": seed, "stream": true, "stream_options": {"include_usage": true}, "ignore_eos": true}),
             ),
             BenchApi::Ollama => (
                 "/api/generate",
                 json!({"model": model, "prompt": prompt, "raw": true, "stream": true,
-                       "options": {"num_predict": gen, "temperature": 0, "seed": seed}}),
+                       "options": {"num_predict": gen, "temperature": temperature, "seed": seed}}),
             ),
         };
         let resp = match ureq::post(&format!("{}{path}", self.url)).timeout(Duration::from_secs(600)).send_json(body) {
@@ -91,7 +97,7 @@ impl Endpoint {
         for line in BufReader::new(resp.into_reader()).lines() {
             let line = line.context("the stream broke")?;
             let data = match self.api {
-                BenchApi::Openai => match line.strip_prefix("data: ") {
+                BenchApi::Openai | BenchApi::OpenaiChat => match line.strip_prefix("data: ") {
                     Some("[DONE]") => break,
                     Some(d) => d.to_string(),
                     None => continue,
@@ -107,6 +113,7 @@ impl Endpoint {
             }
             let text = match self.api {
                 BenchApi::Openai => v["choices"][0]["text"].as_str().unwrap_or(""),
+                BenchApi::OpenaiChat => v["choices"][0]["delta"]["content"].as_str().unwrap_or(""),
                 BenchApi::Ollama => v["response"].as_str().unwrap_or(""),
             };
             if !text.is_empty() {
@@ -165,7 +172,7 @@ fn measure(ep: &Endpoint, a: &BenchArgs, words: usize) -> Result<Vec<Level>> {
                     .map(|_| {
                         seed += 1;
                         let (p, model, seed) = (prompt(words, seed), model.clone(), seed);
-                        s.spawn(move || ep.request(&model, &p, a.gen_tokens, seed))
+                        s.spawn(move || ep.request(&model, &p, a.gen_tokens, a.temperature, seed))
                     })
                     .collect();
                 handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a client thread panicked")))).collect()
@@ -195,6 +202,7 @@ fn measure(ep: &Endpoint, a: &BenchArgs, words: usize) -> Result<Vec<Level>> {
         levels.push(Level {
             endpoint: format!("{} ({})", ep.url, match ep.api {
                 BenchApi::Openai => "openai",
+                BenchApi::OpenaiChat => "openai-chat",
                 BenchApi::Ollama => "ollama",
             }),
             concurrency: c,
@@ -239,11 +247,15 @@ pub fn bench(mut a: BenchArgs) -> Result<()> {
         .collect();
     let mut all = Vec::new();
     for ep in &endpoints {
-        // Warm-up (loads the model) and calibration: words per token for this model.
-        let probe_words = 64;
-        let s = ep.request(&model, &prompt(probe_words, 1), 4, 1).with_context(|| format!("warm-up request to {}", ep.url))?;
-        let words = if s.prompt_tokens > 0 {
-            ((a.prompt_tokens as f64) * probe_words as f64 / s.prompt_tokens as f64).round().max(1.0) as usize
+        // Warm-up (loads the model) and calibration: tokens per word for this model, and what
+        // the chat template adds, from two prompt lengths.
+        let (short, long) = (16, 64);
+        let probe = |words| ep.request(&model, &prompt(words, 1), 4, a.temperature, 1).with_context(|| format!("warm-up request to {}", ep.url));
+        let (t_short, t_long) = (probe(short)?.prompt_tokens as f64, probe(long)?.prompt_tokens as f64);
+        let words = if t_long > t_short {
+            let per_word = (t_long - t_short) / (long - short) as f64;
+            let overhead = t_short - per_word * short as f64;
+            ((a.prompt_tokens as f64 - overhead) / per_word).round().max(1.0) as usize
         } else {
             a.prompt_tokens as usize * 3 / 4
         };

@@ -318,6 +318,22 @@ fn bench_measures_endpoints_side_by_side() {
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>") && svg.contains("concurrent streams"));
 
+    // The chat workload of bench/serve-vs-llama.sh: the prompt length counts the template's
+    // tokens too, sampled at a temperature, still exactly the requested tokens.
+    let out = run(&[
+        "--url", &s.url, "--api", "openai-chat", "--temperature", "0.7", "--model", "smollm2",
+        "--prompt-tokens", "48", "--gen-tokens", "12", "--concurrency", "1,2", "--runs", "2", "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let levels: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(levels.len(), 2);
+    for l in &levels {
+        assert!(l["endpoint"].as_str().unwrap().ends_with("(openai-chat)"), "{l}");
+        assert!((40..=56).contains(&l["prompt_tokens"].as_u64().unwrap()), "prompt tokens near 48: {l}");
+        assert_eq!(l["gen_tokens"], 12, "{l}");
+        assert_eq!(l["errors"], 0, "{l}");
+    }
+
     let out = run(&["--url", &s.url, "--model", "smollm2", "--prompt-tokens", "32", "--gen-tokens", "4", "--concurrency", "1", "--runs", "1"]);
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.starts_with("| endpoint | streams | TTFT p50 ms |"), "{table}");

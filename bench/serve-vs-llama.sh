@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# hearth serve against upstream llama-server on the workload of issue #15: OpenAI chat requests
+# with a short prompt (about 32 tokens), 128 generated tokens (ignore_eos), temperature 0.7, at
+# 1 and 8 concurrent streams; aggregate generated tok/s over the whole request time, measured
+# by `hearth bench`. Both servers run at once with 2 threads (hearth --parallel 8 -c 1024,
+# llama-server -np 8 -c 8192, the same per-sequence context), rounds alternate the two with
+# the idle one paused (SIGSTOP, its runner too) so they never compete; medians and ratios at
+# the end.
+#
+#   bench/serve-vs-llama.sh [ROUNDS] [PROMPT_TOKENS]     # defaults: 5 rounds, 32 tokens
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-5} prompt_tokens=${2:-32}
+model=$(scripts/fetch-model.sh)
+upstream=$(bench/build-upstream.sh)
+cargo build --release --quiet -p hearth --bin hearth
+hearth=target/release/hearth
+out=$(mktemp -d)
+store="$out/store"
+HEARTH_MODELS="$store" $hearth add "$model" --name smollm2 --no-progress 2>/dev/null
+HEARTH_MODELS="$store" HEARTH_DB="$out/h.db" $hearth serve --host 127.0.0.1:18571 -t 2 --parallel 8 -c 1024 2>"$out/hearth.log" &
+h_pid=$!
+"$upstream/llama-server" -m "$model" --alias smollm2 --host 127.0.0.1 --port 18572 -t 2 -np 8 -c 8192 --no-webui >"$out/llama.log" 2>&1 &
+l_pid=$!
+trap 'kill -CONT $h_pid $l_pid 2>/dev/null; pkill -CONT -P $h_pid 2>/dev/null; kill $h_pid $l_pid 2>/dev/null || true' EXIT
+for port in 18571 18572; do
+  for _ in $(seq 150); do curl -sf "127.0.0.1:$port/health" >/dev/null 2>&1 && break; sleep 0.2; done
+done
+# Pausing hearth pauses its runner too (the runner is its child).
+pause() { pkill -STOP -P "$1" 2>/dev/null || true; kill -STOP "$1"; }
+resume() { kill -CONT "$1"; pkill -CONT -P "$1" 2>/dev/null || true; }
+measure() {
+  $hearth bench --url "$1" --model smollm2 --api openai-chat --temperature 0.7 --prompt-tokens "$prompt_tokens" \
+    --gen-tokens 128 --concurrency 1,8 --runs 1 --json 2>>"$out/bench.log"
+}
+: > "$out/results.jsonl"
+for r in $(seq "$rounds"); do
+  pause $l_pid
+  measure http://127.0.0.1:18571 | python3 -c 'import json,sys; [print(json.dumps(dict(l, server="hearth"))) for l in json.load(sys.stdin)]' >> "$out/results.jsonl"
+  resume $l_pid; pause $h_pid
+  measure http://127.0.0.1:18572 | python3 -c 'import json,sys; [print(json.dumps(dict(l, server="llama-server"))) for l in json.load(sys.stdin)]' >> "$out/results.jsonl"
+  resume $h_pid
+  echo "round $r done" >&2
+done
+python3 - "$out/results.jsonl" "$prompt_tokens" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print(f"prompt ~{sys.argv[2]} tokens (measured: hearth {statistics.median(r['prompt_tokens'] for r in rows if r['server'] == 'hearth')}, "
+      f"llama-server {statistics.median(r['prompt_tokens'] for r in rows if r['server'] != 'hearth')}), 128 generated, temperature 0.7")
+print("| streams | hearth tok/s (rounds) | llama-server tok/s (rounds) | ratio of medians |")
+print("|---|---|---|---|")
+for c in sorted({r["concurrency"] for r in rows}):
+    h = [r["aggregate_tok_s"] for r in rows if r["server"] == "hearth" and r["concurrency"] == c]
+    l = [r["aggregate_tok_s"] for r in rows if r["server"] == "llama-server" and r["concurrency"] == c]
+    fmt = lambda v: ", ".join(f"{x:.1f}" for x in v)
+    print(f"| {c} | {fmt(h)} | {fmt(l)} | {statistics.median(h) / statistics.median(l):.2f} |")
+print()
+print("medians | streams | TTFT p50 ms | gen tok/s per stream | aggregate tok/s")
+for server in ("hearth", "llama-server"):
+    for c in sorted({r["concurrency"] for r in rows}):
+        sel = [r for r in rows if r["server"] == server and r["concurrency"] == c]
+        med = lambda k: statistics.median(r[k] for r in sel)
+        print(f"{server} | {c} | {med('ttft_p50_ms'):.0f} | {med('gen_tok_s_per_stream'):.1f} | {med('aggregate_tok_s'):.1f}")
+PY
