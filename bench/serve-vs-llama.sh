@@ -8,6 +8,8 @@
 # the end.
 #
 #   bench/serve-vs-llama.sh [ROUNDS] [PROMPT_TOKENS]     # defaults: 5 rounds, 32 tokens
+#
+# HEARTH_BEFORE=path/to/an/older/hearth adds that binary as a third server (before/after).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5} prompt_tokens=${2:-32}
@@ -22,41 +24,52 @@ HEARTH_MODELS="$store" HEARTH_DB="$out/h.db" $hearth serve --host 127.0.0.1:1857
 h_pid=$!
 "$upstream/llama-server" -m "$model" --alias smollm2 --host 127.0.0.1 --port 18572 -t 2 -np 8 -c 8192 --no-webui >"$out/llama.log" 2>&1 &
 l_pid=$!
-trap 'kill -CONT $h_pid $l_pid 2>/dev/null; pkill -CONT -P $h_pid 2>/dev/null; kill $h_pid $l_pid 2>/dev/null || true' EXIT
-for port in 18571 18572; do
+b_pid=
+if [ -n "${HEARTH_BEFORE:-}" ]; then
+  HEARTH_MODELS="$store" HEARTH_DB="$out/b.db" "$HEARTH_BEFORE" serve --host 127.0.0.1:18573 -t 2 --parallel 8 -c 1024 2>"$out/before.log" &
+  b_pid=$!
+fi
+trap 'for p in $h_pid $b_pid $l_pid; do kill -CONT $p; pkill -CONT -P $p; kill $p; done 2>/dev/null || true' EXIT
+for port in 18571 18572 ${b_pid:+18573}; do
   for _ in $(seq 150); do curl -sf "127.0.0.1:$port/health" >/dev/null 2>&1 && break; sleep 0.2; done
 done
 # Pausing hearth pauses its runner too (the runner is its child).
 pause() { pkill -STOP -P "$1" 2>/dev/null || true; kill -STOP "$1"; }
 resume() { kill -CONT "$1"; pkill -CONT -P "$1" 2>/dev/null || true; }
+# Each round its own prompts (--seed), the same for every server: no prompt cache holds them.
 measure() {
-  $hearth bench --url "$1" --model smollm2 --api openai-chat --temperature 0.7 --prompt-tokens "$prompt_tokens" \
+  $hearth bench --url "$1" --seed "$((round * 1000))" --model smollm2 --api openai-chat --temperature 0.7 --prompt-tokens "$prompt_tokens" \
     --gen-tokens 128 --concurrency 1,8 --runs 1 --json 2>>"$out/bench.log"
 }
 : > "$out/results.jsonl"
-for r in $(seq "$rounds"); do
-  pause $l_pid
-  measure http://127.0.0.1:18571 | python3 -c 'import json,sys; [print(json.dumps(dict(l, server="hearth"))) for l in json.load(sys.stdin)]' >> "$out/results.jsonl"
-  resume $l_pid; pause $h_pid
-  measure http://127.0.0.1:18572 | python3 -c 'import json,sys; [print(json.dumps(dict(l, server="llama-server"))) for l in json.load(sys.stdin)]' >> "$out/results.jsonl"
-  resume $h_pid
-  echo "round $r done" >&2
+servers="hearth:$h_pid:18571 llama-server:$l_pid:18572 ${b_pid:+hearth-before:$b_pid:18573}"
+for s in $servers; do pause "$(echo "$s" | cut -d: -f2)"; done
+for round in $(seq "$rounds"); do
+  for s in $servers; do
+    IFS=: read -r name pid port <<<"$s"
+    resume "$pid"
+    measure "http://127.0.0.1:$port" | python3 -c 'import json,sys; [print(json.dumps(dict(l, server=sys.argv[1]))) for l in json.load(sys.stdin)]' "$name" >> "$out/results.jsonl"
+    pause "$pid"
+  done
+  echo "round $round done" >&2
 done
 python3 - "$out/results.jsonl" "$prompt_tokens" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 print(f"prompt ~{sys.argv[2]} tokens (measured: hearth {statistics.median(r['prompt_tokens'] for r in rows if r['server'] == 'hearth')}, "
       f"llama-server {statistics.median(r['prompt_tokens'] for r in rows if r['server'] != 'hearth')}), 128 generated, temperature 0.7")
-print("| streams | hearth tok/s (rounds) | llama-server tok/s (rounds) | ratio of medians |")
-print("|---|---|---|---|")
+names = [n for n in ("hearth", "hearth-before", "llama-server") if any(r["server"] == n for r in rows)]
+fmt = lambda v: ", ".join(f"{x:.1f}" for x in v)
+print("| server | streams | tok/s (rounds) | median | vs llama-server |")
+print("|---|---|---|---|---|")
 for c in sorted({r["concurrency"] for r in rows}):
-    h = [r["aggregate_tok_s"] for r in rows if r["server"] == "hearth" and r["concurrency"] == c]
-    l = [r["aggregate_tok_s"] for r in rows if r["server"] == "llama-server" and r["concurrency"] == c]
-    fmt = lambda v: ", ".join(f"{x:.1f}" for x in v)
-    print(f"| {c} | {fmt(h)} | {fmt(l)} | {statistics.median(h) / statistics.median(l):.2f} |")
+    base = statistics.median(r["aggregate_tok_s"] for r in rows if r["server"] == "llama-server" and r["concurrency"] == c)
+    for n in names:
+        v = [r["aggregate_tok_s"] for r in rows if r["server"] == n and r["concurrency"] == c]
+        print(f"| {n} | {c} | {fmt(v)} | {statistics.median(v):.1f} | {statistics.median(v) / base:.2f} |")
 print()
 print("medians | streams | TTFT p50 ms | gen tok/s per stream | aggregate tok/s")
-for server in ("hearth", "llama-server"):
+for server in names:
     for c in sorted({r["concurrency"] for r in rows}):
         sel = [r for r in rows if r["server"] == server and r["concurrency"] == c]
         med = lambda k: statistics.median(r[k] for r in sel)

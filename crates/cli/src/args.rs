@@ -111,6 +111,10 @@ pub struct BenchArgs {
     /// Concurrency levels, comma-separated
     #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
     pub concurrency: Vec<usize>,
+    /// Where the prompts' random words start: another seed, other prompts (so that no prompt
+    /// cache holds them from an earlier run)
+    #[arg(long, default_value_t = 1000)]
+    pub seed: u64,
     /// Sampling temperature (0: greedy)
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,

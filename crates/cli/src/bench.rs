@@ -160,7 +160,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 fn measure(ep: &Endpoint, a: &BenchArgs, words: usize) -> Result<Vec<Level>> {
     let model = a.model.clone().unwrap_or_default();
     let mut levels = Vec::new();
-    let mut seed = 1000u64;
+    let mut seed = a.seed;
     for &c in &a.concurrency {
         let mut samples = Vec::new();
         let mut errors = 0;
