@@ -390,6 +390,15 @@ fn print_timings(t: &Timings) {
     eprintln!("eval count:           {} token(s)", t.generated_tokens);
     eprintln!("eval duration:        {:.2} ms", t.generation_ms);
     eprintln!("eval rate:            {:.2} tokens/s", t.generation_per_second());
+    if t.drafted_tokens > 0 {
+        eprintln!(
+            "draft:                {} drafted, {} accepted ({:.0}%), {:.2} tokens per pass",
+            t.drafted_tokens,
+            t.accepted_tokens,
+            100.0 * t.accepted_tokens as f64 / t.drafted_tokens as f64,
+            t.generated_tokens as f64 / t.generated_tokens.saturating_sub(t.accepted_tokens).max(1) as f64
+        );
+    }
 }
 
 /// A hint for errors the user can fix.

@@ -9,6 +9,10 @@
 //! Each slot is a llama.cpp sequence id. A slot remembers which tokens its KV cells hold, so a
 //! new request goes to the free slot sharing the longest prefix with its prompt and evaluates
 //! only the rest (prompt-cache reuse).
+//!
+//! With speculative decoding on ([`EngineOptions::spec`]), a generating sequence adds a draft
+//! after its next token in the same batch, and keeps the drafted tokens its sampler confirms
+//! ([`crate::spec`]); the output does not change, only the tokens per pass.
 
 use std::collections::VecDeque;
 use std::ffi::c_void;
@@ -23,6 +27,7 @@ use crate::grammar::{CompiledGrammar, Grammar};
 use crate::logprobs::{log_softmax_top, TokenLogprob, TokenLogprobs, MAX_TOP_LOGPROBS};
 use crate::model::{Model, ModelOptions};
 use crate::sampling::{Sampler, SamplingParams};
+use crate::spec::{ngram_draft, Spec, SpecState};
 use crate::text::{StopMatcher, StopOutcome, Utf8Stream};
 use crate::{sys, EngineError, Token};
 
@@ -63,6 +68,10 @@ pub struct EngineOptions {
     pub flash_attn: FlashAttn,
     pub cache_type_k: CacheType,
     pub cache_type_v: CacheType,
+    /// Speculative decoding's draft source, and the most and fewest tokens per draft.
+    pub spec: Spec,
+    pub draft_max: u32,
+    pub draft_min: u32,
 }
 
 impl EngineOptions {
@@ -78,6 +87,9 @@ impl EngineOptions {
             flash_attn: FlashAttn::Auto,
             cache_type_k: CacheType::F16,
             cache_type_v: CacheType::F16,
+            spec: Spec::None,
+            draft_max: 16,
+            draft_min: 0,
         }
     }
 
@@ -102,6 +114,9 @@ impl EngineOptions {
             flash_attn: settings.flash_attn,
             cache_type_k: settings.cache_type_k,
             cache_type_v: settings.cache_type_v,
+            spec: settings.spec,
+            draft_max: settings.draft_max,
+            draft_min: settings.draft_min,
         }
     }
 }
@@ -520,6 +535,8 @@ struct Active {
     first_token: Option<Instant>,
     /// The stop string that ended the generation.
     stop_hit: Option<String>,
+    /// Speculation for this sequence, when the engine drafts.
+    spec: Option<SpecState>,
 }
 
 struct Slot {
@@ -529,6 +546,22 @@ struct Slot {
     active: Option<Active>,
     /// For choosing among equally good free slots: the least recently used goes first.
     last_used: u64,
+}
+
+/// Tokens one step may spend on drafts, all sequences together (see `Worker::add_drafts`).
+const SPEC_BATCH: usize = 16;
+
+/// A slot's part in a decode step.
+struct Member {
+    slot: usize,
+    /// The slot's cache length before the step.
+    before: usize,
+    /// The batch index of its output, if it has one this step.
+    out: Option<i32>,
+    /// The tokens drafted after its next token, and the batch index of the first one (the
+    /// others follow it).
+    draft: Vec<Token>,
+    draft_at: i32,
 }
 
 /// A llama_batch we own.
@@ -591,6 +624,10 @@ struct Worker {
     n_ubatch: u32,
     clock: u64,
     pooling: sys::llama_pooling_type,
+    /// Draft source; [`Spec::None`] also where the memory cannot drop a sequence's tail.
+    spec: Spec,
+    draft_max: u32,
+    draft_min: u32,
 }
 
 impl Worker {
@@ -643,7 +680,16 @@ impl Worker {
         let slots = (0..opts.parallel as i32)
             .map(|seq| Slot { seq, cache: Vec::new(), active: None, last_used: 0 })
             .collect();
-        tracing::debug!(n_ctx_seq, n_batch, n_ubatch, parallel = opts.parallel, threads, "engine ready");
+        // Rejected drafts are dropped from the KV cache: recurrent state cannot be.
+        // SAFETY: a valid model.
+        let rollback = unsafe { !sys::llama_model_is_recurrent(model.as_ptr()) && !sys::llama_model_is_hybrid(model.as_ptr()) };
+        let spec = if rollback || opts.spec == Spec::None {
+            opts.spec
+        } else {
+            tracing::warn!("speculative decoding is off: this model's memory cannot drop drafted tokens");
+            Spec::None
+        };
+        tracing::debug!(n_ctx_seq, n_batch, n_ubatch, parallel = opts.parallel, threads, %spec, "engine ready");
         Ok(Worker {
             ctx,
             model,
@@ -657,6 +703,9 @@ impl Worker {
             n_ubatch,
             clock: 0,
             pooling,
+            spec,
+            draft_max: opts.draft_max.min(n_batch.saturating_sub(1)),
+            draft_min: opts.draft_min,
         })
     }
 
@@ -794,6 +843,7 @@ impl Worker {
                 started: Instant::now(),
                 first_token: None,
                 stop_hit: None,
+                spec: (self.spec != Spec::None && self.draft_max > 0).then(|| SpecState::new(self.draft_max, self.draft_min)),
             });
         }
     }
@@ -802,8 +852,7 @@ impl Worker {
     fn step(&mut self) {
         self.batch.clear();
         let budget = self.n_batch as usize;
-        // (slot index, cache length before this step, output index in the batch)
-        let mut members: Vec<(usize, usize, Option<i32>)> = Vec::new();
+        let mut members: Vec<Member> = Vec::new();
         // Generating sequences first: one token each keeps their latency low.
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(a) = &slot.active else { continue };
@@ -814,7 +863,11 @@ impl Worker {
             let before = slot.cache.len();
             let idx = self.batch.add(tok, before as i32, slot.seq, true);
             slot.cache.push(tok);
-            members.push((i, before, Some(idx)));
+            members.push(Member { slot: i, before, out: Some(idx), draft: Vec::new(), draft_at: 0 });
+        }
+        let generating = members.len();
+        if self.spec != Spec::None && generating > 0 {
+            self.add_drafts(&mut members);
         }
         // Then prompt chunks, in slot order, as much as the batch holds.
         for (i, slot) in self.slots.iter_mut().enumerate() {
@@ -839,15 +892,15 @@ impl Worker {
                 }
             }
             slot.cache.extend_from_slice(&a.job.prompt[before..before + take]);
-            members.push((i, before, out));
+            members.push(Member { slot: i, before, out, draft: Vec::new(), draft_at: 0 });
         }
         if members.is_empty() {
             return;
         }
         if let Ok(mut flags) = self.abort.batch.lock() {
             flags.clear();
-            flags.extend(members.iter().filter_map(|&(i, _, _)| {
-                self.slots[i].active.as_ref().map(|a| a.job.cancel.clone())
+            flags.extend(members.iter().filter_map(|m| {
+                self.slots[m.slot].active.as_ref().map(|a| a.job.cancel.clone())
             }));
         }
         // SAFETY: valid context; the batch holds n_tokens valid entries.
@@ -857,7 +910,8 @@ impl Worker {
         }
         if ret != 0 {
             // Undo what this step added: the KV of a failed or aborted decode is not trusted.
-            for &(i, before, _) in &members {
+            for m in &members {
+                let (i, before) = (m.slot, m.before);
                 let seq = self.slots[i].seq;
                 // SAFETY: valid memory and sequence.
                 unsafe { sys::llama_memory_seq_rm(self.memory(), seq, before as i32, -1) };
@@ -874,34 +928,113 @@ impl Worker {
             }
             return;
         }
-        for (i, _, out) in members {
-            let Some(idx) = out else { continue };
-            self.after_output(i, idx);
+        for m in members {
+            let Some(idx) = m.out else { continue };
+            if m.draft.is_empty() {
+                self.after_output(m.slot, idx);
+            } else {
+                self.verify(m, idx);
+            }
         }
     }
 
-    /// Samples from output `idx` for slot `i` and sends what it releases.
-    fn after_output(&mut self, i: usize, idx: i32) {
+    /// Adds a draft after the next token of generating sequences, while the batch has room
+    /// for it: at most [`SPEC_BATCH`] tokens in all, so that many sequences at once (a batch
+    /// that already keeps the hardware busy) draft little or nothing.
+    fn add_drafts(&mut self, members: &mut [Member]) {
+        let budget = (self.n_batch as usize).min(SPEC_BATCH.max(members.len()));
+        let n_ctx_seq = self.n_ctx_seq as usize;
+        for m in members.iter_mut() {
+            let room = budget.saturating_sub(self.batch.len());
+            if room == 0 {
+                break;
+            }
+            let slot = &mut self.slots[m.slot];
+            let Some(a) = slot.active.as_mut() else { continue };
+            let Some(spec) = a.spec.as_mut() else { continue };
+            // Never draft past the token limit or the context: the last token sampled needs
+            // a cell of its own.
+            let left = a.job.max_tokens.map_or(usize::MAX, |max| max.saturating_sub(a.generated) as usize);
+            let cells = n_ctx_seq.saturating_sub(slot.cache.len() + 1);
+            let want = spec.want(room.min(left.saturating_sub(1)).min(cells));
+            if want == 0 {
+                continue;
+            }
+            let draft = match self.spec {
+                Spec::Ngram => ngram_draft(&slot.cache, want),
+                Spec::None => Vec::new(),
+            };
+            if !spec.worth(draft.len()) {
+                continue;
+            }
+            m.draft_at = self.batch.len() as i32;
+            for (k, &t) in draft.iter().enumerate() {
+                self.batch.add(t, (m.before + 1 + k) as i32, slot.seq, true);
+            }
+            slot.cache.extend_from_slice(&draft);
+            m.draft = draft;
+        }
+    }
+
+    /// Samples along a drafted sequence's outputs (the next token's at `idx`, then one per
+    /// drafted token) while the sampler picks the drafted token, and drops the rest of the
+    /// draft from the KV cache.
+    fn verify(&mut self, m: Member, idx: i32) {
+        let Member { slot: i, before, draft, draft_at, .. } = m;
+        // The cache holds the next token and the draft; only the next token is confirmed.
+        self.slots[i].cache.truncate(before + 1);
+        if let Some(spec) = self.slots[i].active.as_mut().and_then(|a| a.spec.as_mut()) {
+            spec.drafted += draft.len() as u32;
+        }
+        let mut accepted = 0;
+        let mut out = idx;
+        while let Some(token) = self.after_output(i, out) {
+            if draft.get(accepted) != Some(&token) {
+                break;
+            }
+            // The drafted token is the next one, and its KV is already there.
+            let slot = &mut self.slots[i];
+            slot.cache.push(token);
+            if let Some(a) = slot.active.as_mut() {
+                a.next = None;
+                if let Some(spec) = a.spec.as_mut() {
+                    spec.accepted += 1;
+                }
+            }
+            out = draft_at + accepted as i32;
+            accepted += 1;
+        }
+        let slot = &mut self.slots[i];
+        // SAFETY: valid memory and sequence; drops the cells of the unconfirmed draft.
+        unsafe { sys::llama_memory_seq_rm(sys::llama_get_memory(self.ctx), slot.seq, slot.cache.len() as i32, -1) };
+        if let Some(spec) = slot.active.as_mut().and_then(|a| a.spec.as_mut()) {
+            spec.adapt(draft.len(), accepted);
+        }
+    }
+
+    /// Samples from output `idx` for slot `i` and sends what it releases; returns the token
+    /// when the generation goes on (it is then the slot's next token).
+    fn after_output(&mut self, i: usize, idx: i32) -> Option<Token> {
         let ctx = self.ctx;
         let n_ctx_seq = self.n_ctx_seq as usize;
-        let Some(a) = self.slots[i].active.as_mut() else { return };
+        let a = self.slots[i].active.as_mut()?;
         if a.first_token.is_none() {
             a.first_token = Some(Instant::now());
             if a.job.max_tokens == Some(0) {
                 self.finish(i, FinishReason::Length);
-                return;
+                return None;
             }
         }
         let token = match a.sampler.sample(ctx, idx) {
             Ok(token) => token,
             Err(e) => {
                 self.fail(i, e);
-                return;
+                return None;
             }
         };
         if !a.job.ignore_eos && self.model.is_eog(token) {
             self.finish(i, FinishReason::Stop);
-            return;
+            return None;
         }
         a.generated += 1;
         let logprobs = a.job.logprobs.and_then(|n| {
@@ -919,7 +1052,7 @@ impl Worker {
         if a.job.events.send(Event::Token { id: token, text, logprobs }).is_err() {
             // Nobody listens any more.
             self.finish(i, FinishReason::Cancelled);
-            return;
+            return None;
         }
         if stopped {
             a.stop_hit = a.stop.matched().map(str::to_string);
@@ -933,7 +1066,9 @@ impl Worker {
             self.finish(i, FinishReason::Length);
         } else if let Some(a) = self.slots[i].active.as_mut() {
             a.next = Some(token);
+            return Some(token);
         }
+        None
     }
 
     fn finish(&mut self, i: usize, reason: FinishReason) {
@@ -953,6 +1088,8 @@ impl Worker {
             generation_ms: ms(now - first),
             queue_ms: ms(a.started - a.job.submitted),
             load_ms: self.model.info().load_ms,
+            drafted_tokens: a.spec.as_ref().map_or(0, |s| s.drafted),
+            accepted_tokens: a.spec.as_ref().map_or(0, |s| s.accepted),
         };
         tracing::debug!(seq = self.slots[i].seq, ?reason, ?timings, "request finished");
         let stop = a.stop_hit.take().or_else(|| a.stop.matched().map(str::to_string));

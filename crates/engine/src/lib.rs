@@ -23,6 +23,7 @@ mod logprobs;
 mod model;
 pub mod rpc;
 mod sampling;
+pub mod spec;
 mod template;
 pub mod text;
 

@@ -34,6 +34,11 @@ pub struct Timings {
     pub queue_ms: f64,
     /// Time it took to load the model (the same for every request of an engine).
     pub load_ms: f64,
+    /// Speculative decoding: tokens drafted, and how many of them the model confirmed.
+    #[serde(default)]
+    pub drafted_tokens: u32,
+    #[serde(default)]
+    pub accepted_tokens: u32,
 }
 
 impl Timings {

@@ -42,6 +42,39 @@ impl std::fmt::Display for FlashAttn {
     }
 }
 
+/// Where speculative decoding's drafts come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Spec {
+    /// One token per pass.
+    #[default]
+    None,
+    /// Prompt lookup: the tokens that followed the latest earlier occurrence of the last few
+    /// tokens, in the prompt or the text so far. Free to make; good where the answer repeats
+    /// its input (code edits, quotes, extraction, summaries).
+    Ngram,
+}
+
+impl std::str::FromStr for Spec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" | "off" => Ok(Spec::None),
+            "ngram" => Ok(Spec::Ngram),
+            _ => Err(format!("{s:?} is not a draft source (none, ngram)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Spec::None => "none",
+            Spec::Ngram => "ngram",
+        })
+    }
+}
+
 /// The element type of the KV cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -146,6 +179,16 @@ pub struct LoadSettings {
     /// Raw llama.cpp RPC servers to offload to, comma-separated host:port (no token, no tunnel)
     #[cfg_attr(feature = "clap", arg(long, value_delimiter = ',', value_name = "HOST:PORT"))]
     pub rpc: Vec<String>,
+    /// Speculative decoding: none, or ngram (drafts copied from the prompt and the text so
+    /// far, verified in one pass; output unchanged)
+    #[cfg_attr(feature = "clap", arg(long = "spec", default_value = "none", value_name = "none|ngram"))]
+    pub spec: Spec,
+    /// Most tokens drafted per step (--draft-max)
+    #[cfg_attr(feature = "clap", arg(long = "draft-max", visible_alias = "draft", default_value_t = 16, value_name = "N"))]
+    pub draft_max: u32,
+    /// Fewest drafted tokens worth a verification (--draft-min)
+    #[cfg_attr(feature = "clap", arg(long = "draft-min", default_value_t = 0, value_name = "N"))]
+    pub draft_min: u32,
 }
 
 impl LoadSettings {
@@ -174,6 +217,9 @@ impl Default for LoadSettings {
             no_mmap: false,
             mlock: false,
             rpc: Vec::new(),
+            spec: Spec::None,
+            draft_max: 16,
+            draft_min: 0,
         }
     }
 }
@@ -191,6 +237,10 @@ mod tests {
         for f in [FlashAttn::On, FlashAttn::Off, FlashAttn::Auto] {
             assert_eq!(f.to_string().parse::<FlashAttn>(), Ok(f));
         }
+        for k in [Spec::None, Spec::Ngram] {
+            assert_eq!(k.to_string().parse::<Spec>(), Ok(k));
+        }
+        assert!("medusa".parse::<Spec>().unwrap_err().contains("none, ngram"));
         assert!("q9".parse::<CacheType>().is_err());
     }
 

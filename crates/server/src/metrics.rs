@@ -1,5 +1,6 @@
 //! Prometheus metrics at `/metrics`: requests by route and status, tokens, time to first token
-//! and per-token latency, loaded models and their memory, requests in flight.
+//! and per-token latency, loaded models and their memory, requests in flight, speculative
+//! decoding's drafted and confirmed tokens per model.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,6 +41,9 @@ struct Inner {
     loaded: Gauge,
     memory: Family<ModelLabels, Gauge>,
     in_flight: Family<ModelLabels, Gauge>,
+    drafted: Family<ModelLabels, Counter>,
+    accepted: Family<ModelLabels, Counter>,
+    acceptance: Family<ModelLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -67,6 +71,12 @@ impl Metrics {
         registry.register("model_memory_bytes", "Estimated memory of each loaded model", memory.clone());
         let in_flight = Family::<ModelLabels, Gauge>::default();
         registry.register("queue_depth", "Requests running or waiting, per loaded model", in_flight.clone());
+        let drafted = Family::<ModelLabels, Counter>::default();
+        registry.register("draft_tokens", "Tokens drafted by speculative decoding, per model", drafted.clone());
+        let accepted = Family::<ModelLabels, Counter>::default();
+        registry.register("draft_accepted_tokens", "Drafted tokens the model confirmed, per model", accepted.clone());
+        let acceptance = Family::<ModelLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register("draft_acceptance_ratio", "Share of drafted tokens confirmed since the server started, per model", acceptance.clone());
         Metrics {
             inner: Arc::new(Inner {
                 registry: Mutex::new(registry),
@@ -78,6 +88,9 @@ impl Metrics {
                 loaded,
                 memory,
                 in_flight,
+                drafted,
+                accepted,
+                acceptance,
             }),
         }
     }
@@ -89,6 +102,17 @@ impl Metrics {
     pub fn tokens(&self, prompt: u64, generated: u64) {
         self.inner.prompt_tokens.inc_by(prompt);
         self.inner.generated_tokens.inc_by(generated);
+    }
+
+    /// Speculative decoding's counts of one request of `model`.
+    pub fn drafts(&self, model: &str, drafted: u64, accepted: u64) {
+        if drafted == 0 {
+            return;
+        }
+        let l = ModelLabels { model: model.to_string() };
+        let d = self.inner.drafted.get_or_create(&l).inc_by(drafted) + drafted;
+        let a = self.inner.accepted.get_or_create(&l).inc_by(accepted) + accepted;
+        self.inner.acceptance.get_or_create(&l).set(a as f64 / d as f64);
     }
 
     pub fn ttft(&self, d: Duration) {

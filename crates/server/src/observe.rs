@@ -45,7 +45,10 @@ impl Observed {
                 }
                 self.last = Some(now);
             }
-            Some(Ok(Event::Done { timings, .. })) => self.metrics.tokens(timings.prompt_tokens as u64, timings.generated_tokens as u64),
+            Some(Ok(Event::Done { timings, .. })) => {
+                self.metrics.tokens(timings.prompt_tokens as u64, timings.generated_tokens as u64);
+                self.metrics.drafts(&self.generation.model, timings.drafted_tokens as u64, timings.accepted_tokens as u64);
+            }
             _ => {}
         }
         e

@@ -337,6 +337,8 @@ fn timings(t: &Timings) -> Value {
         "predicted_n": t.generated_tokens,
         "predicted_ms": t.generation_ms,
         "predicted_per_second": if t.generation_ms > 0.0 { t.generated_tokens.saturating_sub(1) as f64 * 1e3 / t.generation_ms } else { 0.0 },
+        "draft_n": t.drafted_tokens,
+        "draft_n_accepted": t.accepted_tokens,
     })
 }
 

@@ -89,7 +89,7 @@ fn generate(w: &mut UnixStream, g: Generate) -> std::io::Result<()> {
         return send(w, &Reply::Error { kind: ErrorKind::BadRequest, message: message.into() });
     }
     let chat = matches!(g.prompt, Prompt::Messages(_));
-    let timings = |n: usize| Timings { prompt_tokens: 12, cached_tokens: 0, prompt_ms: 3.0, generated_tokens: n as u32, generation_ms: 6.0, queue_ms: 0.0, load_ms: 1.0 };
+    let timings = |n: usize| Timings { prompt_tokens: 12, cached_tokens: 0, prompt_ms: 3.0, generated_tokens: n as u32, generation_ms: 6.0, queue_ms: 0.0, load_ms: 1.0, ..Timings::default() };
     if chat && prompt.contains("weather") && !g.chat.tools.is_empty() {
         let call = ToolCall { id: "call_fake0000000000000000000".into(), name: g.chat.tools[0].name.clone(), arguments: r#"{"city":"Paris"}"#.into() };
         let delta = Delta::ToolCall { index: 0, id: call.id.clone(), name: call.name.clone(), arguments: call.arguments.clone() };
