@@ -115,6 +115,9 @@ pub struct BenchArgs {
     /// cache holds them from an earlier run)
     #[arg(long, default_value_t = 1000)]
     pub seed: u64,
+    /// Compare hearth without and with speculative decoding (ngram): two servers started here
+    #[arg(long, value_name = "ngram")]
+    pub spec: Option<hearth_protocol::Spec>,
     /// Sampling temperature (0: greedy)
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,

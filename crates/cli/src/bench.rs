@@ -10,11 +10,14 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::args::{BenchApi, BenchArgs};
+use hearth_protocol::Spec;
 
 /// One endpoint to measure.
 struct Endpoint {
     url: String,
     api: BenchApi,
+    /// What the table calls it, after the URL.
+    note: Option<String>,
 }
 
 /// One request's measurements.
@@ -200,11 +203,16 @@ fn measure(ep: &Endpoint, a: &BenchArgs, words: usize) -> Result<Vec<Level>> {
         let mut pt: Vec<f64> = samples.iter().map(|s| s.prompt_tokens as f64).collect();
         let mut gt: Vec<f64> = samples.iter().map(|s| s.gen_tokens as f64).collect();
         levels.push(Level {
-            endpoint: format!("{} ({})", ep.url, match ep.api {
-                BenchApi::Openai => "openai",
-                BenchApi::OpenaiChat => "openai-chat",
-                BenchApi::Ollama => "ollama",
-            }),
+            endpoint: format!(
+                "{} ({}{})",
+                ep.url,
+                match ep.api {
+                    BenchApi::Openai => "openai",
+                    BenchApi::OpenaiChat => "openai-chat",
+                    BenchApi::Ollama => "ollama",
+                },
+                ep.note.as_deref().map(|n| format!(", {n}")).unwrap_or_default()
+            ),
             concurrency: c,
             ttft_p50_ms: percentile(&mut ttft.clone(), 0.5),
             ttft_p95_ms: percentile(&mut ttft, 0.95),
@@ -222,15 +230,29 @@ fn measure(ep: &Endpoint, a: &BenchArgs, words: usize) -> Result<Vec<Level>> {
 
 pub fn bench(mut a: BenchArgs) -> Result<()> {
     let Some(model) = a.model.clone() else { bail!("--model is needed: the model name the endpoints know") };
-    // Without --url: hearth itself, started here on a free port with this machine's store.
+    // Without --url: hearth itself, started here on a free port with this machine's store;
+    // with --spec, twice: without speculative decoding (the baseline) and with it.
+    let mut notes = Vec::new();
     let _local = if a.urls.is_empty() {
         let most = a.concurrency.iter().copied().max().unwrap_or(1).to_string();
-        let bg = crate::serve::background(crate::serve::default_args(&["--parallel", &most])?)?;
-        eprintln!("started hearth on {} (no --url given)", bg.url);
-        a.urls.push(bg.url.clone());
-        Some(bg)
+        let specs: Vec<Spec> = match a.spec {
+            Some(s) if s != Spec::None => vec![Spec::None, s],
+            _ => vec![Spec::None],
+        };
+        let mut servers = Vec::new();
+        for spec in specs {
+            let bg = crate::serve::background(crate::serve::default_args(&["--parallel", &most, "--spec", &spec.to_string()])?)?;
+            eprintln!("started hearth on {} (no --url given; --spec {spec})", bg.url);
+            a.urls.push(bg.url.clone());
+            notes.push(format!("spec {spec}"));
+            servers.push(bg);
+        }
+        servers
     } else {
-        None
+        if a.spec.is_some() {
+            bail!("--spec compares two servers that `hearth bench` starts itself (give no --url); to measure a server of yours, start it with --spec");
+        }
+        Vec::new()
     };
     if a.concurrency.is_empty() || a.concurrency.contains(&0) {
         bail!("--concurrency takes levels of 1 or more, e.g. 1,4,8");
@@ -243,6 +265,7 @@ pub fn bench(mut a: BenchArgs) -> Result<()> {
         .map(|(i, u)| Endpoint {
             url: u.trim_end_matches('/').to_string(),
             api: apis.get(i).or(apis.last()).copied().unwrap_or(BenchApi::Openai),
+            note: (notes.len() > 1).then(|| notes[i].clone()),
         })
         .collect();
     let mut all = Vec::new();

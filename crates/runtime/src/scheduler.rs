@@ -263,6 +263,12 @@ impl Scheduler {
         self.make_room(name, estimate).await?;
         let mut load = self.config.load.clone();
         load.ctx_size = Some(ctx);
+        if let Some(p) = &model.params {
+            crate::options::apply_load_params(p, &mut load).map_err(|e| match e {
+                RuntimeError::Invalid { field, why } => RuntimeError::Invalid { field: format!("{field} (stored with the model {name})"), why },
+                other => other,
+            })?;
+        }
         if let Some(p) = &placed {
             load.rpc = p.tunnels.iter().map(|t| t.local_addr().to_string()).collect();
             load.gpu_layers = Some(p.gpu_layers);

@@ -107,6 +107,23 @@ impl Server {
         }
     }
 
+    /// A POST whose answer is read as text (a stream).
+    pub fn post_text(&self, path: &str, body: Value) -> (u16, String) {
+        match ureq::post(&format!("{}{path}", self.url)).timeout(Duration::from_secs(120)).send_json(body) {
+            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+            Err(e) => panic!("{path}: {e}"),
+        }
+    }
+
+    pub fn get_text(&self, path: &str) -> (u16, String) {
+        match ureq::get(&format!("{}{path}", self.url)).timeout(Duration::from_secs(30)).call() {
+            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+            Err(e) => panic!("{path}: {e}"),
+        }
+    }
+
     pub fn get(&self, path: &str) -> (u16, Value) {
         match ureq::get(&format!("{}{path}", self.url)).timeout(Duration::from_secs(30)).call() {
             Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),

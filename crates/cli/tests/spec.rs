@@ -1,0 +1,106 @@
+//! Speculative decoding through the real binary and the real model: `hearth serve --spec
+//! ngram`, a model's stored `spec` parameter, `hearth run --spec`, `hearth bench --spec`.
+
+mod common;
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use common::{model_path, text, Server};
+
+/// A code edit: the answer copies most of the prompt.
+const EDIT: &str = "Fix the typo in this code and return the whole code: def add(a, b):\n    retrun a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n    return a * b\n\ndef div(a, b):\n    return a / b";
+
+fn edit(s: &Server, model: &str) -> Value {
+    let (code, v) = s.post("/v1/chat/completions", json!({"model": model, "temperature": 0, "max_tokens": 80,
+        "messages": [{"role": "user", "content": EDIT}]}));
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
+#[test]
+fn served_with_ngram_drafts_the_answer_is_the_same_and_drafts_are_counted() {
+    let _turn = common::one_at_a_time();
+    let plain = {
+        let s = Server::start(&[]);
+        let v = edit(&s, "smollm2");
+        assert_eq!(v["timings"]["draft_n"], 0, "{v}");
+        v["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+    };
+    let s = Server::start(&["--spec", "ngram", "--draft-max", "8"]);
+    let v = edit(&s, "smollm2");
+    assert_eq!(v["choices"][0]["message"]["content"], plain.as_str());
+    let (drafted, accepted) = (v["timings"]["draft_n"].as_u64().unwrap(), v["timings"]["draft_n_accepted"].as_u64().unwrap());
+    assert!(drafted > 0 && accepted > 0 && accepted <= drafted, "{v}");
+    // Streamed: the same text.
+    let (code, body) = s.post_text("/v1/chat/completions", json!({"model": "smollm2", "temperature": 0, "max_tokens": 80, "stream": true,
+        "messages": [{"role": "user", "content": EDIT}]}));
+    assert_eq!(code, 200);
+    let streamed: String = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(streamed, plain);
+    let (_, metrics) = s.get_text("/metrics");
+    assert!(metrics.contains("hearth_draft_tokens_total{model=\"smollm2:latest\"}"), "{metrics}");
+    assert!(metrics.contains("hearth_draft_acceptance_ratio{model=\"smollm2:latest\"}"), "{metrics}");
+}
+
+#[test]
+fn a_models_stored_parameters_turn_drafts_on_for_that_model() {
+    let _turn = common::one_at_a_time();
+    let s = Server::start(&[]);
+    let (code, v) = s.post("/api/create", json!({"model": "smollm2-edit", "from": "smollm2", "stream": false, "parameters": {"spec": "ngram", "draft_max": 6}}));
+    assert_eq!(code, 200, "{v}");
+    let with = edit(&s, "smollm2-edit");
+    assert!(with["timings"]["draft_n"].as_u64().unwrap() > 0, "{with}");
+    let without = edit(&s, "smollm2");
+    assert_eq!(without["timings"]["draft_n"], 0, "{without}");
+    assert_eq!(with["choices"][0]["message"]["content"], without["choices"][0]["message"]["content"]);
+    // A bad stored value is a clear error naming it.
+    let (code, v) = s.post("/api/create", json!({"model": "smollm2-bad", "from": "smollm2", "stream": false, "parameters": {"spec": "medusa"}}));
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = s.post("/v1/chat/completions", json!({"model": "smollm2-bad", "messages": [{"role": "user", "content": "hi"}]}));
+    assert_eq!(code, 400, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("params.spec") && msg.contains("none, ngram"), "{msg}");
+}
+
+#[test]
+fn hearth_run_and_bench_take_spec() {
+    let _turn = common::one_at_a_time();
+    let m = model_path();
+    let run = |spec: &str| {
+        Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args(["run", m.to_str().unwrap(), EDIT, "--temp", "0", "-n", "64", "-t", "2", "-v", "--spec", spec])
+            .output()
+            .unwrap()
+    };
+    let (plain, drafted) = (run("none"), run("ngram"));
+    assert!(plain.status.success() && drafted.status.success(), "{}", text(&drafted.stderr));
+    assert_eq!(text(&plain.stdout), text(&drafted.stdout));
+    assert!(!text(&plain.stderr).contains("draft:"));
+    assert!(text(&drafted.stderr).contains("draft:") && text(&drafted.stderr).contains("tokens per pass"), "{}", text(&drafted.stderr));
+    let bad = Command::new(env!("CARGO_BIN_EXE_hearth")).args(["run", m.to_str().unwrap(), "hi", "--spec", "medusa"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("none, ngram"), "{}", text(&bad.stderr));
+
+    // hearth bench --spec: the same requests without and with drafts, side by side.
+    let s = Server::start(&[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["bench", "--model", "smollm2", "--spec", "ngram", "--prompt-tokens", "48", "--gen-tokens", "24", "--concurrency", "1", "--runs", "1", "--json"])
+        .env("HEARTH_MODELS", &s.store)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let levels: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(levels.len(), 2);
+    assert!(levels[0]["endpoint"].as_str().unwrap().ends_with("spec none)") && levels[1]["endpoint"].as_str().unwrap().ends_with("spec ngram)"), "{levels:?}");
+    let refused = Command::new(env!("CARGO_BIN_EXE_hearth")).args(["bench", "--model", "smollm2", "--spec", "ngram", "--url", &s.url]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).contains("give no --url"), "{}", text(&refused.stderr));
+}
