@@ -12,95 +12,22 @@
 //! a core of its own with taskset, `WORKER_THREADS=N` for the workers' threads (default 1). OMP_WAIT_POLICY=passive everywhere (spinning OpenMP threads
 //! of three processes on two cores starve each other).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hearth_cluster::DelayProxy;
-use serde_json::{json, Value};
+use serde_json::json;
 
-const TOKEN: &str = "bench-secret";
+mod common;
 
-fn hearth() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("hearth")
-}
+use common::{add, open_worker, post, serve_with, starter_model, tunnel_totals, worker, TOKEN};
 
-/// A child whose output lines are searched for `key`; returns the word after it, the lines
-/// seen before it, and the rest to come.
-fn spawn(mut cmd: Command, key: &str) -> (Child, String, Vec<String>, mpsc::Receiver<String>) {
-    if std::env::var_os("OMP_WAIT_POLICY").is_none() && cmd.get_envs().all(|(k, _)| k != "OMP_WAIT_POLICY") {
-        cmd.env("OMP_WAIT_POLICY", "passive");
-    }
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("start hearth");
-    let (tx, rx) = mpsc::channel();
-    for r in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(r).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut seen = Vec::new();
-    loop {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|_| panic!("no {key:?} line in {seen:?}"));
-        if let Some(rest) = line.split(key).nth(1) {
-            return (child, rest.split_whitespace().next().unwrap().to_string(), seen, rx);
-        }
-        seen.push(line);
-    }
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A worker: (process, public address, raw ggml endpoint).
-fn worker(cpu: Option<usize>, cache: &Path, store: &Path, extra: &[&str]) -> (Proc, String, String) {
-    let mut cmd = match cpu {
-        Some(c) => {
-            let mut t = Command::new("taskset");
-            t.args(["-c", &c.to_string()]).arg(hearth());
-            t
-        }
-        None => Command::new(hearth()),
-    };
-    let threads = std::env::var("WORKER_THREADS").unwrap_or_else(|_| "1".into());
-    cmd.args(["worker", "--listen", "127.0.0.1:0", "-t", &threads, "--token", TOKEN, "--cache-dir"]).arg(cache).args(extra).env("HEARTH_MODELS", store);
-    let (child, addr, seen, rx) = spawn(cmd, "listening on ");
-    // ggml prints its own endpoint (the raw, loopback-only port) as it starts.
-    let mut lines = seen.into_iter().chain(std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(30)).ok()));
-    let raw = lines.find_map(|l| l.split("endpoint       : ").nth(1).map(|r| r.trim().to_string())).expect("ggml's endpoint line");
-    (Proc(child), addr, raw)
-}
-
-fn serve(store: &Path, args: &[&str]) -> (Proc, String) {
+fn serve(store: &Path, args: &[&str]) -> (common::Proc, String) {
     serve_env(store, args, "passive")
 }
 
-fn serve_env(store: &Path, args: &[&str], omp_wait: &str) -> (Proc, String) {
-    let mut cmd = Command::new(hearth());
-    cmd.env("OMP_WAIT_POLICY", omp_wait);
-    cmd.args(["serve", "--host", "127.0.0.1:0", "--parallel", "1", "--ctx-size", "1024", "-t", "2"]).args(args).env("HEARTH_MODELS", store).env_remove("HEARTH_WORKERS");
-    let (child, url, _, _rx) = spawn(cmd, "listening on ");
-    (Proc(child), url)
-}
-
-fn post(url: &str, path: &str, body: Value) -> Value {
-    ureq::post(&format!("{url}{path}")).timeout(Duration::from_secs(900)).send_json(body).unwrap_or_else(|e| panic!("{path}: {e}")).into_json().unwrap()
-}
-
-fn get(url: &str, path: &str) -> Value {
-    ureq::get(&format!("{url}{path}")).call().unwrap().into_json().unwrap()
+fn serve_env(store: &Path, args: &[&str], omp_wait: &str) -> (common::Proc, String) {
+    serve_with(store, &[&["--parallel", "1", "--ctx-size", "1024"][..], args].concat(), omp_wait)
 }
 
 fn prompt(run: usize) -> String {
@@ -131,18 +58,6 @@ fn speed(url: &str, model: &str) -> (f64, f64) {
     (med(pp), med(tg))
 }
 
-/// Bytes both ways and round trips through every forwarding port; and bytes to the workers.
-fn tunnel_totals(url: &str) -> (f64, f64, f64) {
-    let c = get(url, "/api/cluster");
-    let (mut bytes, mut trips, mut to) = (0.0, 0.0, 0.0);
-    for t in c["tunnels"].as_array().unwrap() {
-        to += t["stats"]["bytes_to_worker"].as_f64().unwrap();
-        bytes += t["stats"]["bytes_to_worker"].as_f64().unwrap() + t["stats"]["bytes_from_worker"].as_f64().unwrap();
-        trips += t["stats"]["round_trips"].as_f64().unwrap();
-    }
-    (bytes, trips, to)
-}
-
 /// Round trips and bytes per generated token: a 65-token generation less a 1-token one.
 fn per_token(url: &str) -> (f64, f64) {
     let at = |n: u32, run: usize| {
@@ -162,17 +77,10 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let pin = std::env::var_os("PIN").is_some();
-    let model = {
-        let out = Command::new("bash").arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fetch-model.sh")).output().unwrap();
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    };
-    let add = |path: &Path, name: &str, store: &Path| {
-        let st = Command::new(hearth()).args(["add", path.to_str().unwrap(), "--name", name, "--no-progress"]).env("HEARTH_MODELS", store).env("HEARTH_HOST", "127.0.0.1:1").status().unwrap();
-        assert!(st.success());
-    };
+    let model = starter_model();
     add(&model, "smollm2", &store);
-    let (_w1, a1, raw1) = worker(pin.then_some(0), &dir.path().join("c1"), &dir.path().join("none"), &[]);
-    let (_w2, a2, raw2) = worker(pin.then_some(1), &dir.path().join("c2"), &dir.path().join("none"), &[]);
+    let (_w1, a1) = worker(pin.then_some(0), &dir.path().join("c1"), &dir.path().join("none"), &[]);
+    let (_w2, a2) = worker(pin.then_some(1), &dir.path().join("c2"), &dir.path().join("none"), &[]);
     let split = ["--gpu-layers", "99", "--tensor-split", "1,1"];
 
     println!("## Starter model (SmolLM2-135M Q4_1), 2 workers on 127.0.0.1, every layer on the workers{}\n", if pin { ", workers pinned to one core each" } else { "" });
@@ -191,9 +99,14 @@ fn main() {
     rows.push(("2 workers, encrypted tunnel", speed(&url_enc, "smollm2")));
     let (trips, bytes) = per_token(&url_enc);
     drop(s_enc);
-    let (s_raw, url_raw) = serve(&store, &[&["--rpc", &format!("{raw1},{raw2}")][..], &split].concat());
-    rows.push(("2 workers, plaintext ggml RPC (no tunnel)", speed(&url_raw, "smollm2")));
-    drop(s_raw);
+    {
+        // Workers without a token: ggml's port is open to plain ggml RPC clients.
+        let (_o1, _, raw1) = open_worker(pin.then_some(0), &dir.path().join("o1"), &dir.path().join("none"));
+        let (_o2, _, raw2) = open_worker(pin.then_some(1), &dir.path().join("o2"), &dir.path().join("none"));
+        let (s_raw, url_raw) = serve(&store, &[&["--rpc", &format!("{raw1},{raw2}")][..], &split].concat());
+        rows.push(("2 workers, plaintext ggml RPC (no tunnel)", speed(&url_raw, "smollm2")));
+        drop(s_raw);
+    }
     for ms in [1u64, 5] {
         let p1 = rt.block_on(DelayProxy::start(a1.parse().unwrap(), Duration::from_millis(ms))).unwrap();
         let p2 = rt.block_on(DelayProxy::start(a2.parse().unwrap(), Duration::from_millis(ms))).unwrap();
@@ -222,7 +135,7 @@ fn main() {
             let extra: &[&str] = if case.starts_with("preloaded") { &["--preload", "synth"] } else { &[] };
             let wstore = if case.starts_with("not") { &empty_store } else { &worker_store };
             let started = Instant::now();
-            let (w, addr, _) = worker(None, cache.path(), wstore, extra);
+            let (w, addr) = worker(None, cache.path(), wstore, extra);
             let preload_s = started.elapsed().as_secs_f64();
             let proxy = (ms > 0).then(|| rt.block_on(DelayProxy::start(addr.parse().unwrap(), Duration::from_millis(ms))).unwrap());
             let target = proxy.as_ref().map_or(addr.clone(), |p| p.local_addr().to_string());

@@ -264,12 +264,15 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
         .block_on(tokio::net::TcpListener::bind(listen))
         .with_context(|| format!("cannot listen on {listen} (is another worker running? choose another port with --listen)"))?;
     let backend = free_loopback_port()?;
+    let private = token.is_authenticated();
     {
         let endpoint = backend.to_string();
         let cache = cache_dir.to_string_lossy().into_owned();
         let devices = devices.clone();
         std::thread::Builder::new().name("ggml-rpc".into()).spawn(move || {
-            if let Err(e) = hearth_engine::rpc::serve(&endpoint, threads, Some(&cache), &devices) {
+            // With a token, nothing but the gate (this process) may reach ggml; without one,
+            // the gate lets anyone through anyway.
+            if let Err(e) = hearth_engine::rpc::serve(&endpoint, threads, Some(&cache), &devices, private) {
                 tracing::error!("{e}");
                 std::process::exit(2);
             }

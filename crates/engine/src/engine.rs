@@ -938,7 +938,10 @@ impl Worker {
         for m in members {
             let Some(idx) = m.out else { continue };
             if m.draft.is_empty() {
-                self.after_output(m.slot, idx);
+                let token = self.after_output(m.slot, idx);
+                if let Some(spec) = token.and_then(|_| self.slots[m.slot].active.as_mut()).and_then(|a| a.spec.as_mut()) {
+                    spec.sampled(token.expect("checked"));
+                }
             } else {
                 self.verify(m, idx);
             }
@@ -952,7 +955,7 @@ impl Worker {
     fn add_drafts(&mut self, members: &mut [Member]) {
         let budget = self.n_batch.min(self.n_ubatch) as usize;
         let n_ctx_seq = self.n_ctx_seq as usize;
-        let cost = self.step_cost.draft_cost(members.len());
+        let (cost, switch) = (self.step_cost.draft_cost(members.len()), self.step_cost.switch_cost(members.len()));
         for m in members.iter_mut() {
             let room = budget.saturating_sub(self.batch.len());
             if room == 0 {
@@ -965,8 +968,13 @@ impl Worker {
             // a cell of its own.
             let left = a.job.max_tokens.map_or(usize::MAX, |max| max.saturating_sub(a.generated) as usize);
             let cells = n_ctx_seq.saturating_sub(slot.cache.len() + 1);
-            let want = spec.want(room.min(left.saturating_sub(1)).min(cells), cost);
+            let room = room.min(left.saturating_sub(1)).min(cells);
+            let want = spec.want(room, cost, switch);
+            tracing::trace!(seq = slot.seq, cost, switch, rate = spec.confirm_rate(), want, fit = ?self.step_cost.fit(), "draft");
             if want == 0 {
+                if room > 0 && self.spec == Spec::Ngram {
+                    spec.shadow(ngram_draft(&slot.cache, 1).first().copied());
+                }
                 continue;
             }
             let draft = match self.spec {

@@ -166,7 +166,8 @@ pub fn default_serve_devices() -> Vec<String> {
 /// Serves the named local devices (see [`local_devices`]; empty: [`default_serve_devices`])
 /// as RPC devices on `endpoint` (`host:port`). Blocks forever: run it on a thread of its own.
 /// `cache_dir` lets the server keep tensors it has received, and find them again by hash.
-pub fn serve(endpoint: &str, threads: usize, cache_dir: Option<&str>, devices: &[String]) -> Result<(), EngineError> {
+/// `private`: only this process may connect (see [`guard`]).
+pub fn serve(endpoint: &str, threads: usize, cache_dir: Option<&str>, devices: &[String], private: bool) -> Result<(), EngineError> {
     let err = |reason: String| EngineError::Rpc { endpoint: endpoint.to_string(), reason };
     let ep = CString::new(endpoint).map_err(|_| err("the address contains a NUL byte".into()))?;
     let cache = cache_dir.map(CString::new).transpose().map_err(|_| err("the cache directory contains a NUL byte".into()))?;
@@ -185,7 +186,9 @@ pub fn serve(endpoint: &str, threads: usize, cache_dir: Option<&str>, devices: &
     if chosen.is_empty() {
         return Err(err("no device to serve".into()));
     }
-    guard::protect(endpoint);
+    if private {
+        guard::protect(endpoint);
+    }
     // SAFETY: the device handles come from ggml's registry and live for the program.
     unsafe {
         ggml_backend_rpc_start_server(
@@ -199,7 +202,7 @@ pub fn serve(endpoint: &str, threads: usize, cache_dir: Option<&str>, devices: &
     Err(err("the RPC server stopped (is the address already in use?)".into()))
 }
 
-/// Only this process may talk to the RPC servers it runs.
+/// Only this process may talk to the RPC servers it runs privately.
 ///
 /// ggml's RPC server has no authentication: whoever connects can allocate memory, run graphs
 /// and feed its deserializer. `hearth worker` puts it on a loopback port behind its token gate,
@@ -244,25 +247,34 @@ mod guard {
         if !PROTECTED.lock().unwrap_or_else(|p| p.into_inner()).contains(&local.port()) {
             return true;
         }
-        let ours = peer_is_this_process(peer, local);
-        if !ours {
-            tracing::warn!("refused a connection to ggml's RPC port {local} from {peer}: only this process may use it");
+        match peer_is_this_process(peer, local) {
+            Some(ours) => {
+                if !ours {
+                    tracing::warn!("refused a connection to ggml's RPC port {local} from {peer}: only this process may use it");
+                }
+                ours
+            }
+            None => {
+                // The other end has closed already (the worker's own start-up check does).
+                tracing::debug!("closed a connection to ggml's RPC port {local} whose other end is gone");
+                false
+            }
         }
-        ours
     }
 
-    /// Whether the socket at `peer`, connected to `local`, is one of this process's.
+    /// Whether the socket at `peer`, connected to `local`, is one of this process's; `None`
+    /// when that socket no longer exists.
     #[cfg(target_os = "linux")]
-    pub(super) fn peer_is_this_process(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> bool {
-        let Some(inode) = socket_inode(peer, local) else { return false };
+    pub(super) fn peer_is_this_process(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option<bool> {
+        let inode = socket_inode(peer, local).filter(|&i| i != 0)?;
         let want = format!("socket:[{inode}]");
-        let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return false };
-        fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == want.as_str()))
+        let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return Some(false) };
+        Some(fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == want.as_str())))
     }
 
     #[cfg(not(target_os = "linux"))]
-    pub(super) fn peer_is_this_process(_: std::net::SocketAddr, _: std::net::SocketAddr) -> bool {
-        true
+    pub(super) fn peer_is_this_process(_: std::net::SocketAddr, _: std::net::SocketAddr) -> Option<bool> {
+        Some(true)
     }
 
     /// The inode of the socket whose own address is `from` and whose peer is `to`, from
@@ -294,13 +306,13 @@ mod guard {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             let (server_side, _) = listener.accept().unwrap();
-            assert!(super::peer_is_this_process(client.local_addr().unwrap(), server_side.local_addr().unwrap()));
+            assert_eq!(super::peer_is_this_process(client.local_addr().unwrap(), server_side.local_addr().unwrap()), Some(true));
             // A peer address with no socket in this process (the connection is gone).
             let (peer, local) = (client.local_addr().unwrap(), server_side.local_addr().unwrap());
             drop(client);
             drop(server_side);
             std::thread::sleep(std::time::Duration::from_millis(50));
-            assert!(!super::peer_is_this_process(peer, local));
+            assert_ne!(super::peer_is_this_process(peer, local), Some(true));
         }
     }
 }

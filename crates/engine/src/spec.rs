@@ -50,6 +50,11 @@ pub struct StepCost {
     recent: Vec<std::collections::VecDeque<f64>>,
     /// Per step size, whether its first step has gone by.
     seen: Vec<bool>,
+    /// What a step costs beyond the fit when its size differs from the step before (llama.cpp
+    /// builds and allocates the graph again; a GPU backend captures it again), an average.
+    switch: f64,
+    /// The size of the step before.
+    last: usize,
 }
 
 /// Larger steps (long prompt chunks) say little about the cost of a few more tokens.
@@ -61,8 +66,15 @@ const PRIOR_MARGINAL: f64 = 0.25;
 
 impl StepCost {
     pub fn observe(&mut self, tokens: usize, secs: f64) {
+        let switched = std::mem::replace(&mut self.last, tokens) != tokens;
         if tokens == 0 || tokens > FIT_MAX_TOKENS || !secs.is_finite() {
             return;
+        }
+        if switched {
+            if let Some((base, per_token)) = self.fit() {
+                let extra = (secs - base - per_token * tokens as f64).max(0.0);
+                self.switch = 0.8 * self.switch + 0.2 * extra;
+            }
         }
         if self.recent.len() <= tokens {
             self.recent.resize_with(tokens + 1, Default::default);
@@ -108,6 +120,16 @@ impl StepCost {
             _ => g * PRIOR_MARGINAL / (1.0 + PRIOR_MARGINAL * (g - 1.0)),
         }
     }
+
+    /// What changing the step's size costs, in the same unit: a draft changes it twice (to
+    /// the step with the draft and back).
+    pub fn switch_cost(&self, generating: usize) -> f64 {
+        let g = generating.max(1) as f64;
+        match self.fit() {
+            Some((base, per_token)) if base + per_token * g > 0.0 => 2.0 * g * self.switch / (base + per_token * g),
+            _ => 0.0,
+        }
+    }
 }
 
 /// One sequence's speculation: how likely its drafted tokens are to be confirmed, and so how
@@ -120,15 +142,13 @@ pub struct SpecState {
     /// a token is tested up to and including the first one rejected).
     tested: f32,
     confirmed: f32,
-    /// Steps since the last draft, for a short one now and then when drafts do not pay, to
-    /// see whether they have started to.
-    idle: u32,
+    /// While not drafting: the token a draft would have started with, checked against the
+    /// token sampled instead (the confirm rate keeps being measured, at no cost).
+    shadow: Option<Token>,
     pub drafted: u32,
     pub accepted: u32,
 }
 
-/// After this many steps without a draft, one token is drafted to measure again.
-const PROBE_AFTER: u32 = 32;
 const DECAY: f32 = 0.9;
 
 impl SpecState {
@@ -136,7 +156,7 @@ impl SpecState {
     /// workload tends to go on as it was), worth two tested tokens.
     pub fn new(max: u32, min: u32, prior: f32) -> SpecState {
         let prior = prior.clamp(0.05, 0.95);
-        SpecState { max: max as usize, min: min as usize, tested: 2.0, confirmed: 2.0 * prior, idle: 0, drafted: 0, accepted: 0 }
+        SpecState { max: max as usize, min: min as usize, tested: 2.0, confirmed: 2.0 * prior, shadow: None, drafted: 0, accepted: 0 }
     }
 
     /// The chance that the next drafted token is confirmed.
@@ -146,21 +166,32 @@ impl SpecState {
 
     /// How many tokens to draft this step, at most `room`, when one drafted token costs
     /// `cost` (see [`StepCost::draft_cost`]): the k-th token of a draft is confirmed with
-    /// chance p^k, so a draft goes on while p^k is above the cost.
-    pub fn want(&mut self, room: usize, cost: f64) -> usize {
+    /// chance p^k, so a draft goes on while p^k is above the cost. While not drafting, shadow
+    /// drafts keep p up to date ([`shadow`](Self::shadow)).
+    pub fn want(&mut self, room: usize, cost: f64, switch: f64) -> usize {
         let p = f64::from(self.confirm_rate()).clamp(1e-3, 0.999);
         let k = if p <= cost { 0 } else { (cost.max(1e-6).ln() / p.ln()).floor() as usize };
         let k = k.min(self.max).min(room);
-        if k == 0 {
-            self.idle += 1;
-            if self.idle >= PROBE_AFTER && room > 0 && self.max > 0 {
-                self.idle = 0;
-                return 1.max(self.min).min(room);
-            }
+        // The draft as a whole must also pay for changing the step's size: the tokens it is
+        // expected to add, p + p^2 + ... + p^k, above what its tokens and the change cost.
+        let gain: f64 = (1..=k).map(|i| p.powi(i as i32)).sum();
+        if k == 0 || gain <= cost * k as f64 + switch {
             return 0;
         }
-        self.idle = 0;
         k.max(self.min).min(room)
+    }
+
+    /// Remembers the first token of a draft that was not worth verifying.
+    pub fn shadow(&mut self, first: Option<Token>) {
+        self.shadow = first;
+    }
+
+    /// The token sampled after a step without a draft: counts whether the shadow draft would
+    /// have been confirmed.
+    pub fn sampled(&mut self, token: Token) {
+        if let Some(guess) = self.shadow.take() {
+            self.adapt(1, usize::from(guess == token));
+        }
     }
 
     /// Whether a draft of `n` tokens is worth verifying.
@@ -204,23 +235,32 @@ mod tests {
         let mut s = SpecState::new(16, 0, 0.5);
         assert!((s.confirm_rate() - 0.5).abs() < 1e-6);
         // p = 0.5: worth 2 tokens at a cost of 0.2 (0.25 > 0.2 > 0.125), none at 0.6.
-        assert_eq!(s.want(100, 0.2), 2);
-        assert_eq!(s.want(100, 0.6), 0);
-        assert_eq!(s.want(1, 0.01), 1, "bounded by the room in the batch");
+        assert_eq!(s.want(100, 0.2, 0.0), 2);
+        assert_eq!(s.want(100, 0.6, 0.0), 0);
+        assert_eq!(s.want(1, 0.01, 0.0), 1, "bounded by the room in the batch");
+        // A costly change of the step's size: no draft of two at p = 0.5 (gain 0.75, cost 0.4 + 0.5).
+        assert_eq!(s.want(100, 0.2, 0.5), 0);
         // Drafts confirmed whole: longer drafts.
         for _ in 0..20 {
             s.adapt(8, 8);
         }
         assert!(s.confirm_rate() > 0.95);
-        assert!(s.want(100, 0.2) >= 16);
-        // Drafts rejected at once: none, but a probe of one token now and then.
+        assert!(s.want(100, 0.2, 0.0) >= 16);
+        // Shadow drafts are counted like drafts of one token.
+        let mut t = SpecState::new(16, 0, 0.5);
+        for _ in 0..30 {
+            t.shadow(Some(7));
+            t.sampled(7);
+        }
+        assert!(t.confirm_rate() > 0.9);
+        t.sampled(8);
+        assert!(t.confirm_rate() > 0.9, "no shadow, nothing counted");
+        // Drafts rejected at once: none.
         for _ in 0..40 {
             s.adapt(4, 0);
         }
         assert!(s.confirm_rate() < 0.1);
-        let drafts: Vec<usize> = (0..PROBE_AFTER * 2).map(|_| s.want(100, 0.2)).collect();
-        assert_eq!(drafts.iter().filter(|&&k| k > 0).count(), 2, "{drafts:?}");
-        assert!(drafts.iter().all(|&k| k <= 1));
+        assert_eq!(s.want(100, 0.2, 0.0), 0);
         assert!(!SpecState::new(8, 3, 0.5).worth(2) && SpecState::new(8, 3, 0.5).worth(3) && !s.worth(0));
     }
 
@@ -253,5 +293,24 @@ mod tests {
         let (base, per_token) = c.fit().unwrap();
         assert!((base - 0.107).abs() < 0.002 && (per_token - 0.003).abs() < 0.0005, "{base} {per_token}");
         assert!(c.draft_cost(1) < 0.05, "{}", c.draft_cost(1));
+        // A size change that costs nothing, then one that costs 20 ms.
+        let mut c = StepCost::default();
+        for _ in 0..KEPT + 1 {
+            for n in [1, 4] {
+                c.observe(n, 0.010 + 0.003 * n as f64);
+                c.observe(n, 0.010 + 0.003 * n as f64);
+            }
+        }
+        assert!(c.switch_cost(1) < 0.01, "{}", c.switch_cost(1));
+        for _ in 0..10 {
+            for n in [1, 4] {
+                c.observe(n, 0.010 + 0.003 * n as f64 + 0.020);
+                c.observe(n, 0.010 + 0.003 * n as f64);
+            }
+        }
+        // 2 changes x 20 ms against a 13 ms step: about 3 tokens' worth.
+        assert!((c.switch_cost(1) - 3.0).abs() < 0.5, "{}", c.switch_cost(1));
+        let (base, per_token) = c.fit().unwrap();
+        assert!((base - 0.010).abs() < 0.001 && (per_token - 0.003).abs() < 0.0005, "slower steps do not move the fit: {base} {per_token}");
     }
 }

@@ -26,7 +26,7 @@ fn rpc_server() -> String {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let endpoint = format!("127.0.0.1:{port}");
     let ep = endpoint.clone();
-    std::thread::spawn(move || hearth_engine::rpc::serve(&ep, 1, None, &[]));
+    std::thread::spawn(move || hearth_engine::rpc::serve(&ep, 1, None, &[], false));
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(&endpoint).is_err() {
         assert!(Instant::now() < deadline, "the RPC server did not start");

@@ -26,7 +26,7 @@ fn a_model_offloaded_to_an_rpc_server_decodes_exactly_like_the_local_one() {
     let endpoint = format!("127.0.0.1:{port}");
     {
         let endpoint = endpoint.clone();
-        std::thread::spawn(move || hearth_engine::rpc::serve(&endpoint, 2, None, &[]));
+        std::thread::spawn(move || hearth_engine::rpc::serve(&endpoint, 2, None, &[], false));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(&endpoint).is_err() {

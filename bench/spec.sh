@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Speculative decoding (issue 16), all from one run: hearth with --spec ngram against hearth
+# without on an edit workload (a ~1,500-token file asked back with one rename), the same over
+# two workers at +5 ms one way (tok/s and ggml RPC round trips per token), a general chat
+# workload, and 8 concurrent streams. RUNS=N (default 3), CLUSTER_TOKENS=N (default 400).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked -p hearth --bin hearth --example spec_bench
+exec target/release/examples/spec_bench
