@@ -146,15 +146,21 @@ fn greedy_output_through_two_and_three_workers_is_the_single_process_answer() {
     }
 }
 
-/// Speculative decoding over two workers: drafts are made on the controller and verified in
-/// one pass through both, so fewer round trips per token, and the same answer.
+/// Speculative decoding over two workers behind links with 3 ms of latency each way: drafts are
+/// made on the controller and verified in one pass through both, so fewer round trips per
+/// token, and the same answer.
 #[test]
 fn drafts_over_two_workers_give_the_same_answer_in_fewer_round_trips() {
     let _turn = common::one_at_a_time();
     let ws = workers(2);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let delay = std::time::Duration::from_millis(3);
+    let proxies: Vec<_> = ws.iter().map(|w| rt.block_on(hearth_cluster::DelayProxy::start(w.addr.parse().unwrap(), delay)).unwrap()).collect();
+    let list = proxies.iter().map(|p| p.local_addr().to_string()).collect::<Vec<_>>().join(",");
     let edit = "Fix the typo in this code and return the whole code: def add(a, b):\n    retrun a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n    return a * b\n\ndef div(a, b):\n    return a / b";
     let run = |extra: &[&str]| {
-        let s = serve_over(&[&ws[0], &ws[1]], &[&["--gpu-layers", "99", "--tensor-split", "1,1"][..], extra].concat());
+        let args = [&["--workers", &list, "--cluster-token", TOKEN, "--ctx-size", "1024", "--parallel", "1", "--gpu-layers", "99", "--tensor-split", "1,1"][..], extra].concat();
+        let s = Server::start(&args);
         let trips = |s: &Server| -> u64 {
             let (_, c) = s.get("/api/cluster");
             c["tunnels"].as_array().unwrap().iter().map(|t| t["stats"]["round_trips"].as_u64().unwrap()).sum()
@@ -172,10 +178,10 @@ fn drafts_over_two_workers_give_the_same_answer_in_fewer_round_trips() {
     };
     let (plain, _, plain_trips) = run(&[]);
     let (drafted, timings, drafted_trips) = run(&["--spec", "ngram"]);
+    eprintln!("round trips per token: {drafted_trips:.2} with drafts, {plain_trips:.2} without; {timings}");
     assert_eq!(plain, drafted);
     assert!(timings["draft_n_accepted"].as_u64().unwrap() > 0, "{timings}");
-    eprintln!("round trips per token: {drafted_trips:.2} with drafts, {plain_trips:.2} without; {timings}");
-    assert!(drafted_trips < plain_trips * 0.9, "round trips per token: {drafted_trips:.1} with drafts, {plain_trips:.1} without; {timings}");
+    assert!(drafted_trips < plain_trips * 0.8, "round trips per token: {drafted_trips:.1} with drafts, {plain_trips:.1} without; {timings}");
 }
 
 /// Reads an OpenAI SSE stream until it ends; returns the text and the error, if any.

@@ -13,11 +13,12 @@ use crate::Token;
 pub use hearth_protocol::Spec;
 
 /// The longest and shortest n-grams looked up, longest first.
-const NGRAM_MAX: usize = 4;
+const NGRAM_MAX: usize = 12;
 const NGRAM_MIN: usize = 2;
 
 /// Prompt lookup: the tokens that followed the latest earlier occurrence of the last `n`
-/// tokens of `history` (n from [`NGRAM_MAX`] down to [`NGRAM_MIN`]), at most `max` of them.
+/// tokens of `history` (n from [`NGRAM_MAX`] down to [`NGRAM_MIN`]: a long match tells apart
+/// places that end alike, as the lines of a file being copied do), at most `max` of them.
 pub fn ngram_draft(history: &[Token], max: usize) -> Vec<Token> {
     if max == 0 {
         return Vec::new();
@@ -178,6 +179,9 @@ impl SpecState {
         if k == 0 || gain <= cost * k as f64 + switch {
             return 0;
         }
+        // A power of two: a few step sizes recur, and llama.cpp's graphs for them (and ggml
+        // RPC's answers about their tensors) are reused.
+        let k = 1 << k.ilog2();
         k.max(self.min).min(room)
     }
 
@@ -234,7 +238,8 @@ mod tests {
     fn the_draft_length_weighs_the_confirm_rate_against_the_cost() {
         let mut s = SpecState::new(16, 0, 0.5);
         assert!((s.confirm_rate() - 0.5).abs() < 1e-6);
-        // p = 0.5: worth 2 tokens at a cost of 0.2 (0.25 > 0.2 > 0.125), none at 0.6.
+        // p = 0.5: worth 2 tokens at a cost of 0.2 (0.25 > 0.2 > 0.125), none at 0.6; drafts
+        // are powers of two.
         assert_eq!(s.want(100, 0.2, 0.0), 2);
         assert_eq!(s.want(100, 0.6, 0.0), 0);
         assert_eq!(s.want(1, 0.01, 0.0), 1, "bounded by the room in the batch");
