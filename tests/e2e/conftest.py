@@ -163,14 +163,7 @@ def server(tmp_path_factory, model_path) -> Server:
 
     yield Server(url=url, store=store, env=env, bin=hearth, log=log, process=proc)
 
-    proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(timeout=SHUTDOWN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=SHUTDOWN_TIMEOUT)
-        pytest.fail(f"hearth serve did not exit within {SHUTDOWN_TIMEOUT:.0f} s of SIGTERM; its log:\n{_tail(log)}", pytrace=False)
-    assert code == 0, f"hearth serve exited with {code} after SIGTERM; its log:\n{_tail(log)}"
+    _stop(proc, log, "hearth serve")
     # Its runners (children that hold the models) are gone too.
     deadline = time.monotonic() + 10
     while (left := _processes_mentioning(str(store))) and time.monotonic() < deadline:
@@ -276,14 +269,19 @@ def serving(server: Server, log: Path, *args: str) -> Iterator[str]:
     try:
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=SHUTDOWN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=SHUTDOWN_TIMEOUT)
-            pytest.fail(f"hearth serve {' '.join(args)} did not exit within {SHUTDOWN_TIMEOUT:.0f} s of SIGTERM; its log:\n{_tail(log)}", pytrace=False)
-    assert code == 0, f"hearth serve {' '.join(args)} exited with {code} after SIGTERM; its log:\n{_tail(log)}"
+        _stop(proc, log, " ".join(["hearth serve", *args]))
+
+
+def _stop(proc: subprocess.Popen, log: Path, what: str) -> None:
+    """SIGTERM, then it must exit cleanly within SHUTDOWN_TIMEOUT (else it is killed and the test fails)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=SHUTDOWN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=SHUTDOWN_TIMEOUT)
+        pytest.fail(f"{what} did not exit within {SHUTDOWN_TIMEOUT:.0f} s of SIGTERM; its log:\n{_tail(log)}", pytrace=False)
+    assert code == 0, f"{what} exited with {code} after SIGTERM; its log:\n{_tail(log)}"
 
 
 @pytest.fixture(scope="session")
