@@ -3,11 +3,17 @@
 # serves the Ollama and OpenAI APIs on http://127.0.0.1:11434 (HEARTH_HOST to change).
 #   scripts/quickstart.sh            # then, from another terminal:
 #   curl http://127.0.0.1:11434/api/chat -d '{"model":"smollm2","messages":[{"role":"user","content":"Hi"}]}'
+#   scripts/quickstart.sh --gpu vulkan   # the same with a GPU backend (vulkan, cuda, rocm)
+# Other arguments go to `hearth serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
-[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-cargo build --release --locked
+gpu=()
+if [ "${1:-}" = "--gpu" ]; then
+  gpu=(--gpu "${2:-}")
+  shift 2 || { echo "error: --gpu needs a backend: vulkan, cuda or rocm" >&2; exit 2; }
+fi
+hearth=$(scripts/build.sh ${gpu[@]+"${gpu[@]}"} | tail -1)
 model=$(scripts/fetch-model.sh)
-target/release/hearth add "$model" --name smollm2 --no-progress
-exec target/release/hearth serve "$@"
+"$hearth" add "$model" --name smollm2 --no-progress
+"$hearth" devices >&2 || true
+exec "$hearth" serve "$@"

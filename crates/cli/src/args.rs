@@ -49,6 +49,8 @@ pub enum Command {
     Ps,
     /// Unload a model from a running server
     Stop(StopArgs),
+    /// This machine's compute devices (CPU, GPUs) and their memory, as llama.cpp sees them
+    Devices(DevicesArgs),
     /// Lend this machine's devices to a controller (`hearth serve --workers`)
     Worker(WorkerArgs),
     /// The workers of a cluster: reachable, versions, devices, memory, what they host
@@ -221,6 +223,10 @@ pub struct ServeArgs {
     /// Memory all loaded models may use together, e.g. 12G or 800M [default: 80% of RAM]
     #[arg(long = "memory-budget", env = crate::env::MEMORY_BUDGET, value_name = "BYTES")]
     pub memory_budget: Option<String>,
+    /// Most of a GPU's memory models may use, NAME=SIZE, comma-separated (e.g. Vulkan0=6G), to
+    /// leave room for other programs [default: its free memory at start]
+    #[arg(long = "device-memory", env = crate::env::DEVICE_MEMORY, value_delimiter = ',', value_name = "DEV=SIZE")]
+    pub device_memory: Vec<String>,
     /// How long a model stays loaded after its last request (e.g. 5m, 1h, 0, -1 for ever)
     #[arg(long = "keep-alive", env = crate::env::KEEP_ALIVE, default_value = "5m", value_name = "DURATION")]
     pub keep_alive: String,
@@ -277,6 +283,13 @@ pub struct AddArgs {
     pub name: Option<String>,
     #[arg(long = "no-progress")]
     pub no_progress: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DevicesArgs {
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -406,6 +419,12 @@ pub fn normalize(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
         ("-ctk", "--cache-type-k"),
         ("-ctv", "--cache-type-v"),
         ("-ts", "--tensor-split"),
+        ("-dev", "--device"),
+        ("-sm", "--split-mode"),
+        ("-mg", "--main-gpu"),
+        ("-ot", "--override-tensor"),
+        ("-cmoe", "--cpu-moe"),
+        ("-ncmoe", "--n-cpu-moe"),
     ];
     args.into_iter()
         .map(|a| {

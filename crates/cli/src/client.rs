@@ -108,18 +108,34 @@ pub fn ps(r: &Remote) -> Result<()> {
     let v = r.get("/api/ps")?;
     let models = v["models"].as_array().cloned().unwrap_or_default();
     let width = models.iter().filter_map(|m| m["name"].as_str()).map(str::len).max().unwrap_or(4).max(4);
-    println!("{:width$}  {:12}  {:>9}  {:>7}  UNTIL", "NAME", "ID", "SIZE", "CONTEXT");
+    println!("{:width$}  {:12}  {:>9}  {:15}  {:>7}  UNTIL", "NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT");
     for m in models {
+        let size = m["size"].as_u64().unwrap_or(0);
+        let vram = m["size_vram"].as_u64().unwrap_or(0).min(size);
         println!(
-            "{:width$}  {:12}  {:>9}  {:>7}  {}",
+            "{:width$}  {:12}  {:>9}  {:15}  {:>7}  {}",
             m["name"].as_str().unwrap_or(""),
             m["digest"].as_str().unwrap_or("").chars().take(12).collect::<String>(),
-            human(m["size"].as_u64().unwrap_or(0)),
+            human(size),
+            processor(size, vram),
             m["context_length"].as_u64().unwrap_or(0),
             m["expires_at"].as_str().unwrap_or("").split('.').next().unwrap_or(""),
         );
     }
     Ok(())
+}
+
+/// Ollama's PROCESSOR column: where the model's bytes are ("100% GPU", "48%/52% CPU/GPU").
+fn processor(size: u64, vram: u64) -> String {
+    if size == 0 || vram == 0 {
+        return "100% CPU".into();
+    }
+    let gpu = (vram as f64 * 100.0 / size as f64).round() as u64;
+    if gpu >= 100 {
+        "100% GPU".into()
+    } else {
+        format!("{}%/{gpu}% CPU/GPU", 100 - gpu)
+    }
 }
 
 pub fn stop(r: &Remote, model: &str) -> Result<()> {

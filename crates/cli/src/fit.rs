@@ -51,12 +51,27 @@ fn gib(n: u64) -> String {
     format!("{:.2} GiB", n as f64 / (1u64 << 30) as f64)
 }
 
-/// `--devices "cpu=24GiB,gpu0=120GiB"`: the devices in order, the first being the host.
+/// `--devices "cpu=24GiB,gpu0=120GiB"`: the devices in order, the first being the host. A name
+/// `gpu:NAME` or one starting with gpu, cuda, vulkan, rocm or metal is a GPU of the host
+/// (filled first); `igpu:NAME` an integrated GPU sharing the host's RAM; others are workers'
+/// devices.
 fn parse_devices(spec: &str) -> Result<Vec<Device>> {
     let mut out = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (name, size) = part.split_once('=').with_context(|| format!("--devices: {part:?} is not NAME=SIZE (e.g. cpu=24GiB)"))?;
-        out.push(Device { name: name.trim().to_string(), available: crate::units::parse_bytes(size).with_context(|| format!("--devices: {part:?}"))? });
+        let available = crate::units::parse_bytes(size).with_context(|| format!("--devices: {part:?}"))?;
+        let name = name.trim();
+        let lower = name.to_ascii_lowercase();
+        let d = if let Some(n) = lower.strip_prefix("igpu:").map(|_| &name[5..]) {
+            Device::gpu(n, available, true)
+        } else if let Some(n) = lower.strip_prefix("gpu:").map(|_| &name[4..]) {
+            Device::gpu(n, available, false)
+        } else if !out.is_empty() && ["gpu", "cuda", "vulkan", "rocm", "metal"].iter().any(|p| lower.starts_with(p)) {
+            Device::gpu(name, available, false)
+        } else {
+            Device::new(name, available)
+        };
+        out.push(d);
     }
     if out.is_empty() {
         bail!("--devices lists no device (e.g. cpu=24GiB,w1=128GiB)");
@@ -64,10 +79,23 @@ fn parse_devices(spec: &str) -> Result<Vec<Device>> {
     Ok(out)
 }
 
-/// This machine, then the devices of the workers given (asked for their free memory now).
+/// This machine's GPUs as `--device` picks them, with their free memory now.
+pub(crate) fn local_gpus(load: &hearth_protocol::LoadSettings) -> Result<Vec<Device>> {
+    if load.gpu_layers == Some(0) {
+        return Ok(Vec::new());
+    }
+    let gpus = crate::serve::gpus(&[])?;
+    Ok(hearth_runtime::gpus::plan_devices(&hearth_runtime::gpus::offload_order(&gpus, &load.device)?))
+}
+
+/// This machine, then the devices of the workers given (asked for their free memory now), then
+/// this machine's GPUs.
 fn real_devices(a: &FitArgs) -> Result<(Vec<Device>, Vec<String>)> {
+    let gpus = local_gpus(&a.load)?;
     let Some(cluster) = crate::serve::cluster(&a.cluster)? else {
-        return Ok((vec![Device { name: "this machine".into(), available: available_memory() }], Vec::new()));
+        let mut d = vec![Device::new("this machine", available_memory())];
+        d.extend(gpus);
+        return Ok((d, Vec::new()));
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let statuses = rt.block_on(cluster.status());
@@ -77,7 +105,38 @@ fn real_devices(a: &FitArgs) -> Result<(Vec<Device>, Vec<String>)> {
         .map(|w| format!("worker {} is unreachable ({}): planned without it", w.address, w.error.as_deref().unwrap_or("")))
         .collect();
     let up: Vec<_> = statuses.iter().filter(|w| w.reachable).collect();
-    Ok((hearth_runtime::placement::devices(available_memory(), &up).0, notes))
+    Ok((hearth_runtime::placement::devices(available_memory(), &up, &gpus).0, notes))
+}
+
+/// `hearth run` on this machine's GPUs: the plan `serve` would make (the RAM available now,
+/// each GPU's free memory) written into `load` as llama.cpp's parameters. Nothing changes when
+/// the user placed layers (`-ngl`, `-ts`), there is no GPU, or RPC servers are given.
+pub(crate) fn plan_for_run(model: &str, load: &mut hearth_protocol::LoadSettings) -> Result<Option<hearth_gguf::plan::Placement>> {
+    if load.gpu_layers.is_some() || !load.tensor_split.is_empty() || !load.rpc.is_empty() {
+        return Ok(None);
+    }
+    let gpus = local_gpus(load)?;
+    if gpus.is_empty() {
+        return Ok(None);
+    }
+    let Some(shards) = local_headers(model)? else { return Ok(None) };
+    let ctx = match load.ctx() {
+        0 => shards[0].arch_u64("context_length").unwrap_or(4096) as u32,
+        n => n,
+    };
+    let plan = hearth_runtime::context_plan(load, ctx, 1);
+    let mut devices = vec![Device::new("this machine", available_memory())];
+    devices.extend(gpus);
+    let p = place(&shards, &plan, &devices, &hearth_runtime::split(load));
+    if !p.fits {
+        tracing::warn!("the model may not fit in this machine's RAM and GPUs:\n{}", p.table());
+    }
+    load.gpu_layers = Some(p.gpu_layers as i32);
+    load.tensor_split = p.tensor_split.clone();
+    if p.n_cpu_moe > 0 {
+        load.n_cpu_moe = p.n_cpu_moe;
+    }
+    Ok(Some(p))
 }
 
 pub fn fit(a: FitArgs) -> Result<()> {
@@ -102,7 +161,7 @@ pub fn fit(a: FitArgs) -> Result<()> {
     let placement = place(&shards, &plan, &devices, &split);
     let fits = placement.fits;
     let per_seq_max = max_context_by(&shards, &plan, a.parallel as u64, |p| place(&shards, p, &devices, &split).fits);
-    let capacity: u64 = devices.iter().map(|d| d.available).sum();
+    let capacity: u64 = devices.iter().filter(|d| !d.shared).map(|d| d.available).sum();
     let summary = shards[0].summary();
     if a.json {
         let v = serde_json::json!({
@@ -142,12 +201,13 @@ pub fn fit(a: FitArgs) -> Result<()> {
     println!();
     if devices.len() > 1 {
         let ts: Vec<String> = placement.tensor_split.iter().map(|x| format!("{x}")).collect();
-        println!("  split: --gpu-layers {} --tensor-split {}", placement.gpu_layers, ts.join(","));
+        let moe = if placement.n_cpu_moe > 0 { format!(" --n-cpu-moe {}", placement.n_cpu_moe) } else { String::new() };
+        println!("  split: --gpu-layers {} --tensor-split {}{moe}", placement.gpu_layers, ts.join(","));
     }
     if fits {
         println!("  fits");
     } else {
-        let short: u64 = placement.shortfalls().iter().map(|d| d.total - d.available).sum();
+        let short: u64 = placement.shortfalls().iter().filter(|d| !d.shared).map(|d| (d.total + d.shared_ram).saturating_sub(d.available)).sum();
         println!("  does NOT fit (short by {} in all)", gib(short));
     }
     match per_seq_max {

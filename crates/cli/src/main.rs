@@ -8,6 +8,7 @@
 mod args;
 mod bench;
 mod client;
+mod devices;
 mod env;
 mod fit;
 mod models;
@@ -76,6 +77,7 @@ fn main() -> ExitCode {
         Command::Export(a) => models::export(a).map(|_| ExitCode::SUCCESS),
         Command::Serve(a) => serve::serve(a).map(|_| ExitCode::SUCCESS),
         Command::Runner(a) => runner::main(&a.spec).map_err(|e| anyhow::anyhow!(e)).map(|_| ExitCode::SUCCESS),
+        Command::Devices(a) => devices::devices(a).map(|_| ExitCode::SUCCESS),
         Command::Worker(a) => worker::worker(a).map(|_| ExitCode::SUCCESS),
         Command::Cluster(c) => match c.command {
             args::ClusterCommand::Status(a) => client::cluster_status(a).map(|_| ExitCode::SUCCESS),

@@ -35,7 +35,11 @@ pub fn run(args: RunArgs, verbose: u8) -> Result<ExitCode> {
         }
     }
     let model = crate::models::resolve(&args.model)?;
-    let engine = Engine::start(EngineOptions::from_settings(&model.path, &args.load, 1))?;
+    let mut load = args.load.clone();
+    if let Some(p) = crate::fit::plan_for_run(&args.model, &mut load)? {
+        tracing::info!("placement:\n{}", p.table());
+    }
+    let engine = Engine::start(EngineOptions::from_settings(&model.path, &load, 1))?;
     let info = engine.model().info();
     let template = (!args.raw).then(|| {
         // The GGUF's own Jinja template first; an Ollama Go template only picks a family.

@@ -38,6 +38,23 @@ pub fn cluster(w: &crate::args::WorkersArgs) -> Result<Option<Arc<Cluster>>> {
     Ok(Some(Arc::new(Cluster::new(addrs, token, crate::units::versions()))))
 }
 
+/// This machine's GPUs with what models may use of each: free memory now, capped by
+/// `--device-memory NAME=SIZE` items.
+pub fn gpus(caps: &[String]) -> Result<Vec<hearth_runtime::gpus::Gpu>> {
+    let mut gpus: Vec<hearth_runtime::gpus::Gpu> = hearth_engine::devices::list()
+        .into_iter()
+        .filter(|d| d.is_gpu())
+        .map(|d| hearth_runtime::gpus::Gpu { name: d.name, kind: d.kind, shared: d.shared, budget: d.free })
+        .collect();
+    let mut parsed = Vec::new();
+    for c in caps {
+        let (name, size) = c.split_once('=').with_context(|| format!("--device-memory: {c:?} is not NAME=SIZE (e.g. Vulkan0=6G)"))?;
+        parsed.push((name.trim().to_string(), parse_bytes(size).with_context(|| format!("--device-memory: {c:?}"))?));
+    }
+    hearth_runtime::gpus::apply_caps(&mut gpus, &parsed)?;
+    Ok(gpus)
+}
+
 /// The server's state from the flags.
 fn state(a: &ServeArgs) -> Result<Arc<AppState>> {
     let keep_alive = KeepAlive::parse_str(&a.keep_alive).map_err(|e| anyhow::anyhow!("--keep-alive: {e}"))?;
@@ -58,6 +75,14 @@ fn state(a: &ServeArgs) -> Result<Arc<AppState>> {
         keep_alive,
         load_timeout: Duration::from_secs(a.load_timeout),
         cluster: cluster(&a.cluster)?,
+        gpus: {
+            let g = gpus(&a.device_memory)?;
+            hearth_runtime::gpus::offload_order(&g, &a.load.device)?;
+            for x in &g {
+                tracing::info!(gpu = %x.name, kind = %x.kind, shared = x.shared, budget = x.budget, "GPU");
+            }
+            g
+        },
     })?;
     let db = match crate::env::var(crate::env::DB) {
         Some(p) => std::path::PathBuf::from(p),

@@ -102,6 +102,13 @@ impl EngineOptions {
         m.mlock = settings.mlock;
         m.rpc_servers = settings.rpc.clone();
         m.tensor_split = settings.tensor_split.clone();
+        m.devices = settings.device.clone();
+        m.split_mode = settings.split_mode;
+        m.main_gpu = settings.main_gpu;
+        match settings.tensor_overrides() {
+            Ok(o) => m.tensor_overrides = o,
+            Err(e) => m.invalid = Some(e),
+        }
         let parallel = parallel.max(1);
         Self {
             model: m,

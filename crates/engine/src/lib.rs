@@ -21,6 +21,7 @@ mod grammar;
 mod log;
 mod logprobs;
 mod model;
+pub mod devices;
 pub mod rpc;
 mod sampling;
 pub mod spec;

@@ -25,6 +25,14 @@ pub struct ModelOptions {
     pub tensor_split: Vec<f32>,
     /// The device for the whole model when it is not split.
     pub main_gpu: i32,
+    /// Offload devices by ggml name (`--device`); empty: llama.cpp's choice (every GPU),
+    /// `["none"]`: no offload. The RPC devices of `rpc_servers` are always added in front.
+    pub devices: Vec<String>,
+    pub split_mode: hearth_protocol::SplitMode,
+    /// (regex, device name) pairs: tensors whose name matches go to that device's buffer.
+    pub tensor_overrides: Vec<(String, String)>,
+    /// Why the settings these options came from are invalid (reported by [`Model::load`]).
+    pub invalid: Option<String>,
     /// Load only the vocabulary (and check the architecture), not the weights.
     pub vocab_only: bool,
 }
@@ -39,6 +47,10 @@ impl ModelOptions {
             rpc_servers: Vec::new(),
             tensor_split: Vec::new(),
             main_gpu: 0,
+            devices: Vec::new(),
+            split_mode: hearth_protocol::SplitMode::Layer,
+            tensor_overrides: Vec::new(),
+            invalid: None,
             vocab_only: false,
         }
     }
@@ -90,10 +102,14 @@ pub(crate) fn backend_init() {
 impl Model {
     pub fn load(opts: &ModelOptions) -> Result<Model, EngineError> {
         let path = &opts.path;
+        if let Some(why) = &opts.invalid {
+            return Err(EngineError::InvalidRequest(why.clone()));
+        }
         check_file(path)?;
         backend_init();
+        let mut rpc_devices = Vec::new();
         for ep in &opts.rpc_servers {
-            crate::rpc::add_server(ep)?;
+            rpc_devices.extend(crate::rpc::add_server(ep)?);
         }
         let cpath = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
             EngineError::BadModel {
@@ -113,7 +129,39 @@ impl Model {
             (false, false) => sys::LLAMA_LOAD_MODE_NONE,
         };
         params.main_gpu = opts.main_gpu;
+        params.split_mode = match opts.split_mode {
+            hearth_protocol::SplitMode::None => sys::LLAMA_SPLIT_MODE_NONE,
+            hearth_protocol::SplitMode::Layer => sys::LLAMA_SPLIT_MODE_LAYER,
+            hearth_protocol::SplitMode::Row => sys::LLAMA_SPLIT_MODE_ROW,
+        };
         params.vocab_only = opts.vocab_only;
+        // Both lists are read by llama.cpp during the load only; they end with a null entry.
+        let mut devices: Vec<sys::ggml_backend_dev_t> = Vec::new();
+        if !opts.devices.is_empty() {
+            devices.extend(&rpc_devices);
+            if !(opts.devices.len() == 1 && opts.devices[0].eq_ignore_ascii_case("none")) {
+                for name in &opts.devices {
+                    devices.push(crate::devices::by_name(name)?);
+                }
+            }
+            devices.push(std::ptr::null_mut());
+            params.devices = devices.as_mut_ptr();
+        }
+        let patterns: Vec<CString> = opts
+            .tensor_overrides
+            .iter()
+            .map(|(re, _)| CString::new(re.as_str()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| EngineError::InvalidRequest("--override-tensor: a pattern contains a NUL byte".into()))?;
+        let mut overrides: Vec<sys::llama_model_tensor_buft_override> = Vec::new();
+        for ((re, dev), pattern) in opts.tensor_overrides.iter().zip(&patterns) {
+            regex_check(re)?;
+            overrides.push(sys::llama_model_tensor_buft_override { pattern: pattern.as_ptr(), buft: crate::devices::buffer_type(dev)? });
+        }
+        if !overrides.is_empty() {
+            overrides.push(sys::llama_model_tensor_buft_override { pattern: std::ptr::null(), buft: std::ptr::null_mut() });
+            params.tensor_buft_overrides = overrides.as_ptr();
+        }
         // SAFETY: plain query.
         let max_devices = unsafe { sys::llama_max_devices() };
         let mut split = vec![0f32; max_devices.max(1)];
@@ -393,4 +441,13 @@ pub(crate) fn test_vocab() -> std::sync::Arc<Model> {
     let mut o = ModelOptions::new(path);
     o.vocab_only = true;
     std::sync::Arc::new(Model::load(&o).expect("load the test model's vocabulary"))
+}
+
+/// llama.cpp matches override patterns with `std::regex`, which aborts the process on a bad
+/// pattern: check it here first (ECMAScript syntax and Rust's `regex` agree on what users write:
+/// classes, groups, alternation, escapes).
+fn regex_check(re: &str) -> Result<(), EngineError> {
+    regex::Regex::new(re)
+        .map(|_| ())
+        .map_err(|e| EngineError::InvalidRequest(format!("--override-tensor: {re:?} is not a valid regular expression ({e})")))
 }

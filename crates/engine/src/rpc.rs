@@ -49,7 +49,8 @@ fn check_reachable(endpoint: &str) -> Result<(), EngineError> {
 
 /// Registers the RPC server at `endpoint` (`host:port`) so that models loaded afterwards can
 /// offload layers to it. Registering the same endpoint twice is harmless.
-pub(crate) fn add_server(endpoint: &str) -> Result<(), EngineError> {
+/// Returns the server's devices.
+pub(crate) fn add_server(endpoint: &str) -> Result<Vec<sys::ggml_backend_dev_t>, EngineError> {
     let c = CString::new(endpoint).map_err(|_| EngineError::Rpc {
         endpoint: endpoint.to_string(),
         reason: "the address contains a NUL byte".into(),
@@ -66,7 +67,8 @@ pub(crate) fn add_server(endpoint: &str) -> Result<(), EngineError> {
     }
     // SAFETY: `reg` is a valid registry returned by ggml just above.
     unsafe { sys::ggml_backend_register(reg) };
-    Ok(())
+    // SAFETY: a valid registry; its devices live for the program.
+    Ok(unsafe { (0..sys::ggml_backend_reg_dev_count(reg)).map(|i| sys::ggml_backend_reg_dev_get(reg, i)).collect() })
 }
 
 /// Free and total memory in bytes that the RPC server at `endpoint` reports for device 0.
@@ -93,62 +95,11 @@ pub fn device_memory(endpoint: &str) -> Result<(u64, u64), EngineError> {
 /// `ggml-rpc.h`): a controller and a worker must agree on it.
 pub const RPC_PROTO: &str = "7.0.0";
 
-/// One of this machine's ggml devices.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct LocalDevice {
-    /// ggml's name: "CPU", "CUDA0", "Vulkan0", …
-    pub name: String,
-    pub description: String,
-    /// "cpu", "gpu", "igpu" or "accel".
-    pub kind: String,
-    pub free: u64,
-    pub total: u64,
-}
-
-fn devices_raw() -> Vec<(sys::ggml_backend_dev_t, LocalDevice)> {
-    crate::model::backend_init();
-    let text = |p: *const c_char| {
-        if p.is_null() {
-            String::new()
-        } else {
-            // SAFETY: ggml returns NUL-terminated strings that live as long as the device.
-            unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
-        }
-    };
-    // SAFETY: plain queries on ggml's device registry, which lives for the program.
-    unsafe {
-        (0..sys::ggml_backend_dev_count())
-            .filter_map(|i| {
-                let dev = sys::ggml_backend_dev_get(i);
-                if dev.is_null() {
-                    return None;
-                }
-                let kind = match sys::ggml_backend_dev_type(dev) {
-                    sys::GGML_BACKEND_DEVICE_TYPE_CPU => "cpu",
-                    sys::GGML_BACKEND_DEVICE_TYPE_GPU => "gpu",
-                    sys::GGML_BACKEND_DEVICE_TYPE_IGPU => "igpu",
-                    sys::GGML_BACKEND_DEVICE_TYPE_ACCEL => "accel",
-                    _ => return None,
-                };
-                let (mut free, mut total) = (0usize, 0usize);
-                sys::ggml_backend_dev_memory(dev, &mut free, &mut total);
-                let d = LocalDevice {
-                    name: text(sys::ggml_backend_dev_name(dev)),
-                    description: text(sys::ggml_backend_dev_description(dev)),
-                    kind: kind.into(),
-                    free: free as u64,
-                    total: total as u64,
-                };
-                // RPC devices registered in this process are not local.
-                (!d.name.starts_with("RPC")).then_some((dev, d))
-            })
-            .collect()
-    }
-}
+pub use crate::devices::Device as LocalDevice;
 
 /// This machine's devices (CPU, GPUs), with their free and total memory now.
 pub fn local_devices() -> Vec<LocalDevice> {
-    devices_raw().into_iter().map(|(_, d)| d).collect()
+    crate::devices::list()
 }
 
 /// The devices a worker serves by default: the GPUs if there are any, else the CPU (as
@@ -172,7 +123,7 @@ pub fn serve(endpoint: &str, threads: usize, cache_dir: Option<&str>, devices: &
     let ep = CString::new(endpoint).map_err(|_| err("the address contains a NUL byte".into()))?;
     let cache = cache_dir.map(CString::new).transpose().map_err(|_| err("the cache directory contains a NUL byte".into()))?;
     let wanted = if devices.is_empty() { default_serve_devices() } else { devices.to_vec() };
-    let local = devices_raw();
+    let local: Vec<_> = crate::devices::raw().into_iter().filter(|(_, d)| d.backend != "RPC").collect();
     let mut chosen = Vec::new();
     for name in &wanted {
         match local.iter().find(|(_, d)| d.name.eq_ignore_ascii_case(name)) {

@@ -48,14 +48,14 @@ fn each_device_gets_what_the_plan_says() {
     let cases: [(&str, [u64; 3], Split, u32, bool); 3] = [
         ("auto, equal devices", [gib, gib, gib], Split::default(), 4096, true),
         ("auto, a small host", [120 << 20, gib, gib], Split::default(), 4096, true),
-        ("forced -ngl 31 -ts 1,1", [gib, gib, gib], Split { gpu_layers: Some(31), tensor_split: vec![1.0, 1.0] }, 8192, true),
+        ("forced -ngl 31 -ts 1,1", [gib, gib, gib], Split { gpu_layers: Some(31), tensor_split: vec![1.0, 1.0], ..Split::default() }, 8192, true),
     ];
     for (name, avail, split, ctx, fa) in cases {
         let plan = ContextPlan { flash_attn: fa, ..ContextPlan::f16(ctx as u64, 512) };
         let devices = [
-            Device { name: "CPU".into(), available: avail[0] },
-            Device { name: servers[0].clone(), available: avail[1] },
-            Device { name: servers[1].clone(), available: avail[2] },
+            Device::new("CPU", avail[0]),
+            Device::new(servers[0].clone(), avail[1]),
+            Device::new(servers[1].clone(), avail[2]),
         ];
         let p = place(std::slice::from_ref(&gguf), &plan, &devices, &split);
         assert!(p.fits, "{}", p.table());

@@ -13,6 +13,9 @@
 use serde::Serialize;
 
 use crate::fit::{compute_parts, kv_per_layer, ContextPlan};
+
+/// llama.cpp's pattern of the Mixture-of-Experts expert tensors (`LLM_FFN_EXPS_REGEX`).
+pub const EXPERTS_REGEX: &str = "\\.ffn_(up|down|gate|gate_up)_(ch|)exps";
 use crate::Gguf;
 
 /// A device layers can go to. `available` is what the plan may use on it, in bytes.
@@ -20,6 +23,26 @@ use crate::Gguf;
 pub struct Device {
     pub name: String,
     pub available: u64,
+    /// A GPU of this machine: faster than the host, so it is filled first (the host keeps
+    /// the first layers that do not fit, as llama.cpp's `--fit` does).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub gpu: bool,
+    /// An integrated GPU: its memory is the host's RAM, so what it holds also counts against
+    /// the host's `available` (counted once).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
+}
+
+impl Device {
+    /// The host, or a device of a worker: the planner spreads layers over these by room.
+    pub fn new(name: impl Into<String>, available: u64) -> Device {
+        Device { name: name.into(), available, gpu: false, shared: false }
+    }
+
+    /// A GPU of this machine (`shared`: an integrated one, whose memory is the host's RAM).
+    pub fn gpu(name: impl Into<String>, available: u64, shared: bool) -> Device {
+        Device { name: name.into(), available, gpu: true, shared }
+    }
 }
 
 /// How to split: by the planner, or as the user forced it with llama.cpp's flags.
@@ -31,11 +54,23 @@ pub struct Split {
     /// `--tensor-split`: proportions over the offload devices (empty: the planner's choice, or
     /// by available memory when `gpu_layers` is given, as llama.cpp does).
     pub tensor_split: Vec<f32>,
+    /// Patterns of tensors kept in RAM whatever layer device they belong to (`--override-tensor
+    /// REGEX=CPU`, `--cpu-moe`, `--n-cpu-moe`), llama.cpp's regex search on the tensor name.
+    pub cpu_tensors: Vec<String>,
+    /// The planner may keep the expert tensors of the first layers in RAM (llama.cpp's
+    /// `--n-cpu-moe`) when that lets more layers onto the GPUs. Off when the user placed
+    /// tensors or layers themselves.
+    pub auto_moe: bool,
 }
 
 impl Split {
     pub fn is_auto(&self) -> bool {
         self.gpu_layers.is_none() && self.tensor_split.iter().all(|&x| x == 0.0)
+    }
+
+    /// llama.cpp's pattern for the expert tensors of layer `i` (`--n-cpu-moe`).
+    pub fn experts_of_layer(i: u32) -> String {
+        format!("blk\\.{i}{EXPERTS_REGEX}")
     }
 }
 
@@ -55,7 +90,21 @@ pub struct DevicePlan {
     pub kv_cache: u64,
     pub compute: u64,
     pub total: u64,
+    /// A GPU of this machine.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub gpu: bool,
+    /// Its memory is the host's RAM: its `total` also counts in the host's `shared_ram`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
+    /// The host only: what integrated GPUs hold of its RAM (their totals), counted with its own
+    /// `total` against its `available`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub shared_ram: u64,
     pub fits: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl DevicePlan {
@@ -91,7 +140,14 @@ pub struct Placement {
     pub gpu_layers: u32,
     /// llama.cpp's `tensor_split` for this plan: layers per offload device.
     pub tensor_split: Vec<f32>,
+    /// The first layers whose experts the planner kept in RAM (`--n-cpu-moe`; 0: none).
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub n_cpu_moe: u32,
     pub fits: bool,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Placement {
@@ -112,8 +168,14 @@ impl Placement {
                 mib(d.kv_cache),
                 mib(d.compute),
                 mib(d.total),
-                mib(d.available),
-                if d.fits { "ok".into() } else { format!("short by {}", mib(d.total - d.available)) },
+                if d.shared { "shares RAM".into() } else { mib(d.available) },
+                if d.fits {
+                    "ok".into()
+                } else if d.shared {
+                    "RAM short".into()
+                } else {
+                    format!("short by {}", mib((d.total + d.shared_ram).saturating_sub(d.available)))
+                },
             ]);
         }
         let widths: Vec<usize> = (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
@@ -139,18 +201,31 @@ struct Units {
     /// With tied embeddings (no `output.weight`) the output device gets a copy of
     /// `token_embd.weight` unless it is the host.
     tied_copy: u64,
+    /// Per layer: bytes of its tensors kept in RAM by the split's `cpu_tensors`.
+    pinned: Vec<u64>,
+    /// Per layer: bytes of its expert tensors not already pinned (0 for a dense model).
+    experts: Vec<u64>,
 }
 
-fn units(shards: &[Gguf]) -> Units {
+fn units(shards: &[Gguf], split: &Split) -> Units {
     let n_layer = shards.first().and_then(|g| g.arch_u64("block_count")).unwrap_or(0) as usize;
-    let mut u = Units { input: 0, layers: vec![0; n_layer], output: 0, tied_copy: 0 };
+    let mut u = Units { input: 0, layers: vec![0; n_layer], output: 0, tied_copy: 0, pinned: vec![0; n_layer], experts: vec![0; n_layer] };
+    let pinned: Vec<regex::Regex> = split.cpu_tensors.iter().filter_map(|p| regex::Regex::new(p).ok()).collect();
+    let experts = regex::Regex::new(EXPERTS_REGEX).expect("a valid pattern");
     let mut has_output = false;
     let mut token_embd = 0;
     for t in shards.iter().flat_map(|g| g.tensors.iter()) {
         let bytes = t.n_bytes().unwrap_or(0);
         let layer = t.name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok());
         match layer {
-            Some(i) if i < n_layer => u.layers[i] += bytes,
+            Some(i) if i < n_layer => {
+                u.layers[i] += bytes;
+                if pinned.iter().any(|r| r.is_match(&t.name)) {
+                    u.pinned[i] += bytes;
+                } else if experts.is_match(&t.name) {
+                    u.experts[i] += bytes;
+                }
+            }
             _ if t.name.starts_with("output") => {
                 has_output |= t.name == "output.weight";
                 u.output += bytes;
@@ -205,14 +280,14 @@ pub fn place(shards: &[Gguf], plan: &ContextPlan, devices: &[Device], split: &Sp
     let Some(first) = shards.first() else {
         return evaluate_empty(devices);
     };
-    let u = units(shards);
+    let u = units(shards, split);
     let n_layer = u.layers.len() as u32;
     let n_units = n_layer + 1;
     let kv_layer = kv_per_layer(first, plan);
     let c = compute_parts(first, plan);
     // The output layer brings the logits buffer with it.
     let cost = |i: usize| if i < u.layers.len() { u.layers[i] + kv_layer } else { u.output + c.logits };
-    let eval = |assign: &[usize]| evaluate(first, plan, devices, &u, kv_layer, assign);
+    let eval = |assign: &[usize]| evaluate(first, plan, devices, &u, kv_layer, assign, 0);
     let offload = devices.len().saturating_sub(1);
     if devices.is_empty() {
         return evaluate_empty(devices);
@@ -226,6 +301,11 @@ pub fn place(shards: &[Gguf], plan: &ContextPlan, devices: &[Device], split: &Sp
         };
         let assign = if splits.iter().sum::<f32>() > 0.0 { assign_like_llama(n_units, gpu_layers, &splits) } else { vec![0; n_units as usize] };
         return eval(&assign);
+    }
+    if devices[1..].iter().any(|d| d.gpu) {
+        let moe = split.auto_moe && split.is_auto() && u.experts.iter().any(|&e| e > 0);
+        let eval_moe = |assign: &[usize], k: u32| evaluate(first, plan, devices, &u, kv_layer, assign, k);
+        return gpus_first(n_units, devices, &u, kv_layer, &c, moe, &eval_moe);
     }
     // Fixed needs per device, whatever layers it gets.
     let fixed = |d: usize| if d == 0 { u.input + c.input } else { c.layers_only() };
@@ -286,11 +366,65 @@ pub fn place(shards: &[Gguf], plan: &ContextPlan, devices: &[Device], split: &Sp
     p
 }
 
-fn evaluate_empty(devices: &[Device]) -> Placement {
-    Placement { devices: Vec::new(), n_layer: 0, gpu_layers: 0, tensor_split: vec![0.0; devices.len().saturating_sub(1)], fits: false }
+/// With GPUs: as many layers as fit leave the host (the last ones, as llama.cpp offloads), spread
+/// over the offload devices in proportion to their room as llama.cpp's default split does; the
+/// host keeps the first layers. The most layers that fit wins: compute on a GPU is faster than
+/// on the host, whatever the host's room.
+fn gpus_first(
+    n_units: u32,
+    devices: &[Device],
+    u: &Units,
+    kv_layer: u64,
+    c: &crate::fit::ComputeParts,
+    moe: bool,
+    eval: &dyn Fn(&[usize], u32) -> Placement,
+) -> Placement {
+    let n_layer = n_units - 1;
+    let avg_layer = u.layers.iter().sum::<u64>() / u.layers.len().max(1) as u64 + kv_layer;
+    let rooms: Vec<f32> = devices[1..].iter().map(|d| d.available.saturating_sub(c.with_output()) as f32).collect();
+    let by_room = |g: u32| if rooms.iter().sum::<f32>() > 0.0 { assign_like_llama(n_units, g, &rooms) } else { vec![0; n_units as usize] };
+    // A Mixture-of-Experts model: every layer on the GPUs with the experts of the first k
+    // layers in RAM beats fewer layers on the GPUs (attention and the shared weights are where
+    // a token's compute is; the experts it uses are a small part of theirs).
+    let k_all = if moe { n_layer } else { 0 };
+    if moe {
+        for k in 0..=n_layer {
+            let p = eval(&by_room(n_units), k);
+            if p.fits {
+                return p;
+            }
+        }
+    }
+    let mut best = None;
+    for g in (0..=n_units).rev() {
+        let p = eval(&by_room(g), k_all);
+        if p.fits {
+            return p;
+        }
+        // Proportions by room can leave one device short while another has room: the same
+        // number of layers split by what each device can hold in whole layers.
+        let counts: Vec<f32> = devices[1..]
+            .iter()
+            .map(|d| (d.available.saturating_sub(c.with_output() + u.output + u.tied_copy) / avg_layer.max(1)) as f32)
+            .collect();
+        if counts.iter().sum::<f32>() > 0.0 {
+            let q = eval(&assign_like_llama(n_units, g, &counts), k_all);
+            if q.fits {
+                return q;
+            }
+        }
+        best.get_or_insert(p);
+    }
+    best.unwrap_or_else(|| eval(&vec![0; n_units as usize], k_all))
 }
 
-fn evaluate(first: &Gguf, plan: &ContextPlan, devices: &[Device], u: &Units, kv_layer: u64, assign: &[usize]) -> Placement {
+fn evaluate_empty(devices: &[Device]) -> Placement {
+    Placement { devices: Vec::new(), n_layer: 0, gpu_layers: 0, tensor_split: vec![0.0; devices.len().saturating_sub(1)], n_cpu_moe: 0, fits: false }
+}
+
+/// The plan for `assign` (device per unit), with the expert tensors of layers below `moe_k`
+/// and the pinned tensors of every layer kept on the host.
+fn evaluate(first: &Gguf, plan: &ContextPlan, devices: &[Device], u: &Units, kv_layer: u64, assign: &[usize], moe_k: u32) -> Placement {
     let n_layer = u.layers.len();
     let c = compute_parts(first, plan);
     let mut out: Vec<DevicePlan> = devices
@@ -306,19 +440,24 @@ fn evaluate(first: &Gguf, plan: &ContextPlan, devices: &[Device], u: &Units, kv_
             kv_cache: 0,
             compute: 0,
             total: 0,
+            gpu: d.gpu,
+            shared: d.shared,
+            shared_ram: 0,
             fits: true,
         })
         .collect();
     out[0].input = true;
     out[0].weights += u.input;
     for (i, &d) in assign.iter().enumerate() {
+        let in_ram = if d == 0 || i >= n_layer { 0 } else { u.pinned[i] + if (i as u32) < moe_k { u.experts[i] } else { 0 } };
+        out[0].weights += in_ram;
         let dp = &mut out[d];
         if i < n_layer {
             if dp.n_layers == 0 {
                 dp.first_layer = i as u32;
             }
             dp.n_layers += 1;
-            dp.weights += u.layers[i];
+            dp.weights += u.layers[i] - in_ram;
             dp.kv_cache += kv_layer;
         } else {
             dp.output = true;
@@ -345,10 +484,22 @@ fn evaluate(first: &Gguf, plan: &ContextPlan, devices: &[Device], u: &Units, kv_
         dp.total = dp.weights + dp.kv_cache + dp.compute;
         dp.fits = dp.total <= dp.available;
     }
+    // Integrated GPUs take their memory from the host's RAM.
+    let shared: u64 = out.iter().filter(|d| d.shared).map(|d| d.total).sum();
+    if shared > 0 {
+        out[0].shared_ram = shared;
+        out[0].fits = out[0].total + shared <= out[0].available;
+        if !out[0].fits {
+            for d in out.iter_mut().filter(|d| d.shared && d.total > 0) {
+                d.fits = false;
+            }
+        }
+    }
     let on_host = on_host as u32;
     let tensor_split = (1..devices.len()).map(|d| assign.iter().filter(|&&x| x == d).count() as f32).collect();
     let fits = out.iter().all(|d| d.fits);
-    Placement { devices: out, n_layer: n_layer as u32, gpu_layers: (n_layer as u32 + 1) - on_host, tensor_split, fits }
+    let n_cpu_moe = if u.experts.iter().any(|&e| e > 0) { moe_k } else { 0 };
+    Placement { devices: out, n_layer: n_layer as u32, gpu_layers: (n_layer as u32 + 1) - on_host, tensor_split, n_cpu_moe, fits }
 }
 
 #[cfg(test)]
@@ -372,7 +523,7 @@ mod tests {
     }
 
     fn dev(name: &str, mib: u64) -> Device {
-        Device { name: name.into(), available: mib << 20 }
+        Device::new(name, mib << 20)
     }
 
     const PLAN: ContextPlan = ContextPlan { n_ctx: 1024, n_ubatch: 1, k_bytes_per_elem: 2.0, v_bytes_per_elem: 2.0, parallel: 1, flash_attn: true };
@@ -439,7 +590,7 @@ mod tests {
     #[test]
     fn tied_output_is_copied_to_a_remote_output_device() {
         let g = model(true);
-        let p = place(std::slice::from_ref(&g), &PLAN, &[dev("cpu", 100), dev("w1", 100)], &Split { gpu_layers: Some(9), tensor_split: vec![] });
+        let p = place(std::slice::from_ref(&g), &PLAN, &[dev("cpu", 100), dev("w1", 100)], &Split { gpu_layers: Some(9), ..Split::default() });
         assert_eq!(p.devices[0].n_layers, 0);
         assert!(p.devices[1].output);
         assert_eq!(p.devices[1].weights, (8 << 20) + 256 + (2 << 20));
@@ -451,7 +602,7 @@ mod tests {
     fn forced_splits_follow_llama() {
         let g = model(false);
         let devs = [dev("cpu", 100), dev("w1", 100), dev("w2", 100)];
-        let p = place(std::slice::from_ref(&g), &PLAN, &devs, &Split { gpu_layers: Some(4), tensor_split: vec![1.0, 3.0] });
+        let p = place(std::slice::from_ref(&g), &PLAN, &devs, &Split { gpu_layers: Some(4), tensor_split: vec![1.0, 3.0], ..Split::default() });
         assert_eq!(p.devices[0].n_layers, 5);
         assert_eq!(p.devices[1].n_layers, 1);
         assert_eq!(p.devices[2].n_layers, 2);
@@ -460,5 +611,102 @@ mod tests {
         assert_eq!(assign_like_llama(9, 0, &[1.0]), vec![0; 9]);
         assert_eq!(assign_like_llama(9, 99, &[1.0, 1.0]), vec![1, 1, 1, 1, 1, 2, 2, 2, 2]);
         assert_eq!(assign_like_llama(9, 9, &[4.0, 5.0]), vec![1, 1, 1, 1, 2, 2, 2, 2, 2]);
+    }
+
+    /// A Mixture-of-Experts model: 8 layers, each 256 KiB of attention and 1 MiB of experts.
+    fn moe_model() -> Gguf {
+        let mut w = crate::fit::tests::llama_header(8);
+        w.tensor("token_embd.weight", vec![512u64, 1024], 0, TensorData::Zeros(2 << 20));
+        for i in 0..8 {
+            w.tensor(&format!("blk.{i}.attn_q.weight"), vec![64u64, 1024], 0, TensorData::Zeros(256 << 10));
+            w.tensor(&format!("blk.{i}.ffn_up_exps.weight"), vec![256u64, 1024], 0, TensorData::Zeros(1 << 20));
+        }
+        w.tensor("output_norm.weight", vec![64u64], 0, TensorData::Zeros(256));
+        w.tensor("output.weight", vec![512u64, 1024], 0, TensorData::Zeros(2 << 20));
+        let bytes = w.to_bytes().unwrap();
+        Gguf::read(&bytes[..], Some(bytes.len() as u64)).unwrap()
+    }
+
+    fn gpu(name: &str, mib: u64) -> Device {
+        Device::gpu(name, mib << 20, false)
+    }
+
+    #[test]
+    fn a_gpu_is_filled_first_and_the_host_keeps_the_first_layers() {
+        let g = model(false);
+        // Room for the output and about four layers on the GPU: the last layers go there.
+        let p = place(std::slice::from_ref(&g), &PLAN, &[dev("cpu", 100), gpu("Vulkan0", 9)], &Split::default());
+        assert!(p.fits, "{}", p.table());
+        let (host, gpu0) = (&p.devices[0], &p.devices[1]);
+        assert!(gpu0.output && gpu0.n_layers >= 3, "{}", p.table());
+        assert_eq!(host.first_layer, 0);
+        assert_eq!(gpu0.first_layer, host.n_layers, "{}", p.table());
+        assert!(gpu0.total <= 9 << 20);
+        assert_eq!(p.gpu_layers, gpu0.n_layers + 1);
+        // The llama.cpp parameters reproduce it.
+        let back = assign_like_llama(9, p.gpu_layers, &p.tensor_split);
+        assert_eq!(back.iter().filter(|&&d| d == 1).count() as u32, p.gpu_layers);
+        // A GPU with room for everything takes everything, even with a big host.
+        let all = place(std::slice::from_ref(&g), &PLAN, &[dev("cpu", 1000), gpu("Vulkan0", 100)], &Split::default());
+        assert_eq!(all.gpu_layers, 9);
+        assert_eq!(all.devices[0].n_layers, 0);
+        assert_eq!(all.devices[0].layers_text(), "input");
+        // No room on the GPU at all: everything on the host, still a plan that fits.
+        let none = place(std::slice::from_ref(&g), &PLAN, &[dev("cpu", 100), gpu("Vulkan0", 1)], &Split::default());
+        assert!(none.fits && none.gpu_layers == 0, "{}", none.table());
+    }
+
+    #[test]
+    fn two_gpus_and_a_worker_share_by_room() {
+        let g = model(false);
+        let devs = [dev("cpu", 100), dev("w1 CPU", 100), gpu("CUDA0", 100), gpu("CUDA1", 100)];
+        let p = place(std::slice::from_ref(&g), &PLAN, &devs, &Split::default());
+        assert!(p.fits, "{}", p.table());
+        assert_eq!(p.gpu_layers, 9);
+        let layers: Vec<u32> = p.devices.iter().map(|d| d.n_layers).collect();
+        assert_eq!(layers[0], 0);
+        assert!(layers[1..].iter().all(|&n| (2..=3).contains(&n)), "{layers:?}");
+        assert!(p.devices[3].output);
+    }
+
+    #[test]
+    fn an_integrated_gpu_counts_in_the_hosts_ram_once() {
+        let g = model(false);
+        let shared = |mib: u64| Device::gpu("Vulkan0", mib << 20, true);
+        let p = place(std::slice::from_ref(&g), &PLAN, &[dev("cpu", 40), shared(40)], &Split::default());
+        assert!(p.fits, "{}", p.table());
+        assert_eq!(p.gpu_layers, 9);
+        assert_eq!(p.devices[0].shared_ram, p.devices[1].total);
+        assert!(p.table().contains("shares RAM"), "{}", p.table());
+        // The GPU's budget alone would hold it, the RAM both share would not.
+        let short = place(std::slice::from_ref(&g), &PLAN, &[dev("cpu", 12), shared(100)], &Split::default());
+        assert!(!short.fits, "{}", short.table());
+        assert!(short.table().contains("short by"), "{}", short.table());
+    }
+
+    #[test]
+    fn moe_experts_go_to_ram_before_layers_leave_the_gpu() {
+        let g = moe_model();
+        let auto = Split { auto_moe: true, ..Split::default() };
+        // Everything needs about 14 MiB; the GPU has 10: the experts of the first layers stay
+        // in RAM and every layer is on the GPU.
+        let p = place(std::slice::from_ref(&g), &PLAN, &[dev("cpu", 100), gpu("Vulkan0", 10)], &auto);
+        assert!(p.fits, "{}", p.table());
+        assert_eq!(p.gpu_layers, 9, "{}", p.table());
+        assert!(p.n_cpu_moe > 0 && p.n_cpu_moe < 8, "{}", p.n_cpu_moe);
+        assert_eq!(p.devices[0].weights, (2 << 20) + p.n_cpu_moe as u64 * (1 << 20));
+        // The planner's choice is the smallest such k.
+        let fewer = Split { cpu_tensors: (0..p.n_cpu_moe - 1).map(Split::experts_of_layer).collect(), ..Split::default() };
+        let q = place(std::slice::from_ref(&g), &PLAN, &[dev("cpu", 100), gpu("Vulkan0", 10)], &Split { gpu_layers: Some(9), ..fewer });
+        assert!(!q.fits, "{}", q.table());
+        // --cpu-moe: every expert in RAM, whatever the room.
+        let all = Split { cpu_tensors: vec![EXPERTS_REGEX.to_string()], ..Split::default() };
+        let c = place(std::slice::from_ref(&g), &PLAN, &[dev("cpu", 100), gpu("Vulkan0", 100)], &all);
+        assert_eq!(c.gpu_layers, 9);
+        assert_eq!(c.devices[0].weights, (2 << 20) + 8 * (1 << 20));
+        assert_eq!(c.n_cpu_moe, 0);
+        // Without the planner's MoE moves (the user placed tensors), layers leave the GPU.
+        let plain = place(std::slice::from_ref(&g), &PLAN, &[dev("cpu", 100), gpu("Vulkan0", 10)], &Split::default());
+        assert!(plain.gpu_layers < 9 && plain.n_cpu_moe == 0, "{}", plain.table());
     }
 }

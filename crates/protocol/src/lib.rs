@@ -21,4 +21,4 @@ pub mod settings;
 pub use chat::{AssistantMessage, ChatOptions, Delta, Tool, ToolCall, ToolChoice};
 pub use generate::{Alternative, FinishReason, Logprobs, Timings};
 pub use sampling::SamplingParams;
-pub use settings::{CacheType, FlashAttn, LoadSettings, Spec};
+pub use settings::{CacheType, FlashAttn, LoadSettings, Spec, SplitMode};

@@ -75,6 +75,41 @@ impl std::fmt::Display for Spec {
     }
 }
 
+/// How a model is split over several GPUs (llama.cpp's `--split-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitMode {
+    /// The whole model on one GPU (`--main-gpu`).
+    None,
+    /// Whole layers per device, KV cache with its layers (llama.cpp's default).
+    #[default]
+    Layer,
+    /// Rows of each weight over the GPUs (tensor parallelism where the backend has it).
+    Row,
+}
+
+impl std::str::FromStr for SplitMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(SplitMode::None),
+            "layer" => Ok(SplitMode::Layer),
+            "row" => Ok(SplitMode::Row),
+            _ => Err(format!("{s:?} is not a split mode (none, layer, row)")),
+        }
+    }
+}
+
+impl std::fmt::Display for SplitMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SplitMode::None => "none",
+            SplitMode::Layer => "layer",
+            SplitMode::Row => "row",
+        })
+    }
+}
+
 /// The element type of the KV cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -161,6 +196,27 @@ pub struct LoadSettings {
     /// Proportions of the offloaded layers per device, comma-separated (-ts) [default: planned by free memory]
     #[cfg_attr(feature = "clap", arg(long = "tensor-split", value_delimiter = ',', value_name = "F,F,..."))]
     pub tensor_split: Vec<f32>,
+    /// Devices to offload to, comma-separated ggml names as `hearth devices` lists them
+    /// (-dev; `none`: no offload) [default: every GPU]
+    #[cfg_attr(feature = "clap", arg(long = "device", value_delimiter = ',', value_name = "DEV,DEV,..."))]
+    pub device: Vec<String>,
+    /// How to split over several GPUs (-sm): none (one GPU, --main-gpu), layer, row
+    #[cfg_attr(feature = "clap", arg(long = "split-mode", default_value = "layer", value_name = "none|layer|row"))]
+    pub split_mode: SplitMode,
+    /// The GPU (index among the offload devices) for the whole model with --split-mode none (-mg)
+    #[cfg_attr(feature = "clap", arg(long = "main-gpu", default_value_t = 0, value_name = "N"))]
+    pub main_gpu: i32,
+    /// Tensors whose name matches REGEX go to the buffer of DEVICE (e.g. CPU), comma-separated
+    /// (-ot), as llama.cpp's --override-tensor
+    #[cfg_attr(feature = "clap", arg(long = "override-tensor", value_delimiter = ',', value_name = "REGEX=DEVICE,..."))]
+    pub override_tensor: Vec<String>,
+    /// Keep every Mixture-of-Experts expert tensor in RAM (-cmoe): attention and the shared
+    /// weights go to the GPU, the experts run on the CPU
+    #[cfg_attr(feature = "clap", arg(long = "cpu-moe"))]
+    pub cpu_moe: bool,
+    /// Keep the expert tensors of the first N layers in RAM (-ncmoe)
+    #[cfg_attr(feature = "clap", arg(long = "n-cpu-moe", default_value_t = 0, value_name = "N"))]
+    pub n_cpu_moe: u32,
     /// Flash attention (-fa): on, off or auto
     #[cfg_attr(feature = "clap", arg(long = "flash-attn", default_value = "auto", value_name = "on|off|auto"))]
     pub flash_attn: FlashAttn,
@@ -191,9 +247,33 @@ pub struct LoadSettings {
     pub draft_min: u32,
 }
 
+/// llama.cpp's pattern of the Mixture-of-Experts expert tensors (`LLM_FFN_EXPS_REGEX`).
+pub const EXPERTS_REGEX: &str = "\\.ffn_(up|down|gate|gate_up)_(ch|)exps";
+
 impl LoadSettings {
     /// The context size when none is given.
     pub const DEFAULT_CTX: u32 = 4096;
+
+    /// Every tensor override, as (regex, device name) pairs in llama.cpp's order of precedence
+    /// (the first match wins): `--override-tensor` first, then `--cpu-moe` / `--n-cpu-moe`.
+    pub fn tensor_overrides(&self) -> Result<Vec<(String, String)>, String> {
+        let mut out = Vec::new();
+        for o in &self.override_tensor {
+            let (re, dev) = o.rsplit_once('=').ok_or_else(|| format!("--override-tensor {o:?}: expected REGEX=DEVICE, e.g. 'exps=CPU'"))?;
+            if re.is_empty() || dev.is_empty() {
+                return Err(format!("--override-tensor {o:?}: expected REGEX=DEVICE, e.g. 'exps=CPU'"));
+            }
+            out.push((re.to_string(), dev.to_string()));
+        }
+        if self.cpu_moe {
+            out.push((EXPERTS_REGEX.to_string(), "CPU".into()));
+        } else {
+            for i in 0..self.n_cpu_moe {
+                out.push((format!("blk\\.{i}{EXPERTS_REGEX}"), "CPU".into()));
+            }
+        }
+        Ok(out)
+    }
 
     /// The context size asked for, or the default.
     pub fn ctx(&self) -> u32 {
@@ -211,6 +291,12 @@ impl Default for LoadSettings {
             threads_batch: None,
             gpu_layers: None,
             tensor_split: Vec::new(),
+            device: Vec::new(),
+            split_mode: SplitMode::Layer,
+            main_gpu: 0,
+            override_tensor: Vec::new(),
+            cpu_moe: false,
+            n_cpu_moe: 0,
             flash_attn: FlashAttn::Auto,
             cache_type_k: CacheType::F16,
             cache_type_v: CacheType::F16,
@@ -240,6 +326,9 @@ mod tests {
         for k in [Spec::None, Spec::Ngram] {
             assert_eq!(k.to_string().parse::<Spec>(), Ok(k));
         }
+        for m in [SplitMode::None, SplitMode::Layer, SplitMode::Row] {
+            assert_eq!(m.to_string().parse::<SplitMode>(), Ok(m));
+        }
         assert!("medusa".parse::<Spec>().unwrap_err().contains("none, ngram"));
         assert!("q9".parse::<CacheType>().is_err());
     }
@@ -252,5 +341,18 @@ mod tests {
         let defaults: LoadSettings = serde_json::from_str("{}").unwrap();
         assert_eq!(defaults, LoadSettings::default());
         assert_eq!(defaults.ctx(), 4096);
+    }
+
+    #[test]
+    fn overrides_follow_llama() {
+        let s = LoadSettings { override_tensor: vec!["attn=Vulkan0".into()], n_cpu_moe: 2, ..LoadSettings::default() };
+        let o = s.tensor_overrides().unwrap();
+        assert_eq!(o[0], ("attn".to_string(), "Vulkan0".to_string()));
+        assert_eq!(o[1].0, "blk\\.0\\.ffn_(up|down|gate|gate_up)_(ch|)exps");
+        assert_eq!(o.len(), 3);
+        let all = LoadSettings { cpu_moe: true, n_cpu_moe: 5, ..LoadSettings::default() };
+        assert_eq!(all.tensor_overrides().unwrap(), vec![(EXPERTS_REGEX.to_string(), "CPU".to_string())]);
+        let bad = LoadSettings { override_tensor: vec!["noequals".into()], ..LoadSettings::default() };
+        assert!(bad.tensor_overrides().unwrap_err().contains("REGEX=DEVICE"));
     }
 }

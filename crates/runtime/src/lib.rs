@@ -16,6 +16,7 @@
 
 mod error;
 mod generate;
+pub mod gpus;
 mod keep_alive;
 mod model;
 mod options;

@@ -64,5 +64,13 @@ pub fn split(settings: &LoadSettings) -> hearth_gguf::plan::Split {
     hearth_gguf::plan::Split {
         gpu_layers: settings.gpu_layers.and_then(|n| u32::try_from(n).ok()),
         tensor_split: settings.tensor_split.clone(),
+        cpu_tensors: settings
+            .tensor_overrides()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, dev)| dev.eq_ignore_ascii_case("CPU"))
+            .map(|(re, _)| re)
+            .collect(),
+        auto_moe: settings.override_tensor.is_empty() && !settings.cpu_moe && settings.n_cpu_moe == 0,
     }
 }

@@ -80,7 +80,7 @@ impl Options {
                     }
                 }
                 "num_batch" | "num_gpu" | "num_thread" | "use_mmap" | "main_gpu" | "num_keep" | "use_mlock" | "low_vram" | "numa" | "spec"
-                | "draft_max" | "draft_min" => {
+                | "draft_max" | "draft_min" | "cpu_moe" | "n_cpu_moe" => {
                     tracing::debug!("option {k} is set per server (hearth serve flags); ignored for this request")
                 }
                 other => tracing::debug!("unknown option {other} ignored"),
@@ -91,7 +91,8 @@ impl Options {
 }
 
 /// Applies the load-time parameters of a model's stored `params` over the server's flags:
-/// speculative decoding's `spec` (`none`, `ngram`), `draft_max` and `draft_min`.
+/// speculative decoding's `spec` (`none`, `ngram`), `draft_max` and `draft_min`; Ollama's
+/// `num_gpu` (layers offloaded, `-ngl`) and `main_gpu`; `cpu_moe` and `n_cpu_moe`.
 pub fn apply_load_params(params: &Value, load: &mut LoadSettings) -> Result<(), RuntimeError> {
     let invalid = |field: &str, why: String| RuntimeError::Invalid { field: format!("params.{field}"), why };
     let count = |k: &str, x: &Value| -> Result<u32, RuntimeError> {
@@ -105,6 +106,23 @@ pub fn apply_load_params(params: &Value, load: &mut LoadSettings) -> Result<(), 
     }
     if let Some(x) = params.get("draft_min").filter(|x| !x.is_null()) {
         load.draft_min = count("draft_min", x)?;
+    }
+    if let Some(x) = params.get("num_gpu").filter(|x| !x.is_null()) {
+        // Ollama's -1: as many as fit (the planner's choice).
+        load.gpu_layers = match x.as_i64() {
+            Some(-1) => None,
+            Some(n) if n >= 0 => Some(i32::try_from(n).unwrap_or(i32::MAX)),
+            _ => return Err(invalid("num_gpu", format!("expected a layer count or -1, got {x}"))),
+        };
+    }
+    if let Some(x) = params.get("main_gpu").filter(|x| !x.is_null()) {
+        load.main_gpu = count("main_gpu", x)? as i32;
+    }
+    if let Some(x) = params.get("cpu_moe").filter(|x| !x.is_null()) {
+        load.cpu_moe = x.as_bool().ok_or_else(|| invalid("cpu_moe", format!("expected true or false, got {x}")))?;
+    }
+    if let Some(x) = params.get("n_cpu_moe").filter(|x| !x.is_null()) {
+        load.n_cpu_moe = count("n_cpu_moe", x)?;
     }
     Ok(())
 }

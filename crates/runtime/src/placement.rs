@@ -140,7 +140,9 @@ impl Cluster {
     /// Plans `shards` over this machine (`host_available` bytes) and the workers that answer,
     /// and opens tunnels to the ones that get layers. The workers that have the model in their
     /// own store are asked to fill their tensor cache from it first.
-    pub async fn place(&self, model: &str, digests: &[String], shards: &[Gguf], plan: &ContextPlan, host_available: u64, split: &Split) -> Result<Placed, RuntimeError> {
+    /// `gpus` are this machine's GPUs (llama.cpp puts them after the workers' devices).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn place(&self, model: &str, digests: &[String], shards: &[Gguf], plan: &ContextPlan, host_available: u64, gpus: &[Device], split: &Split) -> Result<Placed, RuntimeError> {
         let statuses = self.status().await;
         let refused: Vec<String> = statuses.iter().filter(|s| s.refused).filter_map(|s| s.error.clone()).collect();
         if !refused.is_empty() {
@@ -151,7 +153,7 @@ impl Cluster {
             tracing::warn!(worker = %s.address, error = s.error.as_deref().unwrap_or(""), "worker unreachable; planning without it");
         }
         let up: Vec<&WorkerStatus> = statuses.iter().filter(|s| s.reachable).collect();
-        let (devices, owner) = devices(host_available, &up);
+        let (devices, owner) = devices(host_available, &up, gpus);
         let placement = place(shards, plan, &devices, split);
         if !placement.fits {
             let mut table = format!("it does not fit on this machine and the workers that answer:\n{}", placement.table());
@@ -169,11 +171,12 @@ impl Cluster {
         let used: Vec<usize> = (0..up.len())
             .filter(|&wi| placement.devices.iter().zip(&owner).any(|(d, o)| *o == Some(wi) && (d.n_layers > 0 || d.output)))
             .collect();
+        // This machine's GPUs stay in the split whatever they get: llama.cpp lists them.
         let tensor_split: Vec<f32> = placement
             .tensor_split
             .iter()
             .zip(&owner[1..])
-            .filter(|(_, o)| o.is_some_and(|wi| used.contains(&wi)))
+            .filter(|(_, o)| o.is_none_or(|wi| used.contains(&wi)))
             .map(|(s, _)| *s)
             .collect();
         let tied = !shards.iter().flat_map(|g| g.tensors.iter()).any(|t| t.name == "output.weight");
@@ -209,16 +212,21 @@ impl Cluster {
     }
 }
 
-/// The devices a plan may use: this machine first, then every device of the workers `up`, in
-/// llama.cpp's order, each with the index in `up` of its worker (`None` for this machine).
-pub fn devices(host_available: u64, up: &[&WorkerStatus]) -> (Vec<Device>, Vec<Option<usize>>) {
-    let mut devices = vec![Device { name: "this machine".into(), available: host_available }];
+/// The devices a plan may use: this machine first, then every device of the workers `up`, then
+/// this machine's `gpus`, in llama.cpp's order, each with the index in `up` of its worker
+/// (`None` for this machine's).
+pub fn devices(host_available: u64, up: &[&WorkerStatus], gpus: &[Device]) -> (Vec<Device>, Vec<Option<usize>>) {
+    let mut devices = vec![Device::new("this machine", host_available)];
     let mut owner = vec![None];
     for (wi, s) in up.iter().enumerate() {
         for d in &s.devices {
-            devices.push(Device { name: format!("{} {}", s.address, d.name), available: d.free });
+            devices.push(Device::new(format!("{} {}", s.address, d.name), d.free));
             owner.push(Some(wi));
         }
+    }
+    for g in gpus {
+        devices.push(g.clone());
+        owner.push(None);
     }
     (devices, owner)
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use hearth_protocol::runner::Spec;
 use hearth_protocol::LoadSettings;
 
+use crate::gpus::{offload_order, plan_devices, Gpu, RAM};
 use crate::model::{context_plan, split, Model};
 use crate::placement::Cluster;
 use crate::runner::{socket_path, Runner};
@@ -44,6 +45,8 @@ pub struct Config {
     pub load_timeout: Duration,
     /// Workers to place models over (`--workers`).
     pub cluster: Option<Arc<Cluster>>,
+    /// This machine's GPUs with their budgets (empty: a CPU-only machine or build).
+    pub gpus: Vec<Gpu>,
 }
 
 /// Options a request may set for loading.
@@ -60,9 +63,11 @@ pub struct Loaded {
     pub digest: String,
     pub runner: Runner,
     pub ctx_per_seq: u32,
-    /// Bytes it uses on this machine (weights, KV cache, compute; its share when placed over
-    /// workers).
+    /// Bytes of RAM it uses on this machine (weights, KV cache, compute; its share when placed
+    /// over workers or GPUs; integrated GPUs' share included).
     pub estimate: u64,
+    /// Bytes it holds per local budget: [`RAM`] and each GPU it uses.
+    pub usage: Vec<(String, u64)>,
     pub loaded_at: SystemTime,
     /// Workers holding part of the model, and the tunnels to them (closed on unload).
     pub workers: Vec<String>,
@@ -80,6 +85,22 @@ struct LoadedState {
 }
 
 impl Loaded {
+    /// Bytes of the whole model wherever it is (this machine, its GPUs, the workers).
+    pub fn size(&self) -> u64 {
+        self.placement.as_ref().map_or(self.estimate, |p| p.devices.iter().map(|d| d.total).sum())
+    }
+
+    /// Bytes of it on GPUs, this machine's and the workers' (Ollama's `size_vram`; a worker's
+    /// CPU is not one).
+    pub fn size_vram(&self) -> u64 {
+        self.placement.as_ref().map_or(0, |p| p.devices.iter().skip(1).filter(|d| !d.name.ends_with(" CPU")).map(|d| d.total).sum())
+    }
+
+    /// Bytes it holds on `device` ([`RAM`] or a GPU's name).
+    pub fn uses(&self, device: &str) -> u64 {
+        self.usage.iter().filter(|(d, _)| d == device).map(|(_, b)| *b).sum()
+    }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -218,7 +239,16 @@ impl Scheduler {
             return Ok(lease);
         }
         let parallel = self.config.parallel.max(1);
-        let plan = context_plan(&self.config.load, ctx, parallel);
+        // The settings this model loads with: the server's, then what is stored with it.
+        let mut load = self.config.load.clone();
+        load.ctx_size = Some(ctx);
+        if let Some(p) = &model.params {
+            crate::options::apply_load_params(p, &mut load).map_err(|e| match e {
+                RuntimeError::Invalid { field, why } => RuntimeError::Invalid { field: format!("{field} (stored with the model {name})"), why },
+                other => other,
+            })?;
+        }
+        let plan = context_plan(&load, ctx, parallel);
         let store_err = |e: hearth_gguf::GgufError| RuntimeError::Store(format!("{name}: {e}"));
         // Whether it can ever fit, before anything is unloaded for it (a request for a huge
         // context must not evict the model that serves everyone else, then fail).
@@ -228,8 +258,36 @@ impl Scheduler {
             let e = hearth_gguf::fit::estimate(std::slice::from_ref(&gguf), &plan);
             e.kv_cache + e.compute + model.manifest.model_layers().map(|l| l.size).sum::<u64>()
         };
+        let gpus = if load.gpu_layers == Some(0) { Vec::new() } else { offload_order(&self.config.gpus, &load.device)? };
         let clustered = self.config.cluster.as_ref().is_some_and(|c| !c.workers.is_empty());
-        if !clustered {
+        // On GPUs: the plan over this machine's RAM and GPUs, each with its whole budget (what
+        // it needs when it has the machine to itself); others are unloaded for it below.
+        let mut shards = Vec::new();
+        if clustered || !gpus.is_empty() {
+            for p in &model.shards {
+                shards.push(lean_header(p).await.map_err(store_err)?);
+            }
+        }
+        let local_plan = if !clustered && !gpus.is_empty() {
+            let mut devices = vec![hearth_gguf::plan::Device::new("this machine", self.config.memory_budget)];
+            devices.extend(plan_devices(&gpus));
+            let p = hearth_gguf::plan::place(&shards, &plan, &devices, &split(&load));
+            if !p.fits {
+                return Err(RuntimeError::TooLarge {
+                    model: name.to_string(),
+                    needed: p.devices.iter().map(|d| d.total).sum(),
+                    available: devices.iter().filter(|d| !d.shared).map(|d| d.available).sum(),
+                    per_device: Some(format!(
+                        "it does not fit in this machine's RAM and GPUs (raise --memory-budget or --device-memory, use a smaller context or quantization, or add workers):\n{}",
+                        p.table().trim_end()
+                    )),
+                });
+            }
+            Some(p)
+        } else {
+            None
+        };
+        if !clustered && local_plan.is_none() {
             self.check_fits(name, local_estimate)?;
         }
         // A different context, or a dead runner: unload the old one now.
@@ -246,34 +304,39 @@ impl Scheduler {
         }
         let placed = match self.config.cluster.as_ref().filter(|c| !c.workers.is_empty()) {
             Some(cluster) => {
-                let mut shards = Vec::new();
-                for p in &model.shards {
-                    shards.push(lean_header(p).await.map_err(store_err)?);
-                }
                 let digests: Vec<String> = model.manifest.model_layers().map(|l| l.digest.clone()).collect();
-                Some(cluster.place(name, &digests, &shards, &plan, self.config.memory_budget, &split(&self.config.load)).await?)
+                Some(cluster.place(name, &digests, &shards, &plan, self.config.memory_budget, &plan_devices(&gpus), &split(&load)).await?)
             }
             None => None,
         };
-        let estimate = match &placed {
-            // This machine's share.
-            Some(p) => p.placement.devices[0].total,
-            None => local_estimate,
+        let placement = placed.as_ref().map(|p| &p.placement).or(local_plan.as_ref());
+        // What it holds of each local budget: RAM (the host's share and what integrated GPUs
+        // hold), and each GPU.
+        let usage: Vec<(String, u64)> = match placement {
+            Some(p) => {
+                let mut u = vec![(RAM.to_string(), p.devices[0].total + p.devices[0].shared_ram)];
+                for d in p.devices.iter().filter(|d| d.gpu && d.total > 0) {
+                    u.push((d.name.clone(), d.total));
+                }
+                u
+            }
+            None => vec![(RAM.to_string(), local_estimate)],
         };
-        self.make_room(name, estimate).await?;
-        let mut load = self.config.load.clone();
-        load.ctx_size = Some(ctx);
-        if let Some(p) = &model.params {
-            crate::options::apply_load_params(p, &mut load).map_err(|e| match e {
-                RuntimeError::Invalid { field, why } => RuntimeError::Invalid { field: format!("{field} (stored with the model {name})"), why },
-                other => other,
-            })?;
-        }
+        let estimate = usage[0].1;
+        self.make_room(name, &usage).await?;
         if let Some(p) = &placed {
             load.rpc = p.tunnels.iter().map(|t| t.local_addr().to_string()).collect();
             load.gpu_layers = Some(p.gpu_layers);
             load.tensor_split = p.tensor_split.clone();
             tracing::info!(model = %name, workers = ?p.workers, "placement:\n{}", p.placement.table());
+        }
+        if let Some(p) = &local_plan {
+            load.gpu_layers = Some(p.gpu_layers as i32);
+            load.tensor_split = p.tensor_split.clone();
+            tracing::info!(model = %name, "placement:\n{}", p.table());
+        }
+        if let Some(p) = placement.filter(|p| p.n_cpu_moe > 0) {
+            load.n_cpu_moe = p.n_cpu_moe;
         }
         let spec = Spec {
             model: model.path.clone(),
@@ -292,7 +355,7 @@ impl Scheduler {
         self.unavailable.lock().expect("not poisoned").remove(name);
         let (workers, placement, tunnels) = match placed {
             Some(p) => (p.workers, Some(p.placement), p.tunnels),
-            None => (Vec::new(), None, Vec::new()),
+            None => (Vec::new(), local_plan, Vec::new()),
         };
         let loaded = Arc::new(Loaded {
             name: name.to_string(),
@@ -300,6 +363,7 @@ impl Scheduler {
             runner,
             ctx_per_seq: ctx,
             estimate,
+            usage,
             loaded_at: SystemTime::now(),
             workers,
             placement,
@@ -350,36 +414,72 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Unloads idle models, least recently used first, until `need` more bytes and one more
-    /// model fit.
-    async fn make_room(&self, name: &str, need: u64) -> Result<(), RuntimeError> {
-        self.check_fits(name, need)?;
-        let budget = self.config.memory_budget;
+    /// Every local budget: [`RAM`], then each GPU, with the bytes models may use there.
+    pub fn budgets(&self) -> Vec<(String, u64)> {
+        let mut v = vec![(RAM.to_string(), self.config.memory_budget)];
+        v.extend(self.config.gpus.iter().map(|g| (g.name.clone(), g.budget)));
+        v
+    }
+
+    /// The budget of a local device: [`RAM`] or a GPU.
+    fn budget(&self, device: &str) -> u64 {
+        if device == RAM {
+            return self.config.memory_budget;
+        }
+        self.config.gpus.iter().find(|g| g.name == device).map_or(0, |g| g.budget)
+    }
+
+    /// Unloads idle models, least recently used first, until `need` (bytes per device) and one
+    /// more model fit. Only models holding memory on a device that lacks room are unloaded for
+    /// it (any idle one when only the count of loaded models is the limit).
+    async fn make_room(&self, name: &str, need: &[(String, u64)]) -> Result<(), RuntimeError> {
+        for (device, bytes) in need {
+            let budget = self.budget(device);
+            if *bytes > budget {
+                if device == RAM {
+                    self.check_fits(name, *bytes)?;
+                }
+                return Err(RuntimeError::TooLarge {
+                    model: name.to_string(),
+                    needed: *bytes,
+                    available: budget,
+                    per_device: Some(format!("{device} has {} for models (--device-memory)", crate::gib(budget))),
+                });
+            }
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let (used, count, victim) = {
+            let (lacking, count, victim) = {
                 let models = self.models.lock().expect("not poisoned");
-                let used: u64 = models.values().map(|m| m.estimate).sum();
+                let lacking: Vec<&str> = need
+                    .iter()
+                    .filter(|(d, b)| *b > 0 && models.values().map(|m| m.uses(d)).sum::<u64>() + b > self.budget(d))
+                    .map(|(d, _)| d.as_str())
+                    .collect();
                 let victim = models
                     .values()
                     .filter(|m| m.in_flight() == 0)
+                    .filter(|m| lacking.is_empty() || lacking.iter().any(|d| m.uses(d) > 0))
                     .min_by_key(|m| m.state.lock().expect("not poisoned").last_used)
                     .cloned();
-                (used, models.len(), victim)
+                (lacking.iter().map(|d| d.to_string()).collect::<Vec<_>>(), models.len(), victim)
             };
-            if used + need <= budget && count < self.config.max_loaded.max(1) {
+            if lacking.is_empty() && count < self.config.max_loaded.max(1) {
                 return Ok(());
             }
             match victim {
                 Some(v) => {
-                    tracing::info!(model = %v.name, for_model = %name, "unloading to make room");
+                    tracing::info!(model = %v.name, for_model = %name, lacking = ?lacking, "unloading to make room");
                     self.models.lock().expect("not poisoned").remove(&v.name);
                     v.runner.stop().await;
                 }
                 None if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
                 None => {
                     return Err(RuntimeError::Overloaded {
-                        why: format!("no memory for {name} while the loaded models are all busy; try again shortly"),
+                        why: format!(
+                            "no memory for {name} on {} while the models there are all busy; try again shortly",
+                            if lacking.is_empty() { "this machine".to_string() } else { lacking.join(", ") }
+                        ),
                         retry_after: RETRY_AFTER,
                     })
                 }
@@ -483,6 +583,7 @@ mod tests {
             keep_alive: KeepAlive::For(Duration::ZERO),
             load_timeout: Duration::from_secs(1),
             cluster: None,
+            gpus: Vec::new(),
         }
     }
 

@@ -156,7 +156,7 @@ async fn health(State(s): State<Shared>) -> Response {
 
 async fn metrics_route(State(s): State<Shared>) -> Response {
     let loaded = s.runtime.sched.loaded();
-    let text = s.metrics.render(&loaded);
+    let text = s.metrics.render(&loaded, &s.runtime.sched.budgets());
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }
 

@@ -25,6 +25,11 @@ struct ModelLabels {
     model: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeviceLabels {
+    device: String,
+}
+
 /// Cheap to clone; every clone updates the same metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -44,6 +49,8 @@ struct Inner {
     drafted: Family<ModelLabels, Counter>,
     accepted: Family<ModelLabels, Counter>,
     acceptance: Family<ModelLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    device_used: Family<DeviceLabels, Gauge>,
+    device_budget: Family<DeviceLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -77,6 +84,10 @@ impl Metrics {
         registry.register("draft_accepted_tokens", "Drafted tokens the model confirmed, per model", accepted.clone());
         let acceptance = Family::<ModelLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register("draft_acceptance_ratio", "Share of drafted tokens confirmed since the server started, per model", acceptance.clone());
+        let device_used = Family::<DeviceLabels, Gauge>::default();
+        registry.register("device_memory_used_bytes", "Memory the loaded models hold per local budget (RAM, each GPU)", device_used.clone());
+        let device_budget = Family::<DeviceLabels, Gauge>::default();
+        registry.register("device_memory_budget_bytes", "Memory models may use per local budget (--memory-budget, --device-memory)", device_budget.clone());
         Metrics {
             inner: Arc::new(Inner {
                 registry: Mutex::new(registry),
@@ -91,6 +102,8 @@ impl Metrics {
                 drafted,
                 accepted,
                 acceptance,
+                device_used,
+                device_budget,
             }),
         }
     }
@@ -123,8 +136,16 @@ impl Metrics {
         self.inner.token_latency.observe(d.as_secs_f64());
     }
 
-    /// The text exposition, with the model gauges refreshed from `loaded`.
-    pub fn render(&self, loaded: &[Arc<Loaded>]) -> String {
+    /// The text exposition, with the model gauges refreshed from `loaded` and the device
+    /// gauges from `budgets` (device, bytes).
+    pub fn render(&self, loaded: &[Arc<Loaded>], budgets: &[(String, u64)]) -> String {
+        self.inner.device_used.clear();
+        self.inner.device_budget.clear();
+        for (device, budget) in budgets {
+            let l = DeviceLabels { device: device.clone() };
+            self.inner.device_budget.get_or_create(&l).set(*budget as i64);
+            self.inner.device_used.get_or_create(&l).set(loaded.iter().map(|m| m.uses(device)).sum::<u64>() as i64);
+        }
         self.inner.loaded.set(loaded.len() as i64);
         self.inner.memory.clear();
         self.inner.in_flight.clear();

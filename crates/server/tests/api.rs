@@ -44,6 +44,7 @@ impl Server {
             keep_alive: KeepAlive::For(Duration::from_secs(60)),
             load_timeout: Duration::from_secs(20),
             cluster: None,
+            gpus: Vec::new(),
         })
         .unwrap();
         let state = Arc::new(AppState {

@@ -68,3 +68,56 @@ pub fn preload_model(tokenizer_from: &Path, path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+
+/// A Mixture-of-Experts model made from a dense llama-architecture model (the starter model):
+/// each layer's feed-forward becomes `n_expert` identical experts (`ffn_{gate,up,down}_exps`,
+/// the dense weights repeated) behind an all-zero router (`ffn_gate_inp`), all of them used.
+/// The router gives every expert the same weight and llama.cpp normalises the weights of the
+/// experts used, so the model computes what the dense one does: its greedy answers are the
+/// dense model's, while its tensors have the shapes and names of a real MoE model (what
+/// `--cpu-moe`, `--n-cpu-moe` and `--override-tensor` act on).
+pub fn moe_from_dense(dense: &Path, out: &Path, n_expert: u32) -> Result<(), String> {
+    use hearth_gguf::{GgufWriter, TensorData};
+    let src = GgufWriter::from_file(dense).map_err(|e| e.to_string())?;
+    if src.get("general.architecture").and_then(|v| v.as_str()) != Some("llama") {
+        return Err("moe_from_dense needs a llama-architecture model".into());
+    }
+    let n_embd = match src.get("llama.embedding_length").and_then(|v| v.as_u64()) {
+        Some(n) => n,
+        None => return Err("the model has no llama.embedding_length".into()),
+    };
+    let mut w = GgufWriter::new();
+    for (k, v) in src.metadata() {
+        w.set(k.clone(), v.clone());
+    }
+    w.set("general.name", "synthetic MoE from a dense model");
+    w.set("llama.expert_count", n_expert);
+    w.set("llama.expert_used_count", n_expert);
+    for t in src.tensors() {
+        let Some((layer, kind)) = t.name.strip_prefix("blk.").and_then(|r| r.split_once('.')) else {
+            w.push_tensor(t.clone());
+            continue;
+        };
+        let (ffn, rest) = match kind.split_once('.') {
+            Some((k @ ("ffn_gate" | "ffn_up" | "ffn_down"), rest)) => (k, rest),
+            _ => {
+                w.push_tensor(t.clone());
+                continue;
+            }
+        };
+        let TensorData::Bytes(bytes) = &t.data else { return Err(format!("{}: no data", t.name)) };
+        let mut data = Vec::with_capacity(bytes.len() * n_expert as usize);
+        for _ in 0..n_expert {
+            data.extend_from_slice(bytes);
+        }
+        let mut dims = t.dims.clone();
+        dims.push(n_expert as u64);
+        w.tensor(format!("blk.{layer}.{ffn}_exps.{rest}"), dims, t.ggml_type, TensorData::Bytes(data));
+        if ffn == "ffn_gate" {
+            // The router: F32 [n_embd, n_expert], all zero.
+            w.tensor(format!("blk.{layer}.ffn_gate_inp.weight"), vec![n_embd, n_expert as u64], 0, TensorData::Zeros(n_embd * n_expert as u64 * 4));
+        }
+    }
+    w.write_to_path(out).map_err(|e| e.to_string())?;
+    Ok(())
+}

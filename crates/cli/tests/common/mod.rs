@@ -57,6 +57,11 @@ impl Server {
     }
 
     pub fn start_with(args: &[&str], models: &[(&str, PathBuf)]) -> Server {
+        Server::start_exe(std::path::Path::new(env!("CARGO_BIN_EXE_hearth")), args, models, &[])
+    }
+
+    /// A server run by `exe` (e.g. a build with a GPU backend), with extra environment.
+    pub fn start_exe(exe: &std::path::Path, args: &[&str], models: &[(&str, PathBuf)], env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
         for (name, path) in models {
@@ -69,9 +74,10 @@ impl Server {
                 .unwrap();
             assert!(st.success());
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        let mut child = Command::new(exe)
             .args(["serve", "--host", "127.0.0.1:0", "-t", "2"])
             .args(args)
+            .envs(env.iter().copied())
             .env("HEARTH_MODELS", &store)
             .env_remove("HEARTH_API_KEY")
             .env_remove("HEARTH_HOST")

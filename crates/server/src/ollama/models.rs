@@ -92,12 +92,12 @@ fn ps_now(s: Shared) -> Response {
             json!({
                 "name": m.name,
                 "model": m.name,
-                "size": m.estimate,
+                "size": m.size(),
                 "digest": manifest.as_ref().map(manifest_digest).unwrap_or_default(),
                 "details": manifest.as_ref().map(|x| details(&s, x)).unwrap_or(Value::Null),
                 "expires_at": crate::wire::rfc3339(m.expires_at()),
-                // The offload devices' share (the host is first in a placement).
-                "size_vram": m.placement.as_ref().map_or(0, |p| p.devices.iter().skip(1).map(|d| d.total).sum::<u64>().min(m.estimate)),
+                // The GPUs' and workers' share (the host is first in a placement).
+                "size_vram": m.size_vram(),
                 "context_length": m.ctx_per_seq,
                 "workers": m.workers,
                 "status": if m.runner.alive() { "loaded" } else { "unavailable" },
