@@ -81,11 +81,12 @@ fn parse_devices(spec: &str) -> Result<Vec<Device>> {
 
 /// This machine's GPUs as `--device` picks them, with their free memory now.
 pub(crate) fn local_gpus(load: &hearth_protocol::LoadSettings) -> Result<Vec<Device>> {
-    if load.gpu_layers == Some(0) {
-        return Ok(Vec::new());
-    }
-    let gpus = crate::serve::gpus(&[])?;
-    Ok(hearth_runtime::gpus::plan_devices(&hearth_runtime::gpus::offload_order(&gpus, &load.device)?))
+    let gpus: Vec<hearth_runtime::gpus::Gpu> = hearth_engine::devices::list()
+        .into_iter()
+        .filter(|d| d.is_gpu())
+        .map(|d| hearth_runtime::gpus::Gpu { name: d.name, kind: d.kind, shared: d.shared, budget: d.free })
+        .collect();
+    Ok(hearth_runtime::gpus::plan_devices(&hearth_runtime::gpus::for_load(&gpus, load)?))
 }
 
 /// This machine, then the devices of the workers given (asked for their free memory now), then

@@ -39,9 +39,27 @@ pub fn cluster(w: &crate::args::WorkersArgs) -> Result<Option<Arc<Cluster>>> {
 }
 
 /// This machine's GPUs with what models may use of each: free memory now, capped by
-/// `--device-memory NAME=SIZE` items.
+/// `--device-memory NAME=SIZE` items. Asked of a child process (`hearth devices --json`), as
+/// the runners load models in theirs: a GPU backend initialised in the server would hold
+/// memory on every GPU for nothing (a CUDA context is hundreds of MB).
 pub fn gpus(caps: &[String]) -> Result<Vec<hearth_runtime::gpus::Gpu>> {
-    let mut gpus: Vec<hearth_runtime::gpus::Gpu> = hearth_engine::devices::list()
+    let exe = std::env::current_exe().context("cannot find the hearth binary to list devices")?;
+    let out = std::process::Command::new(exe)
+        .args(["devices", "--json"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .context("cannot run `hearth devices`")?;
+    if !out.status.success() {
+        bail!("`hearth devices --json` failed ({}): the GPU backend could not list devices", out.status);
+    }
+    #[derive(serde::Deserialize)]
+    struct Listed {
+        devices: Vec<hearth_engine::devices::Device>,
+    }
+    let listed: Listed = serde_json::from_slice(&out.stdout).context("`hearth devices --json` printed something else than its JSON")?;
+    let mut gpus: Vec<hearth_runtime::gpus::Gpu> = listed
+        .devices
         .into_iter()
         .filter(|d| d.is_gpu())
         .map(|d| hearth_runtime::gpus::Gpu { name: d.name, kind: d.kind, shared: d.shared, budget: d.free })
@@ -77,7 +95,7 @@ fn state(a: &ServeArgs) -> Result<Arc<AppState>> {
         cluster: cluster(&a.cluster)?,
         gpus: {
             let g = gpus(&a.device_memory)?;
-            hearth_runtime::gpus::offload_order(&g, &a.load.device)?;
+            hearth_runtime::gpus::for_load(&g, &a.load)?;
             for x in &g {
                 tracing::info!(gpu = %x.name, kind = %x.kind, shared = x.shared, budget = x.budget, "GPU");
             }

@@ -283,6 +283,13 @@ fn a_model_over_the_cpu_the_gpu_and_a_workers_gpu_answers_like_one_process() {
     );
     let split = greedy_tokens(&s, prompt, 8);
     let (_, ps) = s.get("/api/ps");
+    // The worker reports its GPU; this machine's GPU holds part of the model.
+    let (_, cluster) = s.get("/api/cluster");
+    let wdev = &cluster["workers"][0]["devices"][0];
+    assert!(wdev["kind"] == "gpu" || wdev["kind"] == "igpu", "{cluster}");
+    let local_gpu = cluster["local"].as_array().unwrap().iter().find(|d| d["device"] != "RAM").cloned().unwrap_or_default();
+    assert!(local_gpu["used"].as_u64() > Some(0), "{cluster}");
+    println!("{}\n{ps}", serde_json::to_string_pretty(&cluster).unwrap());
     let _ = worker.kill();
     let _ = worker.wait();
     assert_eq!(ps["models"][0]["workers"].as_array().map(Vec::len), Some(1), "{ps}");

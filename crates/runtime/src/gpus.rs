@@ -50,6 +50,24 @@ pub fn offload_order(all: &[Gpu], wanted: &[String]) -> Result<Vec<Gpu>, Runtime
         .collect()
 }
 
+/// The GPUs a model loaded with `load` offloads to: [`offload_order`] of its `--device`, none
+/// with `--gpu-layers 0`, only the `--main-gpu` one with `--split-mode none` (as llama.cpp
+/// keeps only that device).
+pub fn for_load(all: &[Gpu], load: &hearth_protocol::LoadSettings) -> Result<Vec<Gpu>, RuntimeError> {
+    if load.gpu_layers == Some(0) {
+        return Ok(Vec::new());
+    }
+    let gpus = offload_order(all, &load.device)?;
+    if load.split_mode != hearth_protocol::SplitMode::None || gpus.is_empty() {
+        return Ok(gpus);
+    }
+    let i = usize::try_from(load.main_gpu).ok().filter(|&i| i < gpus.len()).ok_or_else(|| RuntimeError::Invalid {
+        field: "main-gpu".into(),
+        why: format!("{} is not a GPU index here (0 to {})", load.main_gpu, gpus.len() - 1),
+    })?;
+    Ok(vec![gpus[i].clone()])
+}
+
 /// The planner's devices for these GPUs, each with its whole budget.
 pub fn plan_devices(gpus: &[Gpu]) -> Vec<Device> {
     gpus.iter().map(|g| Device::gpu(g.name.clone(), g.budget, g.shared)).collect()
@@ -85,6 +103,18 @@ mod tests {
         assert!(offload_order(&all, &["none".into()]).unwrap().is_empty());
         let e = offload_order(&all, &["Metal".into()]).unwrap_err().to_string();
         assert!(e.contains("Metal") && e.contains("Vulkan0, Vulkan1, CUDA0"), "{e}");
+    }
+
+    #[test]
+    fn split_mode_none_keeps_the_main_gpu() {
+        use hearth_protocol::{LoadSettings, SplitMode};
+        let all = [gpu("CUDA0", "gpu"), gpu("CUDA1", "gpu")];
+        let one = LoadSettings { split_mode: SplitMode::None, main_gpu: 1, ..LoadSettings::default() };
+        assert_eq!(for_load(&all, &one).unwrap()[0].name, "CUDA1");
+        assert_eq!(for_load(&all, &LoadSettings::default()).unwrap().len(), 2);
+        assert!(for_load(&all, &LoadSettings { gpu_layers: Some(0), ..LoadSettings::default() }).unwrap().is_empty());
+        let bad = LoadSettings { split_mode: SplitMode::None, main_gpu: 2, ..LoadSettings::default() };
+        assert!(for_load(&all, &bad).unwrap_err().to_string().contains("0 to 1"));
     }
 
     #[test]

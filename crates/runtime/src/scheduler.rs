@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use hearth_protocol::runner::Spec;
 use hearth_protocol::LoadSettings;
 
-use crate::gpus::{offload_order, plan_devices, Gpu, RAM};
+use crate::gpus::{for_load, plan_devices, Gpu, RAM};
 use crate::model::{context_plan, split, Model};
 use crate::placement::Cluster;
 use crate::runner::{socket_path, Runner};
@@ -258,7 +258,7 @@ impl Scheduler {
             let e = hearth_gguf::fit::estimate(std::slice::from_ref(&gguf), &plan);
             e.kv_cache + e.compute + model.manifest.model_layers().map(|l| l.size).sum::<u64>()
         };
-        let gpus = if load.gpu_layers == Some(0) { Vec::new() } else { offload_order(&self.config.gpus, &load.device)? };
+        let gpus = for_load(&self.config.gpus, &load)?;
         let clustered = self.config.cluster.as_ref().is_some_and(|c| !c.workers.is_empty());
         // On GPUs: the plan over this machine's RAM and GPUs, each with its whole budget (what
         // it needs when it has the machine to itself); others are unloaded for it below.

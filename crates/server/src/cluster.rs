@@ -1,5 +1,6 @@
-//! `GET /api/cluster`: each worker's status, the models placed on it, the models that lost a
-//! worker, and the traffic through each model's tunnels. 404 when the server has no workers.
+//! `GET /api/cluster`: each worker's status (its devices and their memory), the models placed
+//! on it, this machine's per-device budgets and use, the models that lost a worker, and the
+//! traffic through each model's tunnels. 404 when the server has no workers.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -23,5 +24,11 @@ pub async fn route(State(s): State<Shared>) -> Result<Response, OllamaError> {
         .iter()
         .flat_map(|m| m.tunnels.iter().map(move |t| json!({"model": m.name, "worker": t.worker(), "local_addr": t.local_addr().to_string(), "stats": t.stats()})))
         .collect();
-    Ok(axum::Json(json!({"workers": workers, "unavailable": unavailable, "tunnels": tunnels})).into_response())
+    // This machine's budgets (RAM, each GPU) and what the loaded models hold of them.
+    let local: Vec<Value> = sched
+        .budgets()
+        .into_iter()
+        .map(|(device, budget)| json!({"device": device, "budget": budget, "used": loaded.iter().map(|m| m.uses(&device)).sum::<u64>()}))
+        .collect();
+    Ok(axum::Json(json!({"workers": workers, "local": local, "unavailable": unavailable, "tunnels": tunnels})).into_response())
 }
