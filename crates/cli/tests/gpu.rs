@@ -241,6 +241,12 @@ fn the_scheduler_evicts_by_the_gpus_budget() {
     assert!(metrics.contains(&format!("hearth_device_memory_budget_bytes{{device=\"{name}\"}} {}", need * 3 / 2)), "{metrics}");
     assert!(metrics.contains(&format!("hearth_device_memory_used_bytes{{device=\"{name}\"}} {need}")), "{metrics}");
     drop(s);
+    // Room for it nowhere: the clear error, with the per-device table.
+    let s = Server::start_exe(&gpu, &["--parallel", "1", "-c", "512", "--device-memory", &format!("{name}=20M"), "--memory-budget", "60M"], &models, GPU_ENV);
+    let (code, v) = s.post("/api/generate", json!({"model": "a", "prompt": "Hi", "stream": false}));
+    let msg = v["error"].as_str().unwrap_or_default().to_string();
+    assert!(code >= 400 && msg.contains("does not fit") && msg.contains(&name) && msg.contains("short by"), "{code} {v}");
+    drop(s);
     // Without the cap both stay loaded.
     let s = Server::start_exe(&gpu, &["--parallel", "1", "-c", "512", "--memory-budget", "8G"], &models, GPU_ENV);
     for m in ["a", "b"] {

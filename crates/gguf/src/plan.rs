@@ -469,6 +469,9 @@ fn evaluate(first: &Gguf, plan: &ContextPlan, devices: &[Device], u: &Units, kv_
     let on_host = assign.iter().filter(|&&d| d == 0).count();
     let pipelined = on_host == 0 && devices.len() > 2;
     let extra = if pipelined { 4 * (c.mask + c.input - (2 << 20)) } else { 0 };
+    // With layers on a GPU of this machine, the host's compute buffer is the GPU backend's
+    // pinned host memory: the batch's inputs, the mask and the embeddings staged for upload.
+    let on_gpu = devices.iter().zip(&out).any(|(d, p)| d.gpu && (p.n_layers > 0 || p.output));
     for (i, dp) in out.iter_mut().enumerate() {
         dp.compute = if dp.output {
             c.with_output()
@@ -478,7 +481,7 @@ fn evaluate(first: &Gguf, plan: &ContextPlan, devices: &[Device], u: &Units, kv_
             0
         };
         if i == 0 {
-            dp.compute = dp.compute.max(c.input);
+            dp.compute = if on_gpu { c.input + c.mask + (c.input - (2 << 20)) } else { dp.compute.max(c.input) };
         }
         dp.compute += extra;
         dp.total = dp.weights + dp.kv_cache + dp.compute;
