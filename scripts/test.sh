@@ -8,11 +8,25 @@
 # driving Debian's headless chromium); then, as root, scripts/fresh-debian.sh: the README's
 # first command on a fresh Debian 12 root made by debootstrap (HEARTH_SKIP_FRESH=1 skips it
 # while iterating; it never runs inside that root).
+#
+# Before the cargo tests it builds the Vulkan variant (scripts/build.sh --gpu vulkan, its own
+# target directory) for crates/cli/tests/gpu.rs, which runs it on mesa's lavapipe (a Vulkan
+# driver on the CPU) against the CPU build: devices, placement per device, greedy parity, MoE
+# experts in RAM, eviction by the GPU's budget, a split with a worker's GPU. HEARTH_SKIP_GPU=1
+# skips that build (the GPU tests then say so and pass).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh --tests
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 export HEARTH_TEST_MODEL="${HEARTH_TEST_MODEL:-$(scripts/fetch-model.sh)}"
+if [ -z "${HEARTH_SKIP_GPU:-}" ]; then
+  start=$(date +%s)
+  HEARTH_GPU_BIN="$(scripts/build.sh --gpu vulkan | tail -1)"
+  export HEARTH_GPU_BIN
+  echo "the Vulkan build took $(( $(date +%s) - start )) s: $HEARTH_GPU_BIN" >&2
+else
+  unset HEARTH_GPU_BIN
+fi
 cargo test --release --workspace --locked "$@"
 
 # The end-to-end tests use target/release/hearth (built above for the CLI's tests) and the

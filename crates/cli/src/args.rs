@@ -120,6 +120,9 @@ pub struct BenchArgs {
     /// Compare hearth without and with speculative decoding (ngram): two servers started here
     #[arg(long, value_name = "ngram")]
     pub spec: Option<hearth_protocol::Spec>,
+    /// The draft model of `--spec draft` (-md)
+    #[arg(long = "model-draft", value_name = "MODEL")]
+    pub model_draft: Option<String>,
     /// Sampling temperature (0: greedy)
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
@@ -425,6 +428,7 @@ pub fn normalize(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
         ("-ot", "--override-tensor"),
         ("-cmoe", "--cpu-moe"),
         ("-ncmoe", "--n-cpu-moe"),
+        ("-md", "--model-draft"),
     ];
     args.into_iter()
         .map(|a| {

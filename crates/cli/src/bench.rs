@@ -240,8 +240,16 @@ pub fn bench(mut a: BenchArgs) -> Result<()> {
             _ => vec![Spec::None],
         };
         let mut servers = Vec::new();
+        if a.spec == Some(Spec::Draft) && a.model_draft.is_none() {
+            bail!("--spec draft needs the draft model: --model-draft MODEL");
+        }
         for spec in specs {
-            let bg = crate::serve::background(crate::serve::default_args(&["--parallel", &most, "--spec", &spec.to_string()])?)?;
+            let spec_s = spec.to_string();
+            let mut args = vec!["--parallel", &most, "--spec", &spec_s];
+            if let (Spec::Draft, Some(d)) = (spec, &a.model_draft) {
+                args.extend(["--model-draft", d]);
+            }
+            let bg = crate::serve::background(crate::serve::default_args(&args)?)?;
             eprintln!("started hearth on {} (no --url given; --spec {spec})", bg.url);
             a.urls.push(bg.url.clone());
             notes.push(format!("spec {spec}"));

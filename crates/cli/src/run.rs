@@ -36,6 +36,9 @@ pub fn run(args: RunArgs, verbose: u8) -> Result<ExitCode> {
     }
     let model = crate::models::resolve(&args.model)?;
     let mut load = args.load.clone();
+    if let Some(d) = &load.model_draft {
+        load.model_draft = Some(crate::models::resolve(d).with_context(|| format!("--model-draft {d}"))?.path.to_string_lossy().into_owned());
+    }
     if let Some(p) = crate::fit::plan_for_run(&args.model, &mut load)? {
         tracing::info!("placement:\n{}", p.table());
     }

@@ -86,7 +86,13 @@ fn state(a: &ServeArgs) -> Result<Arc<AppState>> {
         exe,
         socket_parent: std::env::temp_dir(),
         parallel: a.parallel.max(1),
-        load: a.load.clone(),
+        load: {
+            let mut load = a.load.clone();
+            if let Some(d) = &load.model_draft {
+                load.model_draft = Some(crate::models::resolve(d).with_context(|| format!("--model-draft {d}"))?.path.to_string_lossy().into_owned());
+            }
+            load
+        },
         max_loaded: a.max_loaded_models.max(1),
         max_queue: a.max_queue,
         memory_budget,

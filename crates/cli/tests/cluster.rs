@@ -182,6 +182,13 @@ fn drafts_over_two_workers_give_the_same_answer_in_fewer_round_trips() {
     assert_eq!(plain, drafted);
     assert!(timings["draft_n_accepted"].as_u64().unwrap() > 0, "{timings}");
     assert!(drafted_trips < plain_trips * 0.8, "round trips per token: {drafted_trips:.1} with drafts, {plain_trips:.1} without; {timings}");
+    // A draft model on this machine (the test model for itself) while the target is on the
+    // workers: the same answer, fewer round trips.
+    let (by_model, timings, model_trips) = run(&["--model-draft", "smollm2", "--draft-p-min", "0"]);
+    eprintln!("round trips per token with a draft model: {model_trips:.2}; {timings}");
+    assert_eq!(plain, by_model);
+    assert!(timings["draft_n_accepted"].as_u64().unwrap() > 0, "{timings}");
+    assert!(model_trips < plain_trips * 0.8, "round trips per token: {model_trips:.1} with a draft model, {plain_trips:.1} without; {timings}");
 }
 
 /// Reads an OpenAI SSE stream until it ends; returns the text and the error, if any.

@@ -270,15 +270,25 @@ fn a_model_over_the_cpu_the_gpu_and_a_workers_gpu_answers_like_one_process() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
     let cache = tempfile::tempdir().unwrap();
-    let mut worker = hearth(&gpu)
-        .args(["worker", "--listen", &addr, "-t", "1", "--cache-dir"])
-        .arg(cache.path())
-        .env("HEARTH_MODELS", cache.path().join("no-store"))
-        .env("HEARTH_CLUSTER_TOKEN", "gpu-test-token")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    /// Killed however the test ends.
+    struct Worker(std::process::Child);
+    impl Drop for Worker {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _worker = Worker(
+        hearth(&gpu)
+            .args(["worker", "--listen", &addr, "-t", "1", "--cache-dir"])
+            .arg(cache.path())
+            .env("HEARTH_MODELS", cache.path().join("no-store"))
+            .env("HEARTH_CLUSTER_TOKEN", "gpu-test-token")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     assert!(common::wait_until(Duration::from_secs(60), || std::net::TcpStream::connect(&addr).is_ok()), "the worker did not listen");
     // This machine's RAM for a few layers, its GPU and the worker's for the rest.
     let s = Server::start_exe(
@@ -296,8 +306,6 @@ fn a_model_over_the_cpu_the_gpu_and_a_workers_gpu_answers_like_one_process() {
     let local_gpu = cluster["local"].as_array().unwrap().iter().find(|d| d["device"] != "RAM").cloned().unwrap_or_default();
     assert!(local_gpu["used"].as_u64() > Some(0), "{cluster}");
     println!("{}\n{ps}", serde_json::to_string_pretty(&cluster).unwrap());
-    let _ = worker.kill();
-    let _ = worker.wait();
     assert_eq!(ps["models"][0]["workers"].as_array().map(Vec::len), Some(1), "{ps}");
     assert_eq!(split[..3], alone[..3], "split {split:?} vs one process {alone:?}");
 }

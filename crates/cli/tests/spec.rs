@@ -104,3 +104,42 @@ fn hearth_run_and_bench_take_spec() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(text(&refused.stderr).contains("give no --url"), "{}", text(&refused.stderr));
 }
+
+#[test]
+fn a_draft_model_through_serve_and_run_gives_the_same_answer() {
+    let _turn = common::one_at_a_time();
+    let plain = {
+        let s = Server::start(&[]);
+        edit(&s, "smollm2")["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+    };
+    // The test model drafting for itself, named as the store knows it.
+    let s = Server::start(&["--model-draft", "smollm2", "--draft-max", "8"]);
+    let v = edit(&s, "smollm2");
+    assert_eq!(v["choices"][0]["message"]["content"], plain.as_str(), "{v}");
+    let (drafted, accepted) = (v["timings"]["draft_n"].as_u64().unwrap(), v["timings"]["draft_n_accepted"].as_u64().unwrap());
+    assert!(drafted > 0 && accepted * 10 >= drafted * 6, "{v}");
+    drop(s);
+    // hearth run -md PATH.
+    let m = model_path();
+    let m = m.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", m, EDIT, "--temp", "0", "-n", "48", "-t", "2", "-v"];
+        args.extend(extra);
+        Command::new(env!("CARGO_BIN_EXE_hearth")).args(&args).env("HEARTH_HOST", "127.0.0.1:1").output().unwrap()
+    };
+    let (a, b) = (run(&[]), run(&["-md", m]));
+    assert!(b.status.success(), "{}", text(&b.stderr));
+    assert_eq!(text(&a.stdout), text(&b.stdout));
+    assert!(text(&b.stderr).contains("draft:"), "{}", text(&b.stderr));
+    // A draft model with another vocabulary: refused, saying why.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.gguf");
+    let mut w = hearth_gguf::writer::GgufWriter::from_file(&model_path()).unwrap();
+    let Some(hearth_gguf::Value::Array(mut tokens)) = w.get("tokenizer.ggml.tokens").cloned() else { panic!("no vocabulary") };
+    tokens[500] = hearth_gguf::Value::String("<another>".into());
+    w.set("tokenizer.ggml.tokens", hearth_gguf::Value::Array(tokens));
+    w.write_to_path(&other).unwrap();
+    let refused = run(&["--model-draft", other.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    assert!(text(&refused.stderr).contains("cannot draft for") && text(&refused.stderr).contains("token 500"), "{}", text(&refused.stderr));
+}

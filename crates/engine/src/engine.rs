@@ -72,6 +72,9 @@ pub struct EngineOptions {
     pub spec: Spec,
     pub draft_max: u32,
     pub draft_min: u32,
+    /// The draft model of [`Spec::Draft`], and the probability below which its draft stops.
+    pub draft_model: Option<std::path::PathBuf>,
+    pub draft_p_min: f32,
 }
 
 impl EngineOptions {
@@ -90,6 +93,8 @@ impl EngineOptions {
             spec: Spec::None,
             draft_max: 16,
             draft_min: 0,
+            draft_model: None,
+            draft_p_min: 0.75,
         }
     }
 
@@ -121,9 +126,11 @@ impl EngineOptions {
             flash_attn: settings.flash_attn,
             cache_type_k: settings.cache_type_k,
             cache_type_v: settings.cache_type_v,
-            spec: settings.spec,
+            spec: settings.spec(),
             draft_max: settings.draft_max,
             draft_min: settings.draft_min,
+            draft_model: settings.model_draft.as_ref().map(std::path::PathBuf::from),
+            draft_p_min: settings.draft_p_min,
         }
     }
 }
@@ -569,28 +576,28 @@ struct Member {
 }
 
 /// A llama_batch we own.
-struct Batch {
-    raw: sys::llama_batch,
+pub(crate) struct Batch {
+    pub(crate) raw: sys::llama_batch,
     capacity: usize,
 }
 
 impl Batch {
-    fn new(capacity: usize) -> Batch {
+    pub(crate) fn new(capacity: usize) -> Batch {
         // SAFETY: allocates arrays for `capacity` tokens with one sequence id each.
         let raw = unsafe { sys::llama_batch_init(capacity as i32, 0, 1) };
         Batch { raw, capacity }
     }
 
-    fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.raw.n_tokens = 0;
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.raw.n_tokens as usize
     }
 
     /// Adds a token; returns its index in the batch.
-    fn add(&mut self, token: Token, pos: i32, seq: i32, output: bool) -> i32 {
+    pub(crate) fn add(&mut self, token: Token, pos: i32, seq: i32, output: bool) -> i32 {
         let i = self.raw.n_tokens as usize;
         assert!(i < self.capacity, "batch overflow: the scheduler packs at most n_batch tokens");
         // SAFETY: i < capacity, and llama_batch_init allocated every array for `capacity`.
@@ -636,6 +643,8 @@ struct Worker {
     confirm_prior: f32,
     draft_max: u32,
     draft_min: u32,
+    /// The draft model of [`Spec::Draft`].
+    drafter: Option<crate::draft::Drafter>,
 }
 
 impl Worker {
@@ -697,6 +706,25 @@ impl Worker {
             tracing::warn!("speculative decoding is off: this model's memory cannot drop drafted tokens");
             Spec::None
         };
+        let drafter = match (spec, &opts.draft_model) {
+            (Spec::Draft, Some(path)) => {
+                let d = crate::draft::Drafter::new(&model, path, opts.model.mmap, cp, opts.draft_p_min);
+                match d {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        // SAFETY: the context is ours; the Worker that would free it is not made.
+                        unsafe { sys::llama_free(ctx) };
+                        return Err(e);
+                    }
+                }
+            }
+            (Spec::Draft, None) => {
+                // SAFETY: as above.
+                unsafe { sys::llama_free(ctx) };
+                return Err(EngineError::InvalidRequest("--spec draft needs a draft model (--model-draft MODEL)".into()));
+            }
+            _ => None,
+        };
         tracing::debug!(n_ctx_seq, n_batch, n_ubatch, parallel = opts.parallel, threads, %spec, "engine ready");
         Ok(Worker {
             ctx,
@@ -716,6 +744,7 @@ impl Worker {
             confirm_prior: 0.5,
             draft_max: opts.draft_max.min(n_batch.saturating_sub(1)),
             draft_min: opts.draft_min,
+            drafter,
         })
     }
 
@@ -963,6 +992,7 @@ impl Worker {
         let budget = self.n_batch.min(self.n_ubatch) as usize;
         let n_ctx_seq = self.n_ctx_seq as usize;
         let (cost, switch) = (self.step_cost.draft_cost(members.len()), self.step_cost.switch_cost(members.len()));
+        let drafter = &mut self.drafter;
         for m in members.iter_mut() {
             let room = budget.saturating_sub(self.batch.len());
             if room == 0 {
@@ -986,6 +1016,7 @@ impl Worker {
             }
             let draft = match self.spec {
                 Spec::Ngram => ngram_draft(&slot.cache, want),
+                Spec::Draft => drafter.as_mut().map(|d| d.draft(slot.seq as usize, &slot.cache, want)).unwrap_or_default(),
                 Spec::None => Vec::new(),
             };
             if !spec.worth(draft.len()) {
@@ -1235,7 +1266,7 @@ fn token_logprobs(model: &Model, logits: &[f32], token: Token, n: usize) -> Toke
     }
 }
 
-fn common_prefix(a: &[Token], b: &[Token]) -> usize {
+pub(crate) fn common_prefix(a: &[Token], b: &[Token]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 

@@ -22,6 +22,7 @@ mod log;
 mod logprobs;
 mod model;
 pub mod devices;
+mod draft;
 pub mod rpc;
 mod sampling;
 pub mod spec;

@@ -10,14 +10,24 @@ use common::{chat_prompt, model_path};
 use hearth_engine::spec::Spec;
 use hearth_engine::{Engine, EngineOptions, Event, FinishReason, GenerateRequest, ModelOptions, Output, Prompt, SamplingParams};
 
-fn engine(parallel: u32, spec: Spec) -> Engine {
+fn options(parallel: u32, spec: Spec) -> EngineOptions {
     let mut o = EngineOptions::new(ModelOptions::new(model_path()));
     o.parallel = parallel;
     o.ctx_size = 1024 * parallel;
     o.threads = Some(2);
     o.spec = spec;
     o.draft_max = 8;
-    Engine::start(o).expect("start engine on the test model")
+    if spec == Spec::Draft {
+        // The test model drafting for itself: enough to check that the output is the target's.
+        // Drafting whatever the draft model's confidence: every step has a draft to verify.
+        o.draft_model = Some(model_path());
+        o.draft_p_min = 0.0;
+    }
+    o
+}
+
+fn engine(parallel: u32, spec: Spec) -> Engine {
+    Engine::start(options(parallel, spec)).expect("start engine on the test model")
 }
 
 fn request(user: &str, max_tokens: u32) -> GenerateRequest {
@@ -145,4 +155,70 @@ fn cancelling_mid_draft_stops_and_the_engine_goes_on() {
     assert!(seen < 60, "stopped soon after the cancel: {seen} tokens");
     // The cancelled sequence's slot is reused: its KV cache holds no unconfirmed draft.
     assert_eq!(run(&spec, request(COPY, 64)).tokens, run(&plain, request(COPY, 64)).tokens);
+}
+
+#[test]
+fn greedy_output_is_the_same_with_a_draft_model_alone_and_batched() {
+    let plain = engine(1, Spec::None);
+    let drafted = engine(1, Spec::Draft);
+    for (prompt, n) in [(COPY, 64), (FREE, 48)] {
+        let (a, b) = (run(&plain, request(prompt, n)), run(&drafted, request(prompt, n)));
+        assert_eq!(a.tokens, b.tokens, "{prompt}");
+        assert_eq!(a.text, b.text);
+        let t = &b.timings;
+        // A model drafting for itself is mostly right (not always: its draft context decodes
+        // one token at a time, the verification a batch, and near-ties round either way).
+        assert!(t.drafted_tokens > 0 && t.accepted_tokens * 10 >= t.drafted_tokens * 6, "{t:?}");
+        eprintln!("{prompt:?}: {} tokens, {} drafted, {} accepted", t.generated_tokens, t.drafted_tokens, t.accepted_tokens);
+    }
+    // Limits and stop strings inside a draft.
+    for n in [1, 7, 19] {
+        assert_eq!(run(&drafted, request(FREE, n)).tokens, run(&plain, request(FREE, n)).tokens);
+    }
+    let stopped = |e: &Engine| {
+        let mut r = request(COPY, 64);
+        r.stop = vec!["def mul".into()];
+        run(e, r)
+    };
+    assert_eq!(stopped(&drafted).text, stopped(&plain).text);
+    drop(drafted);
+    // --draft-p-min: no draft where the draft model is unsure (a haiku, unlike a copy).
+    let mut o = options(1, Spec::Draft);
+    o.draft_p_min = 0.99;
+    let sure = Engine::start(o).unwrap();
+    let (copy, haiku) = (run(&sure, request(COPY, 48)), run(&sure, request(FREE, 48)));
+    assert_eq!(haiku.tokens, run(&plain, request(FREE, 48)).tokens);
+    let rate = |o: &Output| o.timings.drafted_tokens as f64 / o.timings.generated_tokens.max(1) as f64;
+    assert!(rate(&haiku) < rate(&copy), "haiku {:?} copy {:?}", haiku.timings, copy.timings);
+    drop((plain, sure));
+    let prompts = [COPY, FREE, "Count from 1 to 20, separated by commas.", "List three colors."];
+    let batch = |spec: Spec| {
+        let e = engine(4, spec);
+        let gens: Vec<_> = prompts.iter().map(|p| e.generate(request(p, 48)).unwrap()).collect();
+        gens.into_iter().map(|g| g.collect().unwrap()).collect::<Vec<Output>>()
+    };
+    let (a, b) = (batch(Spec::None), batch(Spec::Draft));
+    for ((p, a), b) in prompts.iter().zip(&a).zip(&b) {
+        assert_eq!(a.tokens, b.tokens, "{p}");
+    }
+}
+
+#[test]
+fn a_draft_model_with_another_vocabulary_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other-vocab.gguf");
+    let mut w = hearth_gguf::writer::GgufWriter::from_file(&model_path()).unwrap();
+    let Some(hearth_gguf::Value::Array(mut tokens)) = w.get("tokenizer.ggml.tokens").cloned() else { panic!("no vocabulary") };
+    tokens[1000] = hearth_gguf::Value::String("<not-the-same-token>".into());
+    w.set("tokenizer.ggml.tokens", hearth_gguf::Value::Array(tokens));
+    w.write_to_path(&other).unwrap();
+    let mut o = options(1, Spec::Draft);
+    o.draft_model = Some(other.clone());
+    let err = Engine::start(o).err().expect("refused").to_string();
+    assert!(err.contains("cannot draft for") && err.contains("token 1000") && err.contains("vocabulary"), "{err}");
+    // --spec draft without a draft model.
+    let mut o = options(1, Spec::Draft);
+    o.draft_model = None;
+    let err = Engine::start(o).err().expect("refused").to_string();
+    assert!(err.contains("--model-draft"), "{err}");
 }

@@ -53,6 +53,9 @@ pub enum Spec {
     /// tokens, in the prompt or the text so far. Free to make; good where the answer repeats
     /// its input (code edits, quotes, extraction, summaries).
     Ngram,
+    /// A draft model (`--model-draft`): a smaller model with the same vocabulary guesses the
+    /// next tokens; good wherever the small model agrees with the big one.
+    Draft,
 }
 
 impl std::str::FromStr for Spec {
@@ -61,7 +64,8 @@ impl std::str::FromStr for Spec {
         match s {
             "none" | "off" => Ok(Spec::None),
             "ngram" => Ok(Spec::Ngram),
-            _ => Err(format!("{s:?} is not a draft source (none, ngram)")),
+            "draft" => Ok(Spec::Draft),
+            _ => Err(format!("{s:?} is not a draft source (none, ngram, draft)")),
         }
     }
 }
@@ -71,6 +75,7 @@ impl std::fmt::Display for Spec {
         f.write_str(match self {
             Spec::None => "none",
             Spec::Ngram => "ngram",
+            Spec::Draft => "draft",
         })
     }
 }
@@ -235,10 +240,18 @@ pub struct LoadSettings {
     /// Raw llama.cpp RPC servers to offload to, comma-separated host:port (no token, no tunnel)
     #[cfg_attr(feature = "clap", arg(long, value_delimiter = ',', value_name = "HOST:PORT"))]
     pub rpc: Vec<String>,
-    /// Speculative decoding: none, or ngram (drafts copied from the prompt and the text so
-    /// far, verified in one pass; output unchanged)
-    #[cfg_attr(feature = "clap", arg(long = "spec", default_value = "none", value_name = "none|ngram"))]
+    /// Speculative decoding: none, ngram (drafts copied from the prompt and the text so far)
+    /// or draft (a draft model, --model-draft); drafts are verified in one pass, the output
+    /// does not change [default: draft with --model-draft, else none]
+    #[cfg_attr(feature = "clap", arg(long = "spec", default_value = "none", value_name = "none|ngram|draft"))]
     pub spec: Spec,
+    /// A draft model for speculative decoding (-md): a store name or a GGUF path, with the
+    /// model's vocabulary; loaded beside it, on this machine
+    #[cfg_attr(feature = "clap", arg(long = "model-draft", value_name = "MODEL"))]
+    pub model_draft: Option<String>,
+    /// A draft stops before a token the draft model is less sure of (--draft-p-min)
+    #[cfg_attr(feature = "clap", arg(long = "draft-p-min", default_value_t = 0.75, value_name = "P"))]
+    pub draft_p_min: f32,
     /// Most tokens drafted per step (--draft-max)
     #[cfg_attr(feature = "clap", arg(long = "draft-max", visible_alias = "draft", default_value_t = 16, value_name = "N"))]
     pub draft_max: u32,
@@ -275,6 +288,14 @@ impl LoadSettings {
         Ok(out)
     }
 
+    /// The draft source: `--spec`, or a draft model when one is given and `--spec` is not.
+    pub fn spec(&self) -> Spec {
+        match (self.spec, &self.model_draft) {
+            (Spec::None, Some(_)) => Spec::Draft,
+            (s, _) => s,
+        }
+    }
+
     /// The context size asked for, or the default.
     pub fn ctx(&self) -> u32 {
         self.ctx_size.unwrap_or(Self::DEFAULT_CTX)
@@ -304,6 +325,8 @@ impl Default for LoadSettings {
             mlock: false,
             rpc: Vec::new(),
             spec: Spec::None,
+            model_draft: None,
+            draft_p_min: 0.75,
             draft_max: 16,
             draft_min: 0,
         }
@@ -323,7 +346,7 @@ mod tests {
         for f in [FlashAttn::On, FlashAttn::Off, FlashAttn::Auto] {
             assert_eq!(f.to_string().parse::<FlashAttn>(), Ok(f));
         }
-        for k in [Spec::None, Spec::Ngram] {
+        for k in [Spec::None, Spec::Ngram, Spec::Draft] {
             assert_eq!(k.to_string().parse::<Spec>(), Ok(k));
         }
         for m in [SplitMode::None, SplitMode::Layer, SplitMode::Row] {

@@ -99,7 +99,7 @@ pub fn apply_load_params(params: &Value, load: &mut LoadSettings) -> Result<(), 
         x.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| invalid(k, format!("expected a count, got {x}")))
     };
     if let Some(x) = params.get("spec").filter(|x| !x.is_null()) {
-        load.spec = x.as_str().ok_or_else(|| invalid("spec", format!("expected \"none\" or \"ngram\", got {x}")))?.parse::<Spec>().map_err(|e| invalid("spec", e))?;
+        load.spec = x.as_str().ok_or_else(|| invalid("spec", format!("expected \"none\", \"ngram\" or \"draft\", got {x}")))?.parse::<Spec>().map_err(|e| invalid("spec", e))?;
     }
     if let Some(x) = params.get("draft_max").filter(|x| !x.is_null()) {
         load.draft_max = count("draft_max", x)?;

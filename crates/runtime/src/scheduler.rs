@@ -322,6 +322,17 @@ impl Scheduler {
             }
             None => vec![(RAM.to_string(), local_estimate)],
         };
+        // A draft model is loaded beside it, on this machine: on its first GPU, else in RAM.
+        let mut usage = usage;
+        if let Some(d) = load.model_draft.as_deref().filter(|_| load.spec() == hearth_protocol::Spec::Draft) {
+            let g = lean_header(std::path::Path::new(d)).await.map_err(|e| RuntimeError::Store(format!("the draft model {d}: {e}")))?;
+            let need = hearth_gguf::fit::estimate(std::slice::from_ref(&g), &plan).total;
+            let at = usage.iter().position(|(dev, _)| gpus.first().is_some_and(|g| &g.name == dev)).unwrap_or(0);
+            usage[at].1 += need;
+            if at != 0 && gpus[0].shared {
+                usage[0].1 += need;
+            }
+        }
         let estimate = usage[0].1;
         self.make_room(name, &usage).await?;
         if let Some(p) = &placed {
