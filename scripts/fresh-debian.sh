@@ -93,7 +93,7 @@ echo "fresh Debian 12: the starter model answered: $answer" >&2
 kill "$(cat "$root/tmp/serve.pid")" 2>/dev/null || true
 
 # The Vulkan variant's install steps on the fresh root (the host's CI run builds and tests it;
-# building it twice would double its 15 minutes): what scripts/build.sh --gpu vulkan needs is
+# building it twice would add its 11 minutes again): what scripts/build.sh --gpu vulkan needs is
 # there after scripts/install-deps.sh --gpu vulkan, and CMake finds it.
 echo "fresh Debian 12: scripts/install-deps.sh --gpu vulkan" >&2
 in_root 'cd /src/hearth && scripts/install-deps.sh --gpu vulkan \

@@ -50,14 +50,18 @@ pub fn gpus(caps: &[String]) -> Result<Vec<hearth_runtime::gpus::Gpu>> {
         .stderr(std::process::Stdio::null())
         .output()
         .context("cannot run `hearth devices`")?;
-    if !out.status.success() {
-        bail!("`hearth devices --json` failed ({}): the GPU backend could not list devices", out.status);
-    }
     #[derive(serde::Deserialize)]
     struct Listed {
         devices: Vec<hearth_engine::devices::Device>,
     }
-    let listed: Listed = serde_json::from_slice(&out.stdout).context("`hearth devices --json` printed something else than its JSON")?;
+    // A GPU driver that crashes while listing must not keep the server from serving on the CPU.
+    let listed: Listed = match serde_json::from_slice(&out.stdout) {
+        Ok(l) if out.status.success() => l,
+        _ => {
+            tracing::warn!(status = %out.status, "`hearth devices --json` failed: serving without GPUs (run `hearth devices` to see why)");
+            Listed { devices: Vec::new() }
+        }
+    };
     let mut gpus: Vec<hearth_runtime::gpus::Gpu> = listed
         .devices
         .into_iter()
