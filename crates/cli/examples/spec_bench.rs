@@ -7,9 +7,12 @@
 //!   trips per generated token counted at the forwarding ports), the answer cut at
 //!   `CLUSTER_TOKENS` tokens (default 400) to bound the run;
 //! - a general chat workload without repetition (a story at temperature 0.7);
-//! - aggregate tok/s of 8 concurrent streams (`hearth bench`'s chat workload).
+//! - aggregate tok/s of 8 concurrent streams (`hearth bench`'s chat workload);
+//! - a draft model (`--model-draft`): the starter model drafting for a target made from it
+//!   with each feed-forward as 8 equal experts (the same answers, more work per token).
 //!
-//! Runs alternate the two servers; medians of `RUNS` (default 3).
+//! Runs alternate the two servers; medians of `RUNS` (default 3). `ONLY=ngram|draft|cluster`
+//! runs one part.
 
 mod common;
 
@@ -69,55 +72,65 @@ fn main() {
     let store = dir.path().join("store");
     add(&starter_model(), "smollm2", &store);
     let one = ["--parallel", "1", "--ctx-size", "4096"];
-    let (_plain, plain) = serve_with(&store, &one, "");
-    let (_spec, spec) = serve_with(&store, &[&one[..], &["--spec", "ngram"]].concat(), "");
-    // Loads both, and lets the engine with drafts measure its step costs.
-    for url in [&plain, &spec] {
-        chat(url, edit_request(1000, 64));
+    let only = std::env::var("ONLY").unwrap_or_default();
+    if only.is_empty() || only == "ngram" {
+        let (_plain, plain) = serve_with(&store, &one, "");
+        let (_spec, spec) = serve_with(&store, &[&one[..], &["--spec", "ngram"]].concat(), "");
+        // Loads both, and lets the engine with drafts measure its step costs.
+        for url in [&plain, &spec] {
+            chat(url, edit_request(1000, 64));
+        }
+
+        println!("## Speculative decoding (n-gram), starter model (SmolLM2-135M Q4_1), 2 threads, medians of {runs} runs\n");
+        println!("| workload | without: tok/s | with: tok/s | ratio | tokens per pass | drafted / accepted | tokens without / with |");
+        println!("|---|---|---|---|---|---|---|");
+        let row = |name: &str, request: &dyn Fn(usize) -> Value, plain: &str, spec: &str| {
+            let (mut a, mut b, mut passes, mut drafted, mut accepted, mut tokens) = (Vec::new(), Vec::new(), Vec::new(), 0.0, 0.0, (0.0, 0.0));
+            for run in 0..runs {
+                let (n_plain, rate, _, _) = chat(plain, request(run));
+                a.push(rate);
+                let (n, rate, d, acc) = chat(spec, request(run));
+                b.push(rate);
+                passes.push(n / (n - acc).max(1.0));
+                drafted += d;
+                accepted += acc;
+                tokens = (tokens.0 + n_plain, tokens.1 + n);
+            }
+            let (a, b) = (median(a), median(b));
+            println!(
+                "| {name} | {a:.1} | {b:.1} | {:.2} | {:.2} | {drafted:.0} / {accepted:.0} | {:.0} / {:.0} |",
+                b / a,
+                median(passes),
+                tokens.0,
+                tokens.1
+            );
+        };
+        row(&format!("edit: a {}-character file back with one rename", source_file().len()), &|run| edit_request(run, 2048), &plain, &spec);
+        row("general chat: a story, temperature 0.7, 128 tokens", &story_request, &plain, &spec);
+        drop((_plain, _spec));
+
+        // 8 streams: hearth bench's chat workload against both servers, one after the other.
+        let eight = ["--parallel", "8", "--ctx-size", "1024"];
+        let (_p8, p8) = serve_with(&store, &eight, "");
+        let (_s8, s8) = serve_with(&store, &[&eight[..], &["--spec", "ngram"]].concat(), "");
+        let out = std::process::Command::new(hearth())
+            .args(["bench", "--url", &p8, "--url", &s8, "--model", "smollm2", "--api", "openai-chat", "--temperature", "0.7"])
+            .args(["--prompt-tokens", "32", "--gen-tokens", "128", "--concurrency", "8", "--runs", &runs.to_string(), "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let levels: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let (a, b) = (levels[0]["aggregate_tok_s"].as_f64().unwrap(), levels[1]["aggregate_tok_s"].as_f64().unwrap());
+        println!("| 8 concurrent chat streams, aggregate | {a:.1} | {b:.1} | {:.2} | | | |", b / a);
+        drop((_p8, _s8));
     }
 
-    println!("## Speculative decoding (n-gram), starter model (SmolLM2-135M Q4_1), 2 threads, medians of {runs} runs\n");
-    println!("| workload | without: tok/s | with: tok/s | ratio | tokens per pass | drafted / accepted | tokens without / with |");
-    println!("|---|---|---|---|---|---|---|");
-    let row = |name: &str, request: &dyn Fn(usize) -> Value, plain: &str, spec: &str| {
-        let (mut a, mut b, mut passes, mut drafted, mut accepted, mut tokens) = (Vec::new(), Vec::new(), Vec::new(), 0.0, 0.0, (0.0, 0.0));
-        for run in 0..runs {
-            let (n_plain, rate, _, _) = chat(plain, request(run));
-            a.push(rate);
-            let (n, rate, d, acc) = chat(spec, request(run));
-            b.push(rate);
-            passes.push(n / (n - acc).max(1.0));
-            drafted += d;
-            accepted += acc;
-            tokens = (tokens.0 + n_plain, tokens.1 + n);
-        }
-        let (a, b) = (median(a), median(b));
-        println!(
-            "| {name} | {a:.1} | {b:.1} | {:.2} | {:.2} | {drafted:.0} / {accepted:.0} | {:.0} / {:.0} |",
-            b / a,
-            median(passes),
-            tokens.0,
-            tokens.1
-        );
-    };
-    row(&format!("edit: a {}-character file back with one rename", source_file().len()), &|run| edit_request(run, 2048), &plain, &spec);
-    row("general chat: a story, temperature 0.7, 128 tokens", &story_request, &plain, &spec);
-    drop((_plain, _spec));
-
-    // 8 streams: hearth bench's chat workload against both servers, one after the other.
-    let eight = ["--parallel", "8", "--ctx-size", "1024"];
-    let (_p8, p8) = serve_with(&store, &eight, "");
-    let (_s8, s8) = serve_with(&store, &[&eight[..], &["--spec", "ngram"]].concat(), "");
-    let out = std::process::Command::new(hearth())
-        .args(["bench", "--url", &p8, "--url", &s8, "--model", "smollm2", "--api", "openai-chat", "--temperature", "0.7"])
-        .args(["--prompt-tokens", "32", "--gen-tokens", "128", "--concurrency", "8", "--runs", &runs.to_string(), "--json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let levels: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let (a, b) = (levels[0]["aggregate_tok_s"].as_f64().unwrap(), levels[1]["aggregate_tok_s"].as_f64().unwrap());
-    println!("| 8 concurrent chat streams, aggregate | {a:.1} | {b:.1} | {:.2} | | | |", b / a);
-    drop((_p8, _s8));
+    if only.is_empty() || only == "draft" {
+        draft_model_rows(&store, dir.path(), runs);
+    }
+    if !(only.is_empty() || only == "cluster") {
+        return;
+    }
 
     // Over two workers, 5 ms each way.
     let (_w1, a1) = worker(None, &dir.path().join("c1"), &dir.path().join("none"), &[]);
@@ -141,4 +154,49 @@ fn main() {
         results.push((rate, trips));
     }
     println!("| ratio | {:.2} | {:.2} |", results[1].0 / results[0].0, results[1].1 / results[0].1);
+}
+
+/// A draft model: a bigger target made from the starter model (each feed-forward made 8 equal
+/// experts, all used: the same answers with about 8 times the feed-forward work), drafted for
+/// by the starter model itself, against the same target without drafts.
+fn draft_model_rows(store: &std::path::Path, dir: &std::path::Path, runs: usize) {
+    let moe = dir.join("moe8.gguf");
+    hearth_testkit::synthetic::moe_from_dense(&starter_model(), &moe, 8).unwrap();
+    add(&moe, "moe8", store);
+    let one = ["--parallel", "1", "--ctx-size", "4096"];
+    let (_t, target) = serve_with(store, &one, "");
+    let (_d, drafted) = serve_with(store, &[&one[..], &["--model-draft", "smollm2"]].concat(), "");
+    let on_target = |mut r: Value| {
+        r["model"] = "moe8".into();
+        r
+    };
+    for url in [&target, &drafted] {
+        chat(url, on_target(edit_request(1000, 64)));
+    }
+    println!("\n## A draft model: the starter model drafting for an 8-expert target made from it, medians of {runs} runs\n");
+    println!("| workload | without: tok/s | with: tok/s | ratio | tokens per pass | drafted / accepted |");
+    println!("|---|---|---|---|---|---|");
+    let greedy_story = |run: usize| {
+        let mut r = story_request(run);
+        r["temperature"] = 0.into();
+        r
+    };
+    let workloads: [(&str, &dyn Fn(usize) -> Value); 3] = [
+        ("edit (as above)", &|run| edit_request(run, 512)),
+        ("general chat: a story, greedy, 128 tokens", &greedy_story),
+        ("general chat: a story, temperature 0.7", &story_request),
+    ];
+    for (name, request) in workloads {
+        let (mut a, mut b, mut passes, mut d, mut acc) = (Vec::new(), Vec::new(), Vec::new(), 0.0, 0.0);
+        for run in 0..runs {
+            a.push(chat(&target, on_target(request(run))).1);
+            let (n, rate, dr, ac) = chat(&drafted, on_target(request(run)));
+            b.push(rate);
+            passes.push(n / (n - ac).max(1.0));
+            d += dr;
+            acc += ac;
+        }
+        let (a, b) = (median(a), median(b));
+        println!("| {name} | {a:.1} | {b:.1} | {:.2} | {:.2} | {d:.0} / {acc:.0} |", b / a, median(passes));
+    }
 }
