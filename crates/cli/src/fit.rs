@@ -81,11 +81,7 @@ fn parse_devices(spec: &str) -> Result<Vec<Device>> {
 
 /// This machine's GPUs as `--device` picks them, with their free memory now.
 pub(crate) fn local_gpus(load: &hearth_protocol::LoadSettings) -> Result<Vec<Device>> {
-    let gpus: Vec<hearth_runtime::gpus::Gpu> = hearth_engine::devices::list()
-        .into_iter()
-        .filter(|d| d.is_gpu())
-        .map(|d| hearth_runtime::gpus::Gpu { name: d.name, kind: d.kind, shared: d.shared, budget: d.free })
-        .collect();
+    let gpus = crate::serve::gpu_budgets(hearth_engine::devices::list());
     Ok(hearth_runtime::gpus::plan_devices(&hearth_runtime::gpus::for_load(&gpus, load)?))
 }
 

@@ -38,6 +38,15 @@ pub fn cluster(w: &crate::args::WorkersArgs) -> Result<Option<Arc<Cluster>>> {
     Ok(Some(Arc::new(Cluster::new(addrs, token, crate::units::versions()))))
 }
 
+/// The GPUs among `devices`, each with its free memory as its budget.
+pub fn gpu_budgets(devices: Vec<hearth_engine::devices::Device>) -> Vec<hearth_runtime::gpus::Gpu> {
+    devices
+        .into_iter()
+        .filter(|d| d.is_gpu())
+        .map(|d| hearth_runtime::gpus::Gpu { name: d.name, kind: d.kind, shared: d.shared, budget: d.free })
+        .collect()
+}
+
 /// This machine's GPUs with what models may use of each: free memory now, capped by
 /// `--device-memory NAME=SIZE` items. Asked of a child process (`hearth devices --json`), as
 /// the runners load models in theirs: a GPU backend initialised in the server would hold
@@ -62,12 +71,7 @@ pub fn gpus(caps: &[String]) -> Result<Vec<hearth_runtime::gpus::Gpu>> {
             Listed { devices: Vec::new() }
         }
     };
-    let mut gpus: Vec<hearth_runtime::gpus::Gpu> = listed
-        .devices
-        .into_iter()
-        .filter(|d| d.is_gpu())
-        .map(|d| hearth_runtime::gpus::Gpu { name: d.name, kind: d.kind, shared: d.shared, budget: d.free })
-        .collect();
+    let mut gpus = gpu_budgets(listed.devices);
     let mut parsed = Vec::new();
     for c in caps {
         let (name, size) = c.split_once('=').with_context(|| format!("--device-memory: {c:?} is not NAME=SIZE (e.g. Vulkan0=6G)"))?;

@@ -150,15 +150,10 @@ impl Drop for Drafter {
 
 /// The most likely token and its probability.
 fn most_likely(logits: &[f32]) -> (Token, f32) {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    let max = logits[best];
+    let best = crate::sampling::argmax(logits);
+    let max = logits[best as usize];
     let sum: f32 = logits.iter().map(|&v| (v - max).exp()).sum();
-    (best as Token, 1.0 / sum)
+    (best, 1.0 / sum)
 }
 
 /// Whether `draft` can draft for `target`: llama.cpp's test (the same tokenizer type, BOS and

@@ -147,7 +147,7 @@ pub(crate) unsafe fn logits<'a>(ctx: *mut sys::llama_context, idx: i32, n_vocab:
 }
 
 /// The most likely token; the first of equal ones, as llama.cpp's greedy sampler.
-fn argmax(logits: &[f32]) -> Token {
+pub(crate) fn argmax(logits: &[f32]) -> Token {
     let mut best = 0;
     for (i, &v) in logits.iter().enumerate() {
         if v > logits[best] {

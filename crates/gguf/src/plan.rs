@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::fit::{compute_parts, kv_per_layer, ContextPlan};
 
 /// llama.cpp's pattern of the Mixture-of-Experts expert tensors (`LLM_FFN_EXPS_REGEX`).
+/// (`hearth_protocol::settings::EXPERTS_REGEX` is the same: neither crate depends on the other.)
 pub const EXPERTS_REGEX: &str = "\\.ffn_(up|down|gate|gate_up)_(ch|)exps";
 use crate::Gguf;
 
@@ -66,11 +67,6 @@ pub struct Split {
 impl Split {
     pub fn is_auto(&self) -> bool {
         self.gpu_layers.is_none() && self.tensor_split.iter().all(|&x| x == 0.0)
-    }
-
-    /// llama.cpp's pattern for the expert tensors of layer `i` (`--n-cpu-moe`).
-    pub fn experts_of_layer(i: u32) -> String {
-        format!("blk\\.{i}{EXPERTS_REGEX}")
     }
 }
 
@@ -699,7 +695,7 @@ mod tests {
         assert!(p.n_cpu_moe > 0 && p.n_cpu_moe < 8, "{}", p.n_cpu_moe);
         assert_eq!(p.devices[0].weights, (2 << 20) + p.n_cpu_moe as u64 * (1 << 20));
         // The planner's choice is the smallest such k.
-        let fewer = Split { cpu_tensors: (0..p.n_cpu_moe - 1).map(Split::experts_of_layer).collect(), ..Split::default() };
+        let fewer = Split { cpu_tensors: (0..p.n_cpu_moe - 1).map(|i| format!("blk\\.{i}{EXPERTS_REGEX}")).collect(), ..Split::default() };
         let q = place(std::slice::from_ref(&g), &PLAN, &[dev("cpu", 100), gpu("Vulkan0", 10)], &Split { gpu_layers: Some(9), ..fewer });
         assert!(!q.fits, "{}", q.table());
         // --cpu-moe: every expert in RAM, whatever the room.
