@@ -1,5 +1,6 @@
 //! Speculative decoding through the real binary and the real model: `hearth serve --spec
-//! ngram`, a model's stored `spec` parameter, `hearth run --spec`, `hearth bench --spec`.
+//! ngram`, a model's stored `spec` and `draft_model` parameters, `hearth run --spec`,
+//! `hearth bench --spec`.
 
 mod common;
 
@@ -117,7 +118,23 @@ fn a_draft_model_through_serve_and_run_gives_the_same_answer() {
     let v = edit(&s, "smollm2");
     assert_eq!(v["choices"][0]["message"]["content"], plain.as_str(), "{v}");
     let (drafted, accepted) = (v["timings"]["draft_n"].as_u64().unwrap(), v["timings"]["draft_n_accepted"].as_u64().unwrap());
-    assert!(drafted > 0 && accepted * 10 >= drafted * 6, "{v}");
+    // Drafting for itself on a CPU never pays: after the first steps only probes draft.
+    assert!(drafted > 0 && accepted > 0, "{v}");
+    drop(s);
+    // A draft model stored with the model (`draft_model`, a store name): drafts for it only.
+    let s = Server::start(&[]);
+    let (code, v) = s.post("/api/create", json!({"model": "smollm2-drafted", "from": "smollm2", "stream": false, "parameters": {"draft_model": "smollm2", "draft_p_min": 0.5}}));
+    assert_eq!(code, 200, "{v}");
+    let v = edit(&s, "smollm2-drafted");
+    assert_eq!(v["choices"][0]["message"]["content"], plain.as_str(), "{v}");
+    assert!(v["timings"]["draft_n"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(edit(&s, "smollm2")["timings"]["draft_n"], 0);
+    let (code, v) = s.post("/api/create", json!({"model": "smollm2-nodraft", "from": "smollm2", "stream": false, "parameters": {"draft_model": "no-such-model"}}));
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = s.post("/v1/chat/completions", json!({"model": "smollm2-nodraft", "messages": [{"role": "user", "content": "hi"}]}));
+    assert_eq!(code, 400, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("params.draft_model") && msg.contains("no-such-model"), "{msg}");
     drop(s);
     // hearth run -md PATH.
     let m = model_path();

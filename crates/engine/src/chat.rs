@@ -705,71 +705,130 @@ mod generic {
         schema
     }
 
-    /// The answer so far: a `response` string streams as it grows; calls appear when whole.
-    /// The calls of a `tool_calls` list, each once (small models repeat themselves), and
-    /// whether one came twice.
-    fn calls(list: &[Value]) -> (Vec<ToolCall>, bool) {
-        let mut out: Vec<ToolCall> = Vec::new();
-        let mut repeated = false;
-        for c in list {
-            let call = ToolCall {
-                id: String::new(),
-                name: c["name"].as_str().unwrap_or_default().to_string(),
-                arguments: c.get("arguments").map(|a| a.to_string()).unwrap_or_else(|| "{}".into()),
-            };
-            if out.contains(&call) {
-                repeated = true;
-            } else {
-                out.push(call);
-            }
-        }
-        (out, repeated)
-    }
-
-    /// The whole calls of an unfinished `{"tool_calls": [...`: each call as soon as its
-    /// object is complete.
-    fn complete_calls(text: &str) -> Option<Vec<Value>> {
+    /// The calls of `{"tool_calls": [...` so far, each once (small models repeat themselves),
+    /// and whether a whole call came twice; `None` when the text is not a call list. A call
+    /// is there once its name is complete, with its arguments as written so far: the model's
+    /// JSON without the whitespace outside strings, so that a call's arguments only grow as
+    /// the model writes (and stream in pieces), and end as what was streamed. A call being
+    /// written that so far matches one already made is held back until it differs.
+    fn calls_so_far(text: &str) -> Option<(Vec<ToolCall>, bool)> {
         let rest = text.trim_start().strip_prefix('{')?.trim_start().strip_prefix("\"tool_calls\"")?;
         let mut rest = rest.trim_start().strip_prefix(':')?.trim_start().strip_prefix('[')?;
-        let mut out = Vec::new();
+        let mut out: Vec<ToolCall> = Vec::new();
+        let mut repeated = false;
         loop {
             rest = rest.trim_start();
             rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
             if !rest.starts_with('{') {
-                return Some(out);
+                return Some((out, repeated));
             }
-            let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
-            match values.next() {
-                Some(Ok(v)) => {
-                    let used = values.byte_offset();
-                    out.push(v);
-                    rest = &rest[used..];
+            let end = value_end(rest);
+            let Some(call) = call_parts(&rest[..end.unwrap_or(rest.len())], end.is_some()) else {
+                return Some((out, repeated));
+            };
+            match end {
+                Some(n) => {
+                    if out.contains(&call) {
+                        repeated = true;
+                    } else {
+                        out.push(call);
+                    }
+                    rest = &rest[n..];
                 }
-                _ => return Some(out),
+                None => {
+                    if !out.iter().any(|c| c.name == call.name && c.arguments.starts_with(&call.arguments)) {
+                        out.push(call);
+                    }
+                    return Some((out, repeated));
+                }
             }
         }
+    }
+
+    /// Where a scan of JSON text is: inside a string (and after a backslash there) or not.
+    #[derive(Default)]
+    struct Scan {
+        in_string: bool,
+        escaped: bool,
+    }
+
+    impl Scan {
+        /// Takes the next character; true when it is part of a string (its quotes included).
+        fn in_string(&mut self, c: char) -> bool {
+            if self.in_string {
+                match c {
+                    _ if self.escaped => self.escaped = false,
+                    '\\' => self.escaped = true,
+                    '"' => self.in_string = false,
+                    _ => {}
+                }
+                return true;
+            }
+            self.in_string = c == '"';
+            self.in_string
+        }
+    }
+
+    /// The length of the JSON object or array that `text` starts with, if it is complete.
+    fn value_end(text: &str) -> Option<usize> {
+        let (mut depth, mut scan) = (0usize, Scan::default());
+        for (i, c) in text.char_indices() {
+            if scan.in_string(c) {
+                continue;
+            }
+            match c {
+                '{' | '[' => depth += 1,
+                '}' | ']' => {
+                    depth = depth.checked_sub(1)?;
+                    if depth == 0 {
+                        return Some(i + 1);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// JSON text without the whitespace outside its strings.
+    fn minify(text: &str) -> String {
+        let mut scan = Scan::default();
+        text.chars().filter(|&c| scan.in_string(c) || !c.is_whitespace()).collect()
+    }
+
+    /// A call object `{"name": "..", "arguments": ..}` (the grammar keeps that order), whole
+    /// or being written: its name once complete, and its arguments so far.
+    fn call_parts(obj: &str, whole: bool) -> Option<ToolCall> {
+        let rest = obj.strip_prefix('{')?.trim_start().strip_prefix("\"name\"")?.trim_start().strip_prefix(':')?.trim_start();
+        let mut strings = serde_json::Deserializer::from_str(rest).into_iter::<String>();
+        let name = strings.next()?.ok()?;
+        let rest = rest[strings.byte_offset()..].trim_start();
+        let arguments = match rest.strip_prefix(',').map(str::trim_start).and_then(|r| r.strip_prefix("\"arguments\"")) {
+            Some(r) => {
+                let r = r.trim_start().strip_prefix(':').unwrap_or("");
+                let r = if whole { r.trim_end().strip_suffix('}').unwrap_or(r) } else { r };
+                minify(r)
+            }
+            None if whole => "{}".into(),
+            None => String::new(),
+        };
+        Some(ToolCall { id: String::new(), name, arguments })
     }
 
     /// The answer so far (see [`parse`]), and whether the model began to repeat a call: then
     /// it has said all it will.
     pub(super) fn parse_checked(text: &str, partial: bool) -> (AssistantMessage, bool) {
-        if let Ok(v) = serde_json::from_str::<Value>(text.trim()) {
-            if let Some(list) = v.get("tool_calls").and_then(Value::as_array) {
-                let (tool_calls, repeated) = calls(list);
-                return (AssistantMessage { tool_calls, ..Default::default() }, repeated);
-            }
-        } else if let Some(list) = complete_calls(text) {
-            let (tool_calls, repeated) = calls(&list);
+        if let Some((tool_calls, repeated)) = calls_so_far(text) {
             return (AssistantMessage { tool_calls, ..Default::default() }, repeated);
         }
         (parse(text, partial), false)
     }
 
     pub(super) fn parse(text: &str, partial: bool) -> AssistantMessage {
+        if let Some((tool_calls, _)) = calls_so_far(text) {
+            return AssistantMessage { tool_calls, ..Default::default() };
+        }
         if let Ok(v) = serde_json::from_str::<Value>(text.trim()) {
-            if let Some(list) = v.get("tool_calls").and_then(Value::as_array) {
-                return AssistantMessage { tool_calls: calls(list).0, ..Default::default() };
-            }
             if let Some(r) = v.get("response") {
                 let content = match r {
                     Value::String(s) => s.clone(),
@@ -777,9 +836,6 @@ mod generic {
                 };
                 return AssistantMessage { content, ..Default::default() };
             }
-        }
-        if let Some(list) = complete_calls(text) {
-            return AssistantMessage { tool_calls: calls(&list).0, ..Default::default() };
         }
         if partial {
             return AssistantMessage { content: partial_response(text).unwrap_or_default(), ..Default::default() };
@@ -992,21 +1048,38 @@ mod tests {
         assert_eq!(m.content, "Hello \"you\"é!");
         let twice = r#"{"tool_calls": [{"name": "f", "arguments": {}}, {"name": "f", "arguments": {}}, {"name": "f", "arguments": {"a": 1}}]}"#;
         assert_eq!(generic::parse(twice, false).tool_calls.len(), 2);
-        // Calls stream as each is complete; a repeated one means the model has said all.
+        // A call streams once its name is whole: id and name first, then its arguments in
+        // pieces (the model's JSON without whitespace outside strings), which add up to the
+        // final arguments.
         assert_eq!(content, m.content);
         let mut r2 = AnswerReader::new(Parser::Generic);
-        assert!(r2.push(r#"{"tool_calls": [{"name": "f", "arguments": {"a": "#).is_empty());
-        let d = r2.push(r#"1}}, {"name": "#);
-        assert!(matches!(&d[..], [Delta::ToolCall { index: 0, name, arguments, .. }] if name == "f" && arguments == r#"{"a":1}"#), "{d:?}");
+        assert!(r2.push(r#"{"tool_calls": [{"name": "f"#).is_empty(), "no name yet");
+        let d = r2.push(r#"", "arguments": {"a": "#);
+        assert!(matches!(&d[..], [Delta::ToolCall { index: 0, id, name, arguments }] if id.starts_with("call_") && name == "f" && arguments == r#"{"a":"#), "{d:?}");
+        let d = r2.push(r#"" b\" c", "n": 1}}, {"name": "#);
+        assert!(matches!(&d[..], [Delta::ToolCall { index: 0, id, name, arguments }] if id.is_empty() && name.is_empty() && arguments == r#"" b\" c","n":1}"#), "{d:?}");
         assert!(!r2.said_all());
-        r2.push(r#""f", "arguments": {"a": 1}}, {"#);
+        // The same call again: held back while it matches, then the model has said all.
+        assert!(r2.push(r#""f", "arguments": {"a": " b\" c""#).is_empty());
+        r2.push(r#", "n": 1}}, {"#);
         assert!(r2.said_all());
         let (_, m2) = r2.finish("", true);
         assert_eq!(m2.tool_calls.len(), 1);
+        assert_eq!(m2.tool_calls[0].arguments, r#"{"a":" b\" c","n":1}"#);
+        assert_eq!(serde_json::from_str::<Value>(&m2.tool_calls[0].arguments).unwrap(), json!({"a": " b\" c", "n": 1}));
+        // Cut mid-call by a token limit: the unfinished call stays, as llama-server returns it.
+        let mut r3 = AnswerReader::new(Parser::Generic);
+        r3.push(r#"{"tool_calls": [{"name": "f", "arguments": {"pages": "1, 2, 3, "#);
+        let (_, m3) = r3.finish("4, ", true);
+        assert_eq!(m3.tool_calls.len(), 1);
+        assert_eq!(m3.tool_calls[0].arguments, r#"{"pages":"1, 2, 3, 4, "#);
 
         let mut r = AnswerReader::new(Parser::Generic);
-        assert!(r.push("{\"tool_calls\": [{\"name\": \"get_weather\", ").is_empty());
-        let (d, m) = r.finish("\"arguments\": {\"city\": \"Paris\"}}]}", false);
+        let first = r.push("{\"tool_calls\": [{\"name\": \"get_weather\", ");
+        assert!(matches!(&first[..], [Delta::ToolCall { index: 0, name, arguments, .. }] if name == "get_weather" && arguments.is_empty()), "{first:?}");
+        let (rest, m) = r.finish("\"arguments\": {\"city\": \"Paris\"}}]}", false);
+        assert!(matches!(&rest[..], [Delta::ToolCall { index: 0, name, arguments, .. }] if name.is_empty() && arguments == m.tool_calls[0].arguments.as_str()), "{rest:?}");
+        let d = first;
         assert_eq!(m.tool_calls.len(), 1);
         assert_eq!(m.tool_calls[0].name, "get_weather");
         assert_eq!(serde_json::from_str::<Value>(&m.tool_calls[0].arguments).unwrap(), json!({"city": "Paris"}));

@@ -27,6 +27,8 @@ pub(crate) struct Drafter {
     p_min: f32,
     n_batch: usize,
     n_ctx_seq: usize,
+    /// How long a decode of one to a few tokens takes (a moving average), once timed.
+    step_secs: Option<f64>,
 }
 
 impl Drafter {
@@ -65,7 +67,15 @@ impl Drafter {
             p_min,
             n_batch,
             n_ctx_seq,
+            step_secs: None,
         })
+    }
+
+    /// How long the draft model takes to decode a token, once timed: drafting `k` tokens
+    /// takes `k` such decodes (the first catches up with the tokens confirmed since the last
+    /// draft), and a draft that comes back empty one.
+    pub(crate) fn step_secs(&self) -> Option<f64> {
+        self.step_secs
     }
 
     fn seq_rm(&self, seq: usize, from: usize) -> bool {
@@ -130,8 +140,14 @@ impl Drafter {
 
     /// Decodes the batch for `seq`; on failure drops what it added from position `from`.
     fn decode(&mut self, seq: usize, from: usize) -> bool {
+        let started = std::time::Instant::now();
         // SAFETY: valid context; the batch holds n_tokens valid entries.
         let ret = unsafe { sys::llama_decode(self.ctx, self.batch.raw) };
+        // A few tokens cost about what one does; a prompt's worth says nothing about a draft.
+        if ret == 0 && self.batch.len() <= 4 {
+            let secs = started.elapsed().as_secs_f64();
+            self.step_secs = Some(self.step_secs.map_or(secs, |s| 0.8 * s + 0.2 * secs));
+        }
         if ret != 0 {
             tracing::warn!(ret, "the draft model could not decode; no draft this step");
             self.seq_rm(seq, from);

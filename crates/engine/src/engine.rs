@@ -31,6 +31,10 @@ use crate::spec::{ngram_draft, Spec, SpecState, StepCost};
 use crate::text::{StopMatcher, StopOutcome, Utf8Stream};
 use crate::{sys, EngineError, Token};
 
+/// Before its decodes are timed: a draft model's decode of one token, as a share of a
+/// one-token step of the target (a draft model is usually a tenth of the target's size).
+const DRAFT_MODEL_PRIOR: f64 = 0.1;
+
 pub use hearth_protocol::{CacheType, FinishReason, FlashAttn, LoadSettings, Timings};
 
 /// The ggml type of a KV cache type.
@@ -75,6 +79,11 @@ pub struct EngineOptions {
     /// The draft model of [`Spec::Draft`], and the probability below which its draft stops.
     pub draft_model: Option<std::path::PathBuf>,
     pub draft_p_min: f32,
+    /// Draft up to `draft_max` tokens at every step, as llama.cpp does, instead of only where
+    /// the measured costs say a draft pays. Off by default; tests use it to exercise the
+    /// verification of drafts on a machine where drafting does not pay (a CPU, a model
+    /// drafting for itself).
+    pub draft_every_step: bool,
 }
 
 impl EngineOptions {
@@ -95,6 +104,7 @@ impl EngineOptions {
             draft_min: 0,
             draft_model: None,
             draft_p_min: 0.75,
+            draft_every_step: false,
         }
     }
 
@@ -131,6 +141,7 @@ impl EngineOptions {
             draft_min: settings.draft_min,
             draft_model: settings.model_draft.as_ref().map(std::path::PathBuf::from),
             draft_p_min: settings.draft_p_min,
+            draft_every_step: false,
         }
     }
 }
@@ -643,6 +654,7 @@ struct Worker {
     confirm_prior: f32,
     draft_max: u32,
     draft_min: u32,
+    draft_every_step: bool,
     /// The draft model of [`Spec::Draft`].
     drafter: Option<crate::draft::Drafter>,
 }
@@ -741,9 +753,13 @@ impl Worker {
             pooling,
             spec,
             step_cost: StepCost::default(),
-            confirm_prior: 0.5,
+            // A draft model is chosen to agree with the target (same family, smaller): its
+            // sequences start from a confirm rate of 0.8, n-gram ones from 0.5; both follow
+            // what is measured from then on.
+            confirm_prior: if spec == Spec::Draft { 0.8 } else { 0.5 },
             draft_max: opts.draft_max.min(n_batch.saturating_sub(1)),
             draft_min: opts.draft_min,
+            draft_every_step: opts.draft_every_step,
             drafter,
         })
     }
@@ -992,6 +1008,12 @@ impl Worker {
         let budget = self.n_batch.min(self.n_ubatch) as usize;
         let n_ctx_seq = self.n_ctx_seq as usize;
         let (cost, switch) = (self.step_cost.draft_cost(members.len()), self.step_cost.switch_cost(members.len()));
+        // A draft model's decode of one token, in the same unit: each drafted token costs one,
+        // and so does asking for a draft that comes back empty.
+        let model_decode = match &self.drafter {
+            Some(d) => d.step_secs().and_then(|secs| self.step_cost.in_tokens(secs, members.len())).unwrap_or(DRAFT_MODEL_PRIOR),
+            None => 0.0,
+        };
         let drafter = &mut self.drafter;
         for m in members.iter_mut() {
             let room = budget.saturating_sub(self.batch.len());
@@ -1006,19 +1028,29 @@ impl Worker {
             let left = a.job.max_tokens.map_or(usize::MAX, |max| max.saturating_sub(a.generated) as usize);
             let cells = n_ctx_seq.saturating_sub(slot.cache.len() + 1);
             let room = room.min(left.saturating_sub(1)).min(cells);
-            let want = spec.want(room, cost, switch);
-            tracing::trace!(seq = slot.seq, cost, switch, rate = spec.confirm_rate(), want, fit = ?self.step_cost.fit(), "draft");
+            let mut want = if self.draft_every_step {
+                (self.draft_max as usize).min(room)
+            } else {
+                spec.want(room, cost + model_decode, switch, model_decode)
+            };
+            tracing::trace!(seq = slot.seq, cost, model_decode, switch, rate = spec.confirm_rate(), made = spec.made_rate(), want, fit = ?self.step_cost.fit(), "draft");
             if want == 0 {
-                if room > 0 && self.spec == Spec::Ngram {
-                    spec.shadow(ngram_draft(&slot.cache, 1).first().copied());
+                match self.spec {
+                    // N-gram drafts are free: the first token of one keeps the rate measured.
+                    Spec::Ngram if room > 0 => spec.shadow(ngram_draft(&slot.cache, 1).first().copied()),
+                    Spec::Draft => want = spec.probe(room),
+                    _ => {}
                 }
-                continue;
+                if want == 0 {
+                    continue;
+                }
             }
             let draft = match self.spec {
                 Spec::Ngram => ngram_draft(&slot.cache, want),
                 Spec::Draft => drafter.as_mut().map(|d| d.draft(slot.seq as usize, &slot.cache, want)).unwrap_or_default(),
                 Spec::None => Vec::new(),
             };
+            spec.asked(!draft.is_empty());
             if !spec.worth(draft.len()) {
                 continue;
             }

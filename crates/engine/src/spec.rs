@@ -56,6 +56,10 @@ pub struct StepCost {
     switch: f64,
     /// The size of the step before.
     last: usize,
+    /// The fastest step of up to [`FIT_MAX_TOKENS`] tokens seen (first steps of a size
+    /// included: they are slower, never faster), for [`in_tokens`](Self::in_tokens) before
+    /// there is a fit.
+    fastest: Option<f64>,
 }
 
 /// Larger steps (long prompt chunks) say little about the cost of a few more tokens.
@@ -71,6 +75,7 @@ impl StepCost {
         if tokens == 0 || tokens > FIT_MAX_TOKENS || !secs.is_finite() {
             return;
         }
+        self.fastest = Some(self.fastest.map_or(secs, |f| f.min(secs)));
         if switched {
             if let Some((base, per_token)) = self.fit() {
                 let extra = (secs - base - per_token * tokens as f64).max(0.0);
@@ -122,6 +127,18 @@ impl StepCost {
         }
     }
 
+    /// `secs` of other work (a draft model's decode) in the same unit as
+    /// [`draft_cost`](Self::draft_cost): the tokens a step of `generating` sequences would have
+    /// produced in that time; before there is a fit, against the fastest step seen; `None`
+    /// before any step.
+    pub fn in_tokens(&self, secs: f64, generating: usize) -> Option<f64> {
+        let g = generating.max(1) as f64;
+        match self.fit() {
+            Some((base, per_token)) if base + per_token * g > 0.0 => Some(g * secs / (base + per_token * g)),
+            _ => self.fastest.filter(|&f| f > 0.0).map(|f| g * secs / f),
+        }
+    }
+
     /// What changing the step's size costs, in the same unit: a draft changes it twice (to
     /// the step with the draft and back).
     pub fn switch_cost(&self, generating: usize) -> f64 {
@@ -146,18 +163,32 @@ pub struct SpecState {
     /// While not drafting: the token a draft would have started with, checked against the
     /// token sampled instead (the confirm rate keeps being measured, at no cost).
     shadow: Option<Token>,
+    /// Drafts asked of the source and those that came back with a token at all (decaying
+    /// counts): a draft model stops before a token it is unsure of, often at the first.
+    asked: f32,
+    made: f32,
+    /// Steps since the last draft, while drafting does not pay (see [`probe`](Self::probe)).
+    skipped: u32,
     pub drafted: u32,
     pub accepted: u32,
 }
 
 const DECAY: f32 = 0.9;
+/// While drafts do not pay, one in this many steps still drafts a token (see
+/// [`SpecState::probe`]).
+pub const PROBE_EVERY: u32 = 32;
 
 impl SpecState {
     /// A sequence's state, starting from `prior`, the confirm rate of earlier sequences (a
     /// workload tends to go on as it was), worth two tested tokens.
     pub fn new(max: u32, min: u32, prior: f32) -> SpecState {
         let prior = prior.clamp(0.05, 0.95);
-        SpecState { max: max as usize, min: min as usize, tested: 2.0, confirmed: 2.0 * prior, shadow: None, drafted: 0, accepted: 0 }
+        SpecState { max: max as usize, min: min as usize, tested: 2.0, confirmed: 2.0 * prior, shadow: None, asked: 2.0, made: 2.0, skipped: 0, drafted: 0, accepted: 0 }
+    }
+
+    /// The chance that a draft asked for comes back with a token.
+    pub fn made_rate(&self) -> f32 {
+        self.made / self.asked
     }
 
     /// The chance that the next drafted token is confirmed.
@@ -166,23 +197,45 @@ impl SpecState {
     }
 
     /// How many tokens to draft this step, at most `room`, when one drafted token costs
-    /// `cost` (see [`StepCost::draft_cost`]): the k-th token of a draft is confirmed with
-    /// chance p^k, so a draft goes on while p^k is above the cost. While not drafting, shadow
-    /// drafts keep p up to date ([`shadow`](Self::shadow)).
-    pub fn want(&mut self, room: usize, cost: f64, switch: f64) -> usize {
+    /// `cost` (see [`StepCost::draft_cost`], plus a draft model's decode of it) and asking
+    /// for a draft that comes back empty costs `attempt` (a draft model's decode of the
+    /// latest token; nothing for n-grams): the k-th token of a draft is confirmed with chance
+    /// p^k, so a draft goes on while p^k is above the cost. While not drafting, shadow drafts
+    /// ([`shadow`](Self::shadow)) or probes ([`probe`](Self::probe)) keep p up to date.
+    pub fn want(&mut self, room: usize, cost: f64, switch: f64, attempt: f64) -> usize {
         let p = f64::from(self.confirm_rate()).clamp(1e-3, 0.999);
         let k = if p <= cost { 0 } else { (cost.max(1e-6).ln() / p.ln()).floor() as usize };
         let k = k.min(self.max).min(room);
-        // The draft as a whole must also pay for changing the step's size: the tokens it is
-        // expected to add, p + p^2 + ... + p^k, above what its tokens and the change cost.
+        // The draft as a whole must also pay for changing the step's size and for the drafts
+        // that come back empty: the tokens it is expected to add, p + p^2 + ... + p^k, above
+        // what its tokens and the change cost.
+        let q = f64::from(self.made_rate()).clamp(1e-3, 1.0);
         let gain: f64 = (1..=k).map(|i| p.powi(i as i32)).sum();
-        if k == 0 || gain <= cost * k as f64 + switch {
+        if k == 0 || q * gain <= q * (cost * k as f64 + switch) + (1.0 - q) * attempt {
+            self.skipped += 1;
             return 0;
         }
+        self.skipped = 0;
         // A power of two: a few step sizes recur, and llama.cpp's graphs for them (and ggml
         // RPC's answers about their tensors) are reused.
         let k = 1 << k.ilog2();
         k.max(self.min).min(room)
+    }
+
+    /// Whether to draft one token although it does not pay, to keep measuring how good the
+    /// drafts are where that costs something (a draft model): once in [`PROBE_EVERY`] steps.
+    pub fn probe(&mut self, room: usize) -> usize {
+        if room == 0 || self.skipped < PROBE_EVERY {
+            return 0;
+        }
+        self.skipped = 0;
+        1.max(self.min).min(room)
+    }
+
+    /// After asking the source for a draft: whether it came back with a token.
+    pub fn asked(&mut self, made: bool) {
+        self.asked = self.asked * DECAY + 1.0;
+        self.made = self.made * DECAY + f32::from(u8::from(made));
     }
 
     /// Remembers the first token of a draft that was not worth verifying.
@@ -240,17 +293,17 @@ mod tests {
         assert!((s.confirm_rate() - 0.5).abs() < 1e-6);
         // p = 0.5: worth 2 tokens at a cost of 0.2 (0.25 > 0.2 > 0.125), none at 0.6; drafts
         // are powers of two.
-        assert_eq!(s.want(100, 0.2, 0.0), 2);
-        assert_eq!(s.want(100, 0.6, 0.0), 0);
-        assert_eq!(s.want(1, 0.01, 0.0), 1, "bounded by the room in the batch");
+        assert_eq!(s.want(100, 0.2, 0.0, 0.0), 2);
+        assert_eq!(s.want(100, 0.6, 0.0, 0.0), 0);
+        assert_eq!(s.want(1, 0.01, 0.0, 0.0), 1, "bounded by the room in the batch");
         // A costly change of the step's size: no draft of two at p = 0.5 (gain 0.75, cost 0.4 + 0.5).
-        assert_eq!(s.want(100, 0.2, 0.5), 0);
+        assert_eq!(s.want(100, 0.2, 0.5, 0.0), 0);
         // Drafts confirmed whole: longer drafts.
         for _ in 0..20 {
             s.adapt(8, 8);
         }
         assert!(s.confirm_rate() > 0.95);
-        assert!(s.want(100, 0.2, 0.0) >= 16);
+        assert!(s.want(100, 0.2, 0.0, 0.0) >= 16);
         // Shadow drafts are counted like drafts of one token.
         let mut t = SpecState::new(16, 0, 0.5);
         for _ in 0..30 {
@@ -265,8 +318,37 @@ mod tests {
             s.adapt(4, 0);
         }
         assert!(s.confirm_rate() < 0.1);
-        assert_eq!(s.want(100, 0.2, 0.0), 0);
+        assert_eq!(s.want(100, 0.2, 0.0, 0.0), 0);
         assert!(!SpecState::new(8, 3, 0.5).worth(2) && SpecState::new(8, 3, 0.5).worth(3) && !s.worth(0));
+    }
+
+    #[test]
+    fn a_draft_model_that_costs_more_than_it_saves_is_only_probed() {
+        // Drafts confirmed whole, n-gram costs: long drafts.
+        let mut s = SpecState::new(16, 0, 0.9);
+        for _ in 0..20 {
+            s.adapt(8, 8);
+        }
+        assert_eq!(s.want(100, 0.2, 0.0, 0.0), 16);
+        // A draft model as slow as the target (a drafted token costs 0.2 + 1.0): none, and
+        // one token every PROBE_EVERY steps to keep measuring.
+        let mut probes = 0;
+        for _ in 0..3 * PROBE_EVERY {
+            assert_eq!(s.want(100, 1.2, 0.0, 1.0), 0);
+            probes += s.probe(100);
+        }
+        assert_eq!(probes, 3);
+        // A draft model that comes back empty most of the time (it is unsure at the first
+        // token): asking it costs its decode each time, and a draft is worth less.
+        let mut t = SpecState::new(16, 0, 0.6);
+        assert_eq!(t.want(100, 0.3, 0.0, 0.3), 2);
+        for _ in 0..30 {
+            t.asked(false);
+        }
+        t.asked(true);
+        assert!(t.made_rate() < 0.15);
+        assert_eq!(t.want(100, 0.3, 0.0, 0.3), 0);
+        assert_eq!(t.probe(0), 0, "no room, no probe");
     }
 
     #[test]
@@ -274,9 +356,12 @@ mod tests {
         let mut c = StepCost::default();
         assert!(c.fit().is_none());
         assert!((c.draft_cost(1) - PRIOR_MARGINAL).abs() < 1e-9);
+        assert!(c.in_tokens(0.01, 1).is_none());
         for _ in 0..10 {
             c.observe(1, 0.010);
         }
+        // Before a fit, other work is weighed against the fastest step.
+        assert!((c.in_tokens(0.005, 1).unwrap() - 0.5).abs() < 1e-9);
         assert!(c.fit().is_none(), "one size cannot tell base from per-token cost");
         for n in [5, 9, 3, 17, 1] {
             c.observe(n, 1.0); // the first of each size: not counted

@@ -19,9 +19,11 @@ fn options(parallel: u32, spec: Spec) -> EngineOptions {
     o.draft_max = 8;
     if spec == Spec::Draft {
         // The test model drafting for itself: enough to check that the output is the target's.
-        // Drafting whatever the draft model's confidence: every step has a draft to verify.
+        // Drafting whatever the draft model's confidence and its cost (a model as slow as the
+        // target never pays; see the test below): every step has a draft to verify.
         o.draft_model = Some(model_path());
         o.draft_p_min = 0.0;
+        o.draft_every_step = true;
     }
     o
 }
@@ -201,6 +203,22 @@ fn greedy_output_is_the_same_with_a_draft_model_alone_and_batched() {
     for ((p, a), b) in prompts.iter().zip(&a).zip(&b) {
         assert_eq!(a.tokens, b.tokens, "{p}");
     }
+}
+
+#[test]
+fn a_draft_model_as_slow_as_the_target_is_only_probed() {
+    // Its decodes are timed: a drafted token costs a whole step of the target and saves at
+    // most one, so after the first steps it only drafts one token in PROBE_EVERY steps.
+    let mut o = options(1, Spec::Draft);
+    o.draft_every_step = false;
+    let measured = Engine::start(o).unwrap();
+    let plain = engine(1, Spec::None);
+    let (a, b) = (run(&plain, request(COPY, 96)), run(&measured, request(COPY, 96)));
+    assert_eq!(a.tokens, b.tokens);
+    let t = &b.timings;
+    eprintln!("{} tokens, {} drafted, {} accepted", t.generated_tokens, t.drafted_tokens, t.accepted_tokens);
+    assert!(t.drafted_tokens > 0, "probes still draft: {t:?}");
+    assert!(t.drafted_tokens <= 12, "{t:?}");
 }
 
 #[test]

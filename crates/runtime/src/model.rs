@@ -40,9 +40,21 @@ impl Model {
         let shards = manifest.model_layers().map(|l| store.blob_path(&l.digest)).collect::<Result<_, _>>().map_err(RuntimeError::store)?;
         let digest = manifest.model_layers().next().map(|l| l.digest.clone()).unwrap_or_default();
         let text = |k: LayerKind| manifest.layer(k).and_then(|l| store.read_text(l).ok());
-        let params = text(LayerKind::Params).and_then(|p| serde_json::from_str(&p).ok());
+        let mut params: Option<serde_json::Value> = text(LayerKind::Params).and_then(|p| serde_json::from_str(&p).ok());
+        // A stored draft model named as the store knows it: its file (see `apply_load_params`).
+        if let Some(d) = params.as_mut().and_then(|p| p.get_mut("draft_model")) {
+            if let Some(file) = d.as_str().filter(|n| !std::path::Path::new(n).is_absolute()).and_then(|n| draft_file(store, n)) {
+                *d = file.to_string_lossy().into_owned().into();
+            }
+        }
         Ok(Model { name, path, shards, digest, params, system: text(LayerKind::System), go_template: text(LayerKind::Template), manifest })
     }
+}
+
+/// The file of the model the store knows as `name`, if it does.
+fn draft_file(store: &Store, name: &str) -> Option<PathBuf> {
+    let manifest = store.get(&ModelName::parse(name).ok()?).ok()?;
+    store.model_file(&manifest).ok()
 }
 
 /// The memory plan's view of `settings` with `parallel` sequences of `ctx` tokens: KV cache

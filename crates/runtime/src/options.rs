@@ -80,7 +80,7 @@ impl Options {
                     }
                 }
                 "num_batch" | "num_gpu" | "num_thread" | "use_mmap" | "main_gpu" | "num_keep" | "use_mlock" | "low_vram" | "numa" | "spec"
-                | "draft_max" | "draft_min" | "cpu_moe" | "n_cpu_moe" => {
+                | "draft_max" | "draft_min" | "draft_model" | "draft_p_min" | "cpu_moe" | "n_cpu_moe" => {
                     tracing::debug!("option {k} is set per server (hearth serve flags); ignored for this request")
                 }
                 other => tracing::debug!("unknown option {other} ignored"),
@@ -91,7 +91,9 @@ impl Options {
 }
 
 /// Applies the load-time parameters of a model's stored `params` over the server's flags:
-/// speculative decoding's `spec` (`none`, `ngram`), `draft_max` and `draft_min`; Ollama's
+/// speculative decoding's `spec` (`none`, `ngram`, `draft`), `draft_max`, `draft_min`,
+/// `draft_model` (a GGUF path; [`Model::resolve`] has made a store name one) and
+/// `draft_p_min`; Ollama's
 /// `num_gpu` (layers offloaded, `-ngl`) and `main_gpu`; `cpu_moe` and `n_cpu_moe`.
 pub fn apply_load_params(params: &Value, load: &mut LoadSettings) -> Result<(), RuntimeError> {
     let invalid = |field: &str, why: String| RuntimeError::Invalid { field: format!("params.{field}"), why };
@@ -106,6 +108,23 @@ pub fn apply_load_params(params: &Value, load: &mut LoadSettings) -> Result<(), 
     }
     if let Some(x) = params.get("draft_min").filter(|x| !x.is_null()) {
         load.draft_min = count("draft_min", x)?;
+    }
+    if let Some(x) = params.get("draft_model").filter(|x| !x.is_null()) {
+        let d = x.as_str().ok_or_else(|| invalid("draft_model", format!("expected a model name or a GGUF path, got {x}")))?;
+        if !std::path::Path::new(d).is_file() {
+            return Err(invalid("draft_model", format!("{d} is neither a model in the store nor a GGUF file; pull it or store another")));
+        }
+        load.model_draft = Some(d.to_string());
+        // The model's own choice of draft source, unless it also stores `spec`.
+        if params.get("spec").is_none_or(Value::is_null) {
+            load.spec = Spec::Draft;
+        }
+    }
+    if let Some(x) = params.get("draft_p_min").filter(|x| !x.is_null()) {
+        load.draft_p_min = x
+            .as_f64()
+            .filter(|p| (0.0..=1.0).contains(p))
+            .ok_or_else(|| invalid("draft_p_min", format!("expected a probability from 0 to 1, got {x}")))? as f32;
     }
     if let Some(x) = params.get("num_gpu").filter(|x| !x.is_null()) {
         // Ollama's -1: as many as fit (the planner's choice).

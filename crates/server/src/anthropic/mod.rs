@@ -305,8 +305,13 @@ async fn messages(State(s): State<Shared>, body: Bytes) -> Result<Response, Anth
         }
     });
     let frames = futures_util::StreamExt::chain(futures_util::stream::iter([head]), frames);
+    let frames = crate::wire::keep_alive(frames, PING_EVERY, event("ping", &json!({"type": "ping"})));
     Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], crate::wire::stream_body(frames)).into_response())
 }
+
+/// A `ping` event goes out when the stream has been silent this long, as Anthropic's API
+/// sends them.
+const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn event(name: &str, data: &Value) -> String {
     format!("event: {name}\ndata: {data}\n\n")
