@@ -29,6 +29,8 @@ pub(crate) struct Drafter {
     n_ctx_seq: usize,
     /// How long a decode of one to a few tokens takes (a moving average), once timed.
     step_secs: Option<f64>,
+    /// How long a larger decode (catching up with a prompt or many tokens) takes per token.
+    token_secs: Option<f64>,
 }
 
 impl Drafter {
@@ -68,6 +70,7 @@ impl Drafter {
             n_batch,
             n_ctx_seq,
             step_secs: None,
+            token_secs: None,
         })
     }
 
@@ -76,6 +79,20 @@ impl Drafter {
     /// draft), and a draft that comes back empty one.
     pub(crate) fn step_secs(&self) -> Option<f64> {
         self.step_secs
+    }
+
+    /// What bringing the draft context up to `history` (sequence `seq`) costs before a draft
+    /// can start, in seconds, once timed: the tokens it has not seen yet (at least the last
+    /// one, whose logits start the draft). A draft model asked only now and then must catch up
+    /// with everything generated since.
+    pub(crate) fn catch_up_secs(&self, seq: usize, history: &[Token]) -> Option<f64> {
+        let held = self.caches.get(seq).map_or(0, |c| common_prefix(c, history).min(history.len().saturating_sub(1)));
+        let behind = history.len() - held;
+        if behind <= 4 {
+            self.step_secs
+        } else {
+            self.token_secs.or(self.step_secs).map(|t| t * behind as f64)
+        }
     }
 
     fn seq_rm(&self, seq: usize, from: usize) -> bool {
@@ -143,10 +160,12 @@ impl Drafter {
         let started = std::time::Instant::now();
         // SAFETY: valid context; the batch holds n_tokens valid entries.
         let ret = unsafe { sys::llama_decode(self.ctx, self.batch.raw) };
-        // A few tokens cost about what one does; a prompt's worth says nothing about a draft.
-        if ret == 0 && self.batch.len() <= 4 {
+        // A few tokens cost about what one does; more are timed per token.
+        if ret == 0 {
             let secs = started.elapsed().as_secs_f64();
-            self.step_secs = Some(self.step_secs.map_or(secs, |s| 0.8 * s + 0.2 * secs));
+            let n = self.batch.len();
+            let (avg, secs) = if n <= 4 { (&mut self.step_secs, secs) } else { (&mut self.token_secs, secs / n as f64) };
+            *avg = Some(avg.map_or(secs, |s| 0.8 * s + 0.2 * secs));
         }
         if ret != 0 {
             tracing::warn!(ret, "the draft model could not decode; no draft this step");

@@ -1008,12 +1008,13 @@ impl Worker {
         let budget = self.n_batch.min(self.n_ubatch) as usize;
         let n_ctx_seq = self.n_ctx_seq as usize;
         let (cost, switch) = (self.step_cost.draft_cost(members.len()), self.step_cost.switch_cost(members.len()));
-        // A draft model's decode of one token, in the same unit: each drafted token costs one,
-        // and so does asking for a draft that comes back empty.
+        // A draft model's decode of one token, in the same unit: each drafted token costs one.
+        let g = members.len();
         let model_decode = match &self.drafter {
-            Some(d) => d.step_secs().and_then(|secs| self.step_cost.in_tokens(secs, members.len())).unwrap_or(DRAFT_MODEL_PRIOR),
+            Some(d) => d.step_secs().and_then(|secs| self.step_cost.in_tokens(secs, g)).unwrap_or(DRAFT_MODEL_PRIOR),
             None => 0.0,
         };
+        let step_cost = &self.step_cost;
         let drafter = &mut self.drafter;
         for m in members.iter_mut() {
             let room = budget.saturating_sub(self.batch.len());
@@ -1028,17 +1029,26 @@ impl Worker {
             let left = a.job.max_tokens.map_or(usize::MAX, |max| max.saturating_sub(a.generated) as usize);
             let cells = n_ctx_seq.saturating_sub(slot.cache.len() + 1);
             let room = room.min(left.saturating_sub(1)).min(cells);
+            // Asking a draft model for a draft first brings it up to the sequence's tokens: one
+            // decode while it drafts at every step (that of the draft's first token, counted
+            // in `model_decode`, lost when the draft comes back empty), more when it was last
+            // asked long ago.
+            let catch_up = match drafter {
+                Some(d) => d.catch_up_secs(slot.seq as usize, &slot.cache).and_then(|secs| step_cost.in_tokens(secs, g)).unwrap_or(DRAFT_MODEL_PRIOR),
+                None => 0.0,
+            };
+            let attempt = (catch_up - model_decode).max(0.0) + (1.0 - f64::from(spec.made_rate())) * model_decode;
             let mut want = if self.draft_every_step {
                 (self.draft_max as usize).min(room)
             } else {
-                spec.want(room, cost + model_decode, switch, model_decode)
+                spec.want(room, cost + model_decode, switch, attempt)
             };
-            tracing::trace!(seq = slot.seq, cost, model_decode, switch, rate = spec.confirm_rate(), made = spec.made_rate(), want, fit = ?self.step_cost.fit(), "draft");
+            tracing::trace!(seq = slot.seq, cost, model_decode, catch_up, switch, rate = spec.confirm_rate(), made = spec.made_rate(), want, fit = ?step_cost.fit(), "draft");
             if want == 0 {
                 match self.spec {
                     // N-gram drafts are free: the first token of one keeps the rate measured.
                     Spec::Ngram if room > 0 => spec.shadow(ngram_draft(&slot.cache, 1).first().copied()),
-                    Spec::Draft => want = spec.probe(room),
+                    Spec::Draft => want = spec.probe(room, catch_up + cost + model_decode + switch),
                     _ => {}
                 }
                 if want == 0 {

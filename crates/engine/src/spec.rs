@@ -174,9 +174,13 @@ pub struct SpecState {
 }
 
 const DECAY: f32 = 0.9;
+/// See [`SpecState::want`].
+const COST_MARGIN: f64 = 1.1;
 /// While drafts do not pay, one in this many steps still drafts a token (see
 /// [`SpecState::probe`]).
 pub const PROBE_EVERY: u32 = 32;
+/// The most probes may cost, as a share of the steps they are spread over.
+const PROBE_SHARE: f64 = 0.05;
 
 impl SpecState {
     /// A sequence's state, starting from `prior`, the confirm rate of earlier sequences (a
@@ -198,11 +202,15 @@ impl SpecState {
 
     /// How many tokens to draft this step, at most `room`, when one drafted token costs
     /// `cost` (see [`StepCost::draft_cost`], plus a draft model's decode of it) and asking
-    /// for a draft that comes back empty costs `attempt` (a draft model's decode of the
-    /// latest token; nothing for n-grams): the k-th token of a draft is confirmed with chance
-    /// p^k, so a draft goes on while p^k is above the cost. While not drafting, shadow drafts
+    /// for a draft at all costs `attempt` (a draft model catching up with the tokens it has
+    /// not seen; nothing for n-grams): the k-th token of a draft is confirmed with chance p^k,
+    /// so a draft goes on while p^k is above the cost. While not drafting, shadow drafts
     /// ([`shadow`](Self::shadow)) or probes ([`probe`](Self::probe)) keep p up to date.
     pub fn want(&mut self, room: usize, cost: f64, switch: f64, attempt: f64) -> usize {
+        // Costs are estimates: a token must be worth a little more than its estimate, so that
+        // a draft that would win a few percent at best (a CPU, where a token in a step costs
+        // nearly a step) is not a bet that loses as often.
+        let cost = cost * COST_MARGIN;
         let p = f64::from(self.confirm_rate()).clamp(1e-3, 0.999);
         let k = if p <= cost { 0 } else { (cost.max(1e-6).ln() / p.ln()).floor() as usize };
         let k = k.min(self.max).min(room);
@@ -211,7 +219,7 @@ impl SpecState {
         // what its tokens and the change cost.
         let q = f64::from(self.made_rate()).clamp(1e-3, 1.0);
         let gain: f64 = (1..=k).map(|i| p.powi(i as i32)).sum();
-        if k == 0 || q * gain <= q * (cost * k as f64 + switch) + (1.0 - q) * attempt {
+        if k == 0 || q * gain <= q * (cost * k as f64 + switch) + attempt {
             self.skipped += 1;
             return 0;
         }
@@ -223,9 +231,12 @@ impl SpecState {
     }
 
     /// Whether to draft one token although it does not pay, to keep measuring how good the
-    /// drafts are where that costs something (a draft model): once in [`PROBE_EVERY`] steps.
-    pub fn probe(&mut self, room: usize) -> usize {
-        if room == 0 || self.skipped < PROBE_EVERY {
+    /// drafts are where that costs something (a draft model): at most once in
+    /// [`PROBE_EVERY`] steps, and only while a probe costing `cost` (in the unit of
+    /// [`want`](Self::want): a draft model's catch-up, its decode and the token's place in
+    /// the step) stays within [`PROBE_SHARE`] of the steps since the last draft.
+    pub fn probe(&mut self, room: usize, cost: f64) -> usize {
+        if room == 0 || self.skipped < PROBE_EVERY || cost > PROBE_SHARE * f64::from(self.skipped) {
             return 0;
         }
         self.skipped = 0;
@@ -335,20 +346,26 @@ mod tests {
         let mut probes = 0;
         for _ in 0..3 * PROBE_EVERY {
             assert_eq!(s.want(100, 1.2, 0.0, 1.0), 0);
-            probes += s.probe(100);
+            probes += s.probe(100, 1.2);
         }
         assert_eq!(probes, 3);
+        // Not where a probe costs more than a twentieth of the steps it is spread over (a
+        // draft model catching up with everything generated since it was last asked).
+        for _ in 0..3 * PROBE_EVERY {
+            assert_eq!(s.want(100, 1.2, 0.0, 5.0), 0);
+            assert_eq!(s.probe(100, 6.2), 0);
+        }
         // A draft model that comes back empty most of the time (it is unsure at the first
         // token): asking it costs its decode each time, and a draft is worth less.
         let mut t = SpecState::new(16, 0, 0.6);
-        assert_eq!(t.want(100, 0.3, 0.0, 0.3), 2);
+        assert_eq!(t.want(100, 0.3, 0.0, 0.2), 2);
         for _ in 0..30 {
             t.asked(false);
         }
         t.asked(true);
         assert!(t.made_rate() < 0.15);
-        assert_eq!(t.want(100, 0.3, 0.0, 0.3), 0);
-        assert_eq!(t.probe(0), 0, "no room, no probe");
+        assert_eq!(t.want(100, 0.3, 0.0, 0.2), 0);
+        assert_eq!(t.probe(0, 0.0), 0, "no room, no probe");
     }
 
     #[test]
