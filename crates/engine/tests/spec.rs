@@ -49,6 +49,7 @@ const FREE: &str = "Write a haiku about the sea.";
 
 #[test]
 fn greedy_output_is_the_same_with_ngram_drafts_and_drafts_are_confirmed() {
+    let _turn = common::one_at_a_time();
     let plain = engine(1, Spec::None);
     let spec = engine(1, Spec::Ngram);
     for (prompt, n) in [(COPY, 96), (FREE, 48)] {
@@ -69,6 +70,7 @@ fn greedy_output_is_the_same_with_ngram_drafts_and_drafts_are_confirmed() {
 
 #[test]
 fn seeded_sampling_is_the_same_with_drafts() {
+    let _turn = common::one_at_a_time();
     let plain = engine(1, Spec::None);
     let spec = engine(1, Spec::Ngram);
     let sampled = |e: &Engine| {
@@ -87,6 +89,7 @@ fn seeded_sampling_is_the_same_with_drafts() {
 /// depend slightly on the other sequences in a batch, drafts or not.)
 #[test]
 fn a_batch_mixing_drafting_and_plain_sequences_answers_each_as_without_drafts() {
+    let _turn = common::one_at_a_time();
     let prompts = [COPY, FREE, "Count from 1 to 40, separated by commas.", "List three colors."];
     let batch = |spec: Spec| {
         let e = engine(4, spec);
@@ -106,6 +109,7 @@ fn a_batch_mixing_drafting_and_plain_sequences_answers_each_as_without_drafts() 
 
 #[test]
 fn limits_and_stop_strings_cut_a_draft_where_they_would_cut_plain_output() {
+    let _turn = common::one_at_a_time();
     let plain = engine(1, Spec::None);
     let spec = engine(1, Spec::Ngram);
     // A token limit inside a run of confirmed drafts: exactly that many tokens.
@@ -133,6 +137,7 @@ fn limits_and_stop_strings_cut_a_draft_where_they_would_cut_plain_output() {
 
 #[test]
 fn cancelling_mid_draft_stops_and_the_engine_goes_on() {
+    let _turn = common::one_at_a_time();
     let plain = engine(1, Spec::None);
     let spec = engine(1, Spec::Ngram);
     let g = spec.generate(request(COPY, 400)).unwrap();
@@ -161,6 +166,7 @@ fn cancelling_mid_draft_stops_and_the_engine_goes_on() {
 
 #[test]
 fn greedy_output_is_the_same_with_a_draft_model_alone_and_batched() {
+    let _turn = common::one_at_a_time();
     let plain = engine(1, Spec::None);
     let drafted = engine(1, Spec::Draft);
     for (prompt, n) in [(COPY, 64), (FREE, 48)] {
@@ -207,6 +213,7 @@ fn greedy_output_is_the_same_with_a_draft_model_alone_and_batched() {
 
 #[test]
 fn a_draft_model_as_slow_as_the_target_is_only_probed() {
+    let _turn = common::one_at_a_time();
     // Its decodes are timed: a drafted token costs a whole step of the target and saves at
     // most one, so after the first steps it only drafts one token in PROBE_EVERY steps.
     let mut o = options(1, Spec::Draft);
@@ -223,6 +230,7 @@ fn a_draft_model_as_slow_as_the_target_is_only_probed() {
 
 #[test]
 fn a_draft_model_with_another_vocabulary_is_refused_clearly() {
+    let _turn = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let other = dir.path().join("other-vocab.gguf");
     let mut w = hearth_gguf::writer::GgufWriter::from_file(&model_path()).unwrap();

@@ -59,3 +59,11 @@ impl Write for Captured {
         Ok(())
     }
 }
+
+/// Held by each test of a file whose tests must not run beside each other (they measure how
+/// long decodes take, and two cores shared with other tests' engines would skew it).
+#[allow(dead_code)]
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
