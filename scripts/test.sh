@@ -4,8 +4,8 @@
 # shares its optimised llama.cpp build with `cargo build --release`; then the end-to-end tests
 # (tests/e2e: `hearth serve` through the official openai, anthropic and ollama Python SDKs,
 # pinned in tests/e2e/requirements.txt and installed in a virtualenv kept in the cache
-# directory, and through Claude Code, pinned below and installed from npm into the cache); then
-# the web page's browser tests (tests/web: playwright-core, pinned by its package-lock.json,
+# directory, and through Claude Code, Codex and opencode, pinned below and installed from npm
+# into the cache); then the web page's browser tests (tests/web: playwright-core, pinned by its package-lock.json,
 # driving Debian's headless chromium); then, as root, scripts/fresh-debian.sh: the README's
 # first command on a fresh Debian 12 root made by debootstrap (HEARTH_SKIP_FRESH=1 skips it
 # while iterating; it never runs inside that root).
@@ -48,16 +48,23 @@ if ! "$venv/bin/python" -c '' >/dev/null 2>&1 || [ "$(cat "$venv/.requirements.s
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" >&2
   echo "$want" >"$venv/.requirements.sha256"
 fi
-# Claude Code, the real CLI, for tests/e2e/test_claude_code.py: pinned, from the npm registry,
-# once, into the cache (about 235 MB; its binary runs without Node.js).
-claude_version=2.1.197
-claude_dir="$cache/claude-code-$claude_version"
-if ! "$claude_dir/node_modules/.bin/claude" --version 2>/dev/null | grep -q "^$claude_version "; then
-  echo "fetching Claude Code $claude_version from the npm registry into $claude_dir" >&2
-  rm -rf "$claude_dir"
-  npm install --prefix "$claude_dir" --no-audit --no-fund --loglevel=error "@anthropic-ai/claude-code@$claude_version" >&2
-fi
-export HEARTH_CLAUDE_CODE="$claude_dir/node_modules/.bin/claude"
+# The real agent CLIs, for tests/e2e/test_{claude_code,codex,opencode}.py: pinned, from the npm
+# registry, once each, into the cache. npm_cli PACKAGE VERSION BIN: the path of BIN.
+npm_cli() {
+  local dir="$cache/$(basename "$1")-$2"
+  if ! "$dir/node_modules/.bin/$3" --version 2>/dev/null | grep -qF "$2"; then
+    echo "fetching $1 $2 from the npm registry into $dir" >&2
+    rm -rf "$dir"
+    npm install --prefix "$dir" --no-audit --no-fund --loglevel=error "$1@$2" >&2
+  fi
+  echo "$dir/node_modules/.bin/$3"
+}
+# Claude Code (about 235 MB), Codex (425 MB) and opencode (355 MB): native binaries, Codex's
+# behind a Node.js launcher.
+HEARTH_CLAUDE_CODE="$(npm_cli @anthropic-ai/claude-code 2.1.197 claude)"
+HEARTH_CODEX="$(npm_cli @openai/codex 0.171.0 codex)"
+HEARTH_OPENCODE="$(npm_cli opencode-ai 1.18.33 opencode)"
+export HEARTH_CLAUDE_CODE HEARTH_CODEX HEARTH_OPENCODE
 PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" -m pytest tests/e2e -q
 
 # The browser tests need Node.js 20 or newer (playwright-core's minimum); Debian 12 ships 18:

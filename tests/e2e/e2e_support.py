@@ -42,3 +42,55 @@ def write_tiny_gguf(path: Path) -> None:
 
 # The key a second server is started with (`--api-key`) to test authentication.
 API_KEY = "hearth-e2e-key"
+
+
+def agent_cli(variable: str) -> Path:
+    """The real agent CLI that the environment variable VARIABLE names (scripts/test.sh installs
+    each, pinned, and sets its variable); the test is skipped without it."""
+    import os
+
+    import pytest
+
+    given = os.environ.get(variable)
+    if not given:
+        pytest.skip(f"{variable} is not set (scripts/test.sh installs the CLI and sets it)")
+    path = Path(given)
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(f"{variable}={given} is not an executable", pytrace=False)
+    return path
+
+
+def create_greedy(url: str, name: str, **parameters) -> None:
+    """A copy of the test model named NAME that samples greedily (agent CLIs send no
+    temperature), so a session goes the same way each time; PARAMETERS are stored too."""
+    import httpx
+
+    created = httpx.post(
+        f"{url}/api/create",
+        json={"model": name, "from": MODEL, "stream": False, "parameters": {"temperature": 0, **parameters}},
+        timeout=REQUEST_TIMEOUT,
+    )
+    assert created.status_code == 200, created.text
+
+
+def run_until(proc, done, seconds: float) -> bool:
+    """Waits for PROC (started with start_new_session=True) to end, at most SECONDS, stopping it
+    early once `done()` is true: an agent session with the tiny test model never ends by itself.
+    Whether it had to be stopped."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    deadline = time.monotonic() + seconds
+    while proc.poll() is None and time.monotonic() < deadline and not done():
+        time.sleep(1)
+    if proc.poll() is not None:
+        return False
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return True

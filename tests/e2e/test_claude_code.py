@@ -19,10 +19,9 @@ import os
 import subprocess
 from pathlib import Path
 
-import httpx
 import pytest
 
-from e2e_support import MODEL, REQUEST_TIMEOUT
+from e2e_support import agent_cli, create_greedy
 
 SECRET = "The secret word is pineapple."
 SESSION_TIMEOUT = 600
@@ -30,13 +29,7 @@ SESSION_TIMEOUT = 600
 
 @pytest.fixture(scope="module")
 def claude() -> Path:
-    given = os.environ.get("HEARTH_CLAUDE_CODE")
-    if not given:
-        pytest.skip("HEARTH_CLAUDE_CODE is not set (scripts/test.sh installs Claude Code and sets it)")
-    path = Path(given)
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        pytest.fail(f"HEARTH_CLAUDE_CODE={given} is not an executable", pytrace=False)
-    return path
+    return agent_cli("HEARTH_CLAUDE_CODE")
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +42,7 @@ def url(serve_another):
 def test_a_claude_code_session_calls_a_tool_and_gets_its_result_answered(claude, url, tmp_path):
     # A copy of the test model that samples greedily (Claude Code sends no temperature), so
     # the session goes the same way each time.
-    created = httpx.post(
-        f"{url}/api/create",
-        json={"model": "smollm2-greedy", "from": MODEL, "stream": False, "parameters": {"temperature": 0}},
-        timeout=REQUEST_TIMEOUT,
-    )
-    assert created.status_code == 200, created.text
+    create_greedy(url, "smollm2-greedy")
     work = tmp_path / "work"
     work.mkdir()
     (work / "hello.txt").write_text(SECRET + "\n")
