@@ -29,6 +29,11 @@ pub struct Model {
     /// Ollama's Go template, if any: the runner picks llama.cpp's built-in template of its
     /// family for a GGUF without a Jinja template.
     pub go_template: Option<String>,
+    /// The file of the draft model that `params.draft_model` names, when the store has it.
+    /// Stored parameters name a draft model by its store name only, never by a path: they
+    /// come from API clients and registries, and must not make the runner open any file the
+    /// server can read.
+    pub draft_file: Option<PathBuf>,
 }
 
 impl Model {
@@ -40,18 +45,14 @@ impl Model {
         let shards = manifest.model_layers().map(|l| store.blob_path(&l.digest)).collect::<Result<_, _>>().map_err(RuntimeError::store)?;
         let digest = manifest.model_layers().next().map(|l| l.digest.clone()).unwrap_or_default();
         let text = |k: LayerKind| manifest.layer(k).and_then(|l| store.read_text(l).ok());
-        let mut params: Option<serde_json::Value> = text(LayerKind::Params).and_then(|p| serde_json::from_str(&p).ok());
-        // A stored draft model named as the store knows it: its file (see `apply_load_params`).
-        if let Some(d) = params.as_mut().and_then(|p| p.get_mut("draft_model")) {
-            if let Some(file) = d.as_str().filter(|n| !std::path::Path::new(n).is_absolute()).and_then(|n| draft_file(store, n)) {
-                *d = file.to_string_lossy().into_owned().into();
-            }
-        }
-        Ok(Model { name, path, shards, digest, params, system: text(LayerKind::System), go_template: text(LayerKind::Template), manifest })
+        let params: Option<serde_json::Value> = text(LayerKind::Params).and_then(|p| serde_json::from_str(&p).ok());
+        // A stored draft model, named as the store knows it (see `apply_load_params`).
+        let draft_file = params.as_ref().and_then(|p| p.get("draft_model")?.as_str()).and_then(|n| draft_file(store, n));
+        Ok(Model { name, path, shards, digest, params, system: text(LayerKind::System), go_template: text(LayerKind::Template), manifest, draft_file })
     }
 }
 
-/// The file of the model the store knows as `name`, if it does.
+/// The file of the model the store knows as `name`, if it does (a path is no store name).
 fn draft_file(store: &Store, name: &str) -> Option<PathBuf> {
     let manifest = store.get(&ModelName::parse(name).ok()?).ok()?;
     store.model_file(&manifest).ok()

@@ -92,10 +92,10 @@ impl Options {
 
 /// Applies the load-time parameters of a model's stored `params` over the server's flags:
 /// speculative decoding's `spec` (`none`, `ngram`, `draft`), `draft_max`, `draft_min`,
-/// `draft_model` (a GGUF path; [`Model::resolve`] has made a store name one) and
+/// `draft_model` (a store name: `draft_file` is its file, found by [`Model::resolve`]) and
 /// `draft_p_min`; Ollama's
 /// `num_gpu` (layers offloaded, `-ngl`) and `main_gpu`; `cpu_moe` and `n_cpu_moe`.
-pub fn apply_load_params(params: &Value, load: &mut LoadSettings) -> Result<(), RuntimeError> {
+pub fn apply_load_params(params: &Value, draft_file: Option<&std::path::Path>, load: &mut LoadSettings) -> Result<(), RuntimeError> {
     let invalid = |field: &str, why: String| RuntimeError::Invalid { field: format!("params.{field}"), why };
     let count = |k: &str, x: &Value| -> Result<u32, RuntimeError> {
         x.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| invalid(k, format!("expected a count, got {x}")))
@@ -110,11 +110,15 @@ pub fn apply_load_params(params: &Value, load: &mut LoadSettings) -> Result<(), 
         load.draft_min = count("draft_min", x)?;
     }
     if let Some(x) = params.get("draft_model").filter(|x| !x.is_null()) {
-        let d = x.as_str().ok_or_else(|| invalid("draft_model", format!("expected a model name or a GGUF path, got {x}")))?;
-        if !std::path::Path::new(d).is_file() {
-            return Err(invalid("draft_model", format!("{d} is neither a model in the store nor a GGUF file; pull it or store another")));
-        }
-        load.model_draft = Some(d.to_string());
+        let d = x.as_str().ok_or_else(|| invalid("draft_model", format!("expected the name of a model in the store, got {x}")))?;
+        let Some(file) = draft_file else {
+            let what = if std::path::Path::new(d).is_absolute() { "a path, not a model in the store" } else { "not a model in the store" };
+            return Err(invalid(
+                "draft_model",
+                format!("{d} is {what}; stored parameters name a draft model by its store name (pull it, or `hearth add FILE.gguf`)"),
+            ));
+        };
+        load.model_draft = Some(file.to_string_lossy().into_owned());
         // The model's own choice of draft source, unless it also stores `spec`.
         if params.get("spec").is_none_or(Value::is_null) {
             load.spec = Spec::Draft;
@@ -157,5 +161,39 @@ impl Model {
             })?;
         }
         Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_stored_draft_model_is_a_store_name_never_a_path() {
+        // Found in the store (Model::resolve gave its file): the file, and drafts from it.
+        let mut load = LoadSettings::default();
+        let file = Path::new("/store/blobs/sha256-abc");
+        apply_load_params(&json!({"draft_model": "smollm2", "draft_p_min": 0.5}), Some(file), &mut load).unwrap();
+        assert_eq!((load.model_draft.as_deref(), load.spec, load.draft_p_min), (Some("/store/blobs/sha256-abc"), Spec::Draft, 0.5));
+        // A stored `spec` wins over the draft model's implied one.
+        let mut load = LoadSettings::default();
+        apply_load_params(&json!({"draft_model": "smollm2", "spec": "ngram"}), Some(file), &mut load).unwrap();
+        assert_eq!(load.spec, Spec::Ngram);
+        // A path (from an API client or a registry's params layer) is refused, even one that
+        // exists, and so is a name the store does not know.
+        for (d, what) in [("/etc/passwd", "a path, not a model in the store"), ("no-such-model", "not a model in the store")] {
+            let mut load = LoadSettings::default();
+            let e = apply_load_params(&json!({"draft_model": d}), None, &mut load).unwrap_err();
+            let RuntimeError::Invalid { field, why } = e else { panic!("{e:?}") };
+            assert_eq!(field, "params.draft_model");
+            assert!(why.contains(d) && why.contains(what) && why.contains("hearth add"), "{why}");
+            assert_eq!(load.model_draft, None);
+        }
+        let e = apply_load_params(&json!({"draft_model": 7}), None, &mut LoadSettings::default()).unwrap_err();
+        assert!(e.to_string().contains("expected the name of a model in the store"), "{e}");
     }
 }
