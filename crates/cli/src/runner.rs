@@ -54,7 +54,15 @@ pub fn main(spec_json: &str) -> Result<(), String> {
     println!("ready");
     let _ = std::io::stdout().flush();
     for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
+        let conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of descriptors, say: a lasting error would spin this loop on a core.
+                tracing::warn!("cannot accept a connection: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
+        };
         let state = state.clone();
         std::thread::spawn(move || {
             if let Err(e) = serve(&state, conn) {
@@ -78,7 +86,8 @@ fn send(w: &mut impl Write, reply: &Reply) -> std::io::Result<()> {
 
 fn error_reply(e: &EngineError) -> Reply {
     let kind = match e {
-        EngineError::PromptTooLong { .. } | EngineError::InvalidRequest(_) | EngineError::Template(_) => ErrorKind::BadRequest,
+        EngineError::PromptTooLong { tokens, .. } => ErrorKind::PromptTooLong { tokens: u32::try_from(*tokens).unwrap_or(u32::MAX) },
+        EngineError::InvalidRequest(_) | EngineError::Template(_) => ErrorKind::BadRequest,
         _ => ErrorKind::Internal,
     };
     Reply::Error { kind, message: e.to_string() }

@@ -146,9 +146,11 @@ fn greedy_output_through_two_and_three_workers_is_the_single_process_answer() {
     }
 }
 
-/// Speculative decoding over two workers behind links with 10 ms of latency each way (so that
+/// Speculative decoding over two workers behind links with 20 ms of latency each way (so that
 /// a pass through them costs well more than the draft model's decode on this machine, and
-/// drafting pays: with 3 ms it is about as slow as the target here and stops): drafts are
+/// drafting pays: with 3 ms it is about as slow as the target here and stops; at 10 ms, a
+/// machine busy with other work made the steps' costs look high enough to stop n-gram drafts
+/// once): drafts are
 /// made on the controller and verified in one pass through both, so fewer round trips per
 /// token, and the same answer.
 #[test]
@@ -156,7 +158,7 @@ fn drafts_over_two_workers_give_the_same_answer_in_fewer_round_trips() {
     let _turn = common::one_at_a_time();
     let ws = workers(2);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let delay = std::time::Duration::from_millis(10);
+    let delay = std::time::Duration::from_millis(20);
     let proxies: Vec<_> = ws.iter().map(|w| rt.block_on(hearth_cluster::DelayProxy::start(w.addr.parse().unwrap(), delay)).unwrap()).collect();
     let list = proxies.iter().map(|p| p.local_addr().to_string()).collect::<Vec<_>>().join(",");
     let edit = "Fix the typo in this code and return the whole code: def add(a, b):\n    retrun a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n    return a * b\n\ndef div(a, b):\n    return a / b";

@@ -410,3 +410,27 @@ fn a_bounded_load_with_a_runner_killed_in_the_middle() {
     assert_eq!(s.post("/api/chat", chat("Hi", 1)).0, 200, "the server is up with a fresh runner");
     assert!(rss_after < rss_before + 64 * 1024, "server memory grew from {rss_before} to {rss_after} KiB");
 }
+
+#[test]
+fn a_prompt_longer_than_the_default_context_grows_it_unless_c_was_given() {
+    let _turn = common::one_at_a_time();
+    // About 4,500 tokens: more than the default context (4096), less than the model's (8192).
+    let items: Vec<String> = (0..650).map(|i| format!("item{i} is blue.")).collect();
+    let chat = json!({"model": "smollm2", "messages": [{"role": "user", "content": format!("{} What color is item7?", items.join(" "))}], "max_tokens": 4});
+    let s = Server::start(&[]);
+    let (code, v) = s.post("/v1/chat/completions", chat.clone());
+    assert_eq!(code, 200, "{v}");
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 4096, "{v}");
+    let context = |s: &Server| s.get("/api/ps").1["models"][0]["context_length"].clone();
+    assert_eq!(context(&s), 8192);
+    // Later requests use the larger context as it is: no reload back and forth.
+    let (code, v) = s.post("/v1/chat/completions", json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(context(&s), 8192);
+    drop(s);
+    // -c is the user's choice: kept, and the prompt refused, saying so.
+    let s = Server::start(&["-c", "4096"]);
+    let (code, v) = s.post("/v1/chat/completions", chat);
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("does not fit in the context of 4096 tokens"), "{v}");
+}

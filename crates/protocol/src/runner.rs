@@ -154,8 +154,11 @@ pub struct Info {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
-    /// The request was wrong (too long a prompt, bad values).
+    /// The request was wrong (bad values).
     BadRequest,
+    /// The prompt, `tokens` long, does not fit in the context: a server that chose the context
+    /// itself may load the model again with a larger one.
+    PromptTooLong { tokens: u32 },
     /// Something failed inside.
     Internal,
 }

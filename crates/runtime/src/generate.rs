@@ -120,10 +120,14 @@ fn reply_event(reply: Reply, model: &str) -> Result<(Option<Event>, Option<Event
 
 fn runner_error(kind: ErrorKind, message: String) -> RuntimeError {
     match kind {
-        ErrorKind::BadRequest => RuntimeError::Rejected(message),
+        ErrorKind::BadRequest | ErrorKind::PromptTooLong { .. } => RuntimeError::Rejected(message),
         ErrorKind::Internal => RuntimeError::Internal(message),
     }
 }
+
+/// How long a request that grows its model's context waits for the requests the smaller
+/// context still serves.
+const GROW_WAIT: Duration = Duration::from_secs(120);
 
 /// A rendered chat prompt.
 #[derive(Debug, Clone, PartialEq)]
@@ -256,22 +260,55 @@ impl Runtime {
     /// reply (an error reply becomes the error), and how long loading took. A runner that died
     /// since its last request is found out here: it is marked dead, and a second attempt starts
     /// a fresh one.
+    ///
+    /// A generation whose prompt does not fit in a context the server chose itself (no `-c`,
+    /// no `num_ctx`) loads the model again with a larger one, up to the model's own (see
+    /// [`Scheduler::grown_ctx`]): an agent's 20,000-token prompt works without settings.
     async fn open(&self, model: &Model, load: &LoadOptions, request: &Request) -> Result<(Lease, ReplyStream, Reply, Duration), RuntimeError> {
         let started = Instant::now();
         let was_loaded = self.sched.is_loaded(&model.name);
         let mut attempt = 0;
+        let mut load = std::borrow::Cow::Borrowed(load);
+        // When the context grows: since when, and why (the runner's message).
+        let mut grown: Option<(Instant, String)> = None;
         loop {
             attempt += 1;
-            let lease = self.sched.acquire(model, load).await?;
+            let lease = match self.sched.acquire(model, &load).await {
+                Ok(lease) => lease,
+                // Growing the context, while the loaded instance still serves other requests:
+                // they end first.
+                Err(RuntimeError::Overloaded { why, .. }) if grown.as_ref().is_some_and(|(at, _)| at.elapsed() < GROW_WAIT) => {
+                    tracing::debug!(model = %model.name, why, "waiting to load it with a larger context");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    attempt -= 1;
+                    continue;
+                }
+                // The larger context does not fit in memory: the prompt does not fit, as said.
+                Err(e @ RuntimeError::TooLarge { .. }) if grown.is_some() => {
+                    let (_, why) = grown.expect("growing");
+                    let ctx = load.num_ctx.unwrap_or_default();
+                    return Err(RuntimeError::Rejected(format!("{why} (a context of {ctx} tokens for it does not fit in memory: {e})")));
+                }
+                Err(e) => return Err(e),
+            };
             let mut stream = match lease.model.runner.request(request).await {
                 Ok(s) => s,
                 Err(_) if attempt == 1 => continue,
                 Err(e) => return Err(e.into()),
             };
             match stream.next().await {
+                Some(Ok(Reply::Error { kind: ErrorKind::PromptTooLong { tokens }, message })) if matches!(request, Request::Generate(_)) && load.num_ctx.is_none() => {
+                    let Some(ctx) = self.sched.grown_ctx(&lease.model, tokens) else { return Err(RuntimeError::Rejected(message)) };
+                    tracing::info!(model = %model.name, prompt_tokens = tokens, from = lease.model.ctx_per_seq, to = ctx, "the prompt does not fit: loading the model with a larger context");
+                    drop((stream, lease));
+                    load = std::borrow::Cow::Owned(LoadOptions { num_ctx: Some(ctx), ..load.into_owned() });
+                    grown = Some((Instant::now(), message));
+                    attempt = 0;
+                }
                 Some(Ok(Reply::Error { kind, message })) => return Err(runner_error(kind, message)),
                 Some(Ok(r)) => {
-                    let load_time = if was_loaded { Duration::ZERO } else { started.elapsed() };
+                    // A context grown for this request was a load too.
+                    let load_time = if was_loaded && grown.is_none() { Duration::ZERO } else { started.elapsed() };
                     return Ok((lease, stream, r, load_time));
                 }
                 Some(Err(e)) => return Err(e.into()),

@@ -49,6 +49,17 @@ pub struct Config {
     pub gpus: Vec<Gpu>,
 }
 
+/// See [`Scheduler::grown_ctx`]: `flag` is the server's `-c`, `train` the model's training
+/// context (0: unknown).
+fn grown_ctx(flag: Option<u32>, loaded: u32, train: u32, tokens: u32) -> Option<u32> {
+    if flag.is_some() {
+        return None;
+    }
+    let want = tokens.saturating_add(tokens / 4).max(8192).checked_next_power_of_two().unwrap_or(u32::MAX);
+    let ctx = if train > 0 { want.min(train) } else { want };
+    (ctx > loaded && ctx > tokens).then_some(ctx)
+}
+
 /// Options a request may set for loading.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
@@ -226,16 +237,20 @@ impl Scheduler {
         self.models.lock().expect("not poisoned").get(name).is_some_and(|m| m.runner.alive())
     }
 
-    /// The model (loading it if needed) for one request.
+    /// The model (loading it if needed) for one request. A context asked for (the request's
+    /// `num_ctx`, else the server's `-c`) must be the loaded one's; without either, whatever
+    /// context the model is loaded with serves (the default, or one grown for a long prompt:
+    /// see [`grown_ctx`](Self::grown_ctx)).
     pub async fn acquire(&self, model: &Model, opts: &LoadOptions) -> Result<Lease, RuntimeError> {
         let name: &str = &model.name;
-        let ctx = opts.num_ctx.unwrap_or(self.config.load.ctx()).max(64);
-        if let Some(lease) = self.try_lease(name, &model.digest, Some(ctx), opts)? {
+        let wanted = opts.num_ctx.or(self.config.load.ctx_size).map(|c| c.max(64));
+        let ctx = wanted.unwrap_or(LoadSettings::DEFAULT_CTX);
+        if let Some(lease) = self.try_lease(name, &model.digest, wanted, opts)? {
             return Ok(lease);
         }
         let _guard = self.load_lock.lock().await;
         // Someone may have loaded it while we waited.
-        if let Some(lease) = self.try_lease(name, &model.digest, Some(ctx), opts)? {
+        if let Some(lease) = self.try_lease(name, &model.digest, wanted, opts)? {
             return Ok(lease);
         }
         let parallel = self.config.parallel.max(1);
@@ -243,7 +258,7 @@ impl Scheduler {
         let mut load = self.config.load.clone();
         load.ctx_size = Some(ctx);
         if let Some(p) = &model.params {
-            crate::options::apply_load_params(p, &mut load).map_err(|e| match e {
+            crate::options::apply_load_params(p, model.draft_file.as_deref(), &mut load).map_err(|e| match e {
                 RuntimeError::Invalid { field, why } => RuntimeError::Invalid { field: format!("{field} (stored with the model {name})"), why },
                 other => other,
             })?;
@@ -407,6 +422,14 @@ impl Scheduler {
         }
         drop(s);
         Ok(Some(Lease { model: m.clone() }))
+    }
+
+    /// The context to load `loaded` with again for a prompt of `tokens` that does not fit in
+    /// it, when the server chose its context (no `-c`): the next power of two with a quarter
+    /// to spare for the answer and the turns that follow (at least 8192), at most the model's
+    /// training context. `None` when that is no larger than the loaded one, or `-c` was given.
+    pub fn grown_ctx(&self, loaded: &Loaded, tokens: u32) -> Option<u32> {
+        grown_ctx(self.config.load.ctx_size, loaded.ctx_per_seq, loaded.runner.info.n_ctx_train, tokens)
     }
 
     /// More than the whole budget never fits: that is not worth waiting (or evicting) for.
@@ -580,6 +603,21 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_context_the_server_chose_grows_for_a_long_prompt_up_to_the_models_own() {
+        // A quarter to spare, a power of two, at least 8192, at most the training context.
+        assert_eq!(grown_ctx(None, 4096, 131072, 4500), Some(8192));
+        assert_eq!(grown_ctx(None, 4096, 131072, 9539), Some(16384));
+        assert_eq!(grown_ctx(None, 4096, 131072, 21075), Some(32768));
+        assert_eq!(grown_ctx(None, 4096, 8192, 21075), None); // beyond the model's own
+        assert_eq!(grown_ctx(None, 4096, 8192, 7000), Some(8192));
+        assert_eq!(grown_ctx(None, 8192, 8192, 8100), None); // already as large as it gets
+        assert_eq!(grown_ctx(None, 4096, 0, 5000), Some(8192)); // training context unknown
+        assert_eq!(grown_ctx(None, 4096, 4096, 5000), None);
+        // -c is the user's choice: kept.
+        assert_eq!(grown_ctx(Some(4096), 4096, 131072, 4500), None);
+    }
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn config(parent: &std::path::Path) -> Config {
