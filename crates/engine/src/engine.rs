@@ -1037,11 +1037,10 @@ impl Worker {
                 Some(d) => d.catch_up_secs(slot.seq as usize, &slot.cache).and_then(|secs| step_cost.in_tokens(secs, g)).unwrap_or(DRAFT_MODEL_PRIOR),
                 None => 0.0,
             };
-            let attempt = (catch_up - model_decode).max(0.0) + (1.0 - f64::from(spec.made_rate())) * model_decode;
             let mut want = if self.draft_every_step {
                 (self.draft_max as usize).min(room)
             } else {
-                spec.want(room, cost + model_decode, switch, attempt)
+                spec.want(room, cost, model_decode, switch, catch_up)
             };
             tracing::trace!(seq = slot.seq, cost, model_decode, catch_up, switch, rate = spec.confirm_rate(), made = spec.made_rate(), want, fit = ?step_cost.fit(), "draft");
             if want == 0 {
@@ -1060,7 +1059,7 @@ impl Worker {
                 Spec::Draft => drafter.as_mut().map(|d| d.draft(slot.seq as usize, &slot.cache, want)).unwrap_or_default(),
                 Spec::None => Vec::new(),
             };
-            spec.asked(!draft.is_empty());
+            spec.asked(want, draft.len());
             if !spec.worth(draft.len()) {
                 continue;
             }

@@ -60,7 +60,18 @@ pub struct StepCost {
     /// included: they are slower, never faster), for [`in_tokens`](Self::in_tokens) before
     /// there is a fit.
     fastest: Option<f64>,
+    /// The cheapest cost per token beyond the first seen in a first step of its size of
+    /// [`PROMPT_MIN_TOKENS`] to [`FIT_MAX_TOKENS`] tokens (a short prompt, mostly), against the
+    /// one-token steps: until steps of two sizes recur, what a drafted token costs (see
+    /// [`estimate`](Self::estimate)).
+    first_per_token: Option<f64>,
+    /// Those first steps, `(tokens, secs)`, until one-token steps tell their base.
+    firsts: Vec<(usize, f64)>,
 }
+
+/// First steps shorter than this say little about the cost per token: a one-off (a graph
+/// built, a worker asked about a new shape) weighs on too few tokens.
+const PROMPT_MIN_TOKENS: usize = 8;
 
 /// Larger steps (long prompt chunks) say little about the cost of a few more tokens.
 pub const FIT_MAX_TOKENS: usize = 64;
@@ -87,6 +98,10 @@ impl StepCost {
             self.seen.resize(tokens + 1, false);
         }
         if !std::mem::replace(&mut self.seen[tokens], true) {
+            if tokens >= PROMPT_MIN_TOKENS && self.firsts.len() < KEPT {
+                self.firsts.push((tokens, secs));
+            }
+            self.first_from_prompts();
             return;
         }
         let q = &mut self.recent[tokens];
@@ -94,6 +109,33 @@ impl StepCost {
             q.pop_front();
         }
         q.push_back(secs);
+        if tokens == 1 {
+            self.first_from_prompts();
+        }
+    }
+
+    /// Updates [`first_per_token`](Self::first_per_token) from the first steps seen, once a
+    /// one-token step (not a first one) tells the base.
+    fn first_from_prompts(&mut self) {
+        let Some(one) = self.recent.get(1).and_then(|q| q.iter().copied().reduce(f64::min)) else { return };
+        for (n, secs) in self.firsts.drain(..) {
+            let per_token = ((secs - one) / (n - 1) as f64).max(0.0);
+            self.first_per_token = Some(self.first_per_token.map_or(per_token, |p| p.min(per_token)));
+        }
+    }
+
+    /// [`fit`](Self::fit), or before there is one, what the first steps of a short prompt
+    /// tell: `(base, per_token)` with the one-token step as base plus one token. A prompt's
+    /// step has fewer outputs than a draft's and includes building its graph: the cost per
+    /// token it tells is rough, but of the right size for the hardware (a CPU, where each
+    /// token costs most of a step, or a GPU or a cluster, where it costs little), where a
+    /// fixed prior is right for one and wrong for the other.
+    pub fn estimate(&self) -> Option<(f64, f64)> {
+        self.fit().or_else(|| {
+            let per_token = self.first_per_token?;
+            let one = self.recent.get(1).and_then(|q| q.iter().copied().reduce(f64::min))?;
+            Some(((one - per_token).max(0.0), per_token))
+        })
     }
 
     /// `(base, per_token)` in seconds, once steps of two sizes or more have been seen.
@@ -121,7 +163,7 @@ impl StepCost {
     /// fraction; many sequences, or a CPU: close to one or more, and drafting does not pay.
     pub fn draft_cost(&self, generating: usize) -> f64 {
         let g = generating.max(1) as f64;
-        match self.fit() {
+        match self.estimate() {
             Some((base, per_token)) if base + per_token * g > 0.0 => g * per_token / (base + per_token * g),
             _ => g * PRIOR_MARGINAL / (1.0 + PRIOR_MARGINAL * (g - 1.0)),
         }
@@ -129,11 +171,11 @@ impl StepCost {
 
     /// `secs` of other work (a draft model's decode) in the same unit as
     /// [`draft_cost`](Self::draft_cost): the tokens a step of `generating` sequences would have
-    /// produced in that time; before there is a fit, against the fastest step seen; `None`
-    /// before any step.
+    /// produced in that time; before there is an [`estimate`](Self::estimate), against the
+    /// fastest step seen; `None` before any step.
     pub fn in_tokens(&self, secs: f64, generating: usize) -> Option<f64> {
         let g = generating.max(1) as f64;
-        match self.fit() {
+        match self.estimate() {
             Some((base, per_token)) if base + per_token * g > 0.0 => Some(g * secs / (base + per_token * g)),
             _ => self.fastest.filter(|&f| f > 0.0).map(|f| g * secs / f),
         }
@@ -163,8 +205,9 @@ pub struct SpecState {
     /// While not drafting: the token a draft would have started with, checked against the
     /// token sampled instead (the confirm rate keeps being measured, at no cost).
     shadow: Option<Token>,
-    /// Drafts asked of the source and those that came back with a token at all (decaying
-    /// counts): a draft model stops before a token it is unsure of, often at the first.
+    /// Tokens asked of the source and those it gave (decaying counts: a token is asked for
+    /// up to and including the first one it did not give): a draft model stops before a
+    /// token it is unsure of, often at the first; n-grams at the end of what they copy.
     asked: f32,
     made: f32,
     /// Steps since the last draft, while drafting does not pay (see [`probe`](Self::probe)).
@@ -190,7 +233,8 @@ impl SpecState {
         SpecState { max: max as usize, min: min as usize, tested: 2.0, confirmed: 2.0 * prior, shadow: None, asked: 2.0, made: 2.0, skipped: 0, drafted: 0, accepted: 0 }
     }
 
-    /// The chance that a draft asked for comes back with a token.
+    /// The chance that the source gives the next token of a draft asked for (the first, or
+    /// one more).
     pub fn made_rate(&self) -> f32 {
         self.made / self.asked
     }
@@ -201,33 +245,47 @@ impl SpecState {
     }
 
     /// How many tokens to draft this step, at most `room`, when one drafted token costs
-    /// `cost` (see [`StepCost::draft_cost`], plus a draft model's decode of it) and asking
-    /// for a draft at all costs `attempt` (a draft model catching up with the tokens it has
-    /// not seen; nothing for n-grams): the k-th token of a draft is confirmed with chance p^k,
-    /// so a draft goes on while p^k is above the cost. While not drafting, shadow drafts
-    /// ([`shadow`](Self::shadow)) or probes ([`probe`](Self::probe)) keep p up to date.
-    pub fn want(&mut self, room: usize, cost: f64, switch: f64, attempt: f64) -> usize {
-        // Costs are estimates: a token must be worth a little more than its estimate, so that
-        // a draft that would win a few percent at best (a CPU, where a token in a step costs
-        // nearly a step) is not a bet that loses as often.
-        let cost = cost * COST_MARGIN;
+    /// `cost` in the step (see [`StepCost::draft_cost`]), the source's making of each token
+    /// after the first costs `decode` (a draft model's decode of the one before; nothing for
+    /// n-grams), a draft that changes the step's size `switch`, and asking for a draft at all
+    /// `ask` (a draft model catching up with the tokens it has not seen, which gives the
+    /// first token). The source gives each next token with chance c
+    /// ([`made_rate`](Self::made_rate)), and the k-th token of a draft is confirmed with
+    /// chance p^k, so a draft asked of k tokens adds (cp) + (cp)^2 + ... + (cp)^k tokens for
+    /// c + ... + c^k tokens in the step and c + ... + c^(k-1) decodes: the k of 1, 2, 4, 8, 16
+    /// (powers of two: a few step sizes recur, and llama.cpp's graphs for them, and ggml
+    /// RPC's answers about their tensors, are reused) that gains most, if anything. While not
+    /// drafting, shadow drafts ([`shadow`](Self::shadow)) or probes ([`probe`](Self::probe))
+    /// keep p up to date.
+    pub fn want(&mut self, room: usize, cost: f64, decode: f64, switch: f64, ask: f64) -> usize {
         let p = f64::from(self.confirm_rate()).clamp(1e-3, 0.999);
-        let k = if p <= cost { 0 } else { (cost.max(1e-6).ln() / p.ln()).floor() as usize };
-        let k = k.min(self.max).min(room);
-        // The draft as a whole must also pay for changing the step's size and for the drafts
-        // that come back empty: the tokens it is expected to add, p + p^2 + ... + p^k, above
-        // what its tokens and the change cost.
-        let q = f64::from(self.made_rate()).clamp(1e-3, 1.0);
-        let gain: f64 = (1..=k).map(|i| p.powi(i as i32)).sum();
-        if k == 0 || q * gain <= q * (cost * k as f64 + switch) + attempt {
+        let c = f64::from(self.made_rate()).clamp(1e-3, 1.0);
+        let most = self.max.min(room);
+        let (mut best, mut k_best) = (0.0, 0);
+        let (mut gain, mut tokens, mut decodes) = (0.0, 0.0, 0.0);
+        for k in 1..=most {
+            let exists = c.powi(k as i32);
+            gain += exists * p.powi(k as i32);
+            tokens += exists;
+            if k > 1 {
+                decodes += c.powi(k as i32 - 1);
+            }
+            if k.is_power_of_two() {
+                // Costs are estimates: a draft must be worth a little more than its estimate,
+                // so that one that would win a few percent at best (a CPU, where a token in a
+                // step costs nearly a step) is not a bet that loses as often.
+                let value = gain - COST_MARGIN * (cost * tokens + decode * decodes + switch * c + ask);
+                if value > best {
+                    (best, k_best) = (value, k);
+                }
+            }
+        }
+        if k_best == 0 {
             self.skipped += 1;
             return 0;
         }
         self.skipped = 0;
-        // A power of two: a few step sizes recur, and llama.cpp's graphs for them (and ggml
-        // RPC's answers about their tensors) are reused.
-        let k = 1 << k.ilog2();
-        k.max(self.min).min(room)
+        k_best.max(self.min).min(room)
     }
 
     /// Whether to draft one token although it does not pay, to keep measuring how good the
@@ -243,10 +301,14 @@ impl SpecState {
         1.max(self.min).min(room)
     }
 
-    /// After asking the source for a draft: whether it came back with a token.
-    pub fn asked(&mut self, made: bool) {
-        self.asked = self.asked * DECAY + 1.0;
-        self.made = self.made * DECAY + f32::from(u8::from(made));
+    /// After asking the source for a draft of `want` tokens: it gave `got`.
+    pub fn asked(&mut self, want: usize, got: usize) {
+        if want == 0 {
+            return;
+        }
+        let asked = got + usize::from(got < want);
+        self.asked = self.asked * DECAY + asked as f32;
+        self.made = self.made * DECAY + got as f32;
     }
 
     /// Remembers the first token of a draft that was not worth verifying.
@@ -304,17 +366,17 @@ mod tests {
         assert!((s.confirm_rate() - 0.5).abs() < 1e-6);
         // p = 0.5: worth 2 tokens at a cost of 0.2 (0.25 > 0.2 > 0.125), none at 0.6; drafts
         // are powers of two.
-        assert_eq!(s.want(100, 0.2, 0.0, 0.0), 2);
-        assert_eq!(s.want(100, 0.6, 0.0, 0.0), 0);
-        assert_eq!(s.want(1, 0.01, 0.0, 0.0), 1, "bounded by the room in the batch");
+        assert_eq!(s.want(100, 0.2, 0.0, 0.0, 0.0), 2);
+        assert_eq!(s.want(100, 0.6, 0.0, 0.0, 0.0), 0);
+        assert_eq!(s.want(1, 0.01, 0.0, 0.0, 0.0), 1, "bounded by the room in the batch");
         // A costly change of the step's size: no draft of two at p = 0.5 (gain 0.75, cost 0.4 + 0.5).
-        assert_eq!(s.want(100, 0.2, 0.5, 0.0), 0);
+        assert_eq!(s.want(100, 0.2, 0.0, 0.5, 0.0), 0);
         // Drafts confirmed whole: longer drafts.
         for _ in 0..20 {
             s.adapt(8, 8);
         }
         assert!(s.confirm_rate() > 0.95);
-        assert!(s.want(100, 0.2, 0.0, 0.0) >= 16);
+        assert!(s.want(100, 0.2, 0.0, 0.0, 0.0) >= 16);
         // Shadow drafts are counted like drafts of one token.
         let mut t = SpecState::new(16, 0, 0.5);
         for _ in 0..30 {
@@ -329,7 +391,7 @@ mod tests {
             s.adapt(4, 0);
         }
         assert!(s.confirm_rate() < 0.1);
-        assert_eq!(s.want(100, 0.2, 0.0, 0.0), 0);
+        assert_eq!(s.want(100, 0.2, 0.0, 0.0, 0.0), 0);
         assert!(!SpecState::new(8, 3, 0.5).worth(2) && SpecState::new(8, 3, 0.5).worth(3) && !s.worth(0));
     }
 
@@ -340,32 +402,75 @@ mod tests {
         for _ in 0..20 {
             s.adapt(8, 8);
         }
-        assert_eq!(s.want(100, 0.2, 0.0, 0.0), 16);
-        // A draft model as slow as the target (a drafted token costs 0.2 + 1.0): none, and
-        // one token every PROBE_EVERY steps to keep measuring.
+        assert_eq!(s.want(100, 0.2, 0.0, 0.0, 0.0), 16);
+        // A draft model as slow as the target (each drafted token costs 0.2 in the step and a
+        // decode of 1.0): none, and one token every PROBE_EVERY steps to keep measuring.
         let mut probes = 0;
         for _ in 0..3 * PROBE_EVERY {
-            assert_eq!(s.want(100, 1.2, 0.0, 1.0), 0);
+            assert_eq!(s.want(100, 0.2, 1.0, 0.0, 1.0), 0);
             probes += s.probe(100, 1.2);
         }
         assert_eq!(probes, 3);
         // Not where a probe costs more than a twentieth of the steps it is spread over (a
         // draft model catching up with everything generated since it was last asked).
         for _ in 0..3 * PROBE_EVERY {
-            assert_eq!(s.want(100, 1.2, 0.0, 5.0), 0);
+            assert_eq!(s.want(100, 0.2, 1.0, 0.0, 5.0), 0);
             assert_eq!(s.probe(100, 6.2), 0);
         }
         // A draft model that comes back empty most of the time (it is unsure at the first
-        // token): asking it costs its decode each time, and a draft is worth less.
+        // token): asking it costs its catch-up each time, and a draft is worth less.
         let mut t = SpecState::new(16, 0, 0.6);
-        assert_eq!(t.want(100, 0.3, 0.0, 0.2), 2);
+        assert_eq!(t.want(100, 0.1, 0.2, 0.0, 0.2), 2);
         for _ in 0..30 {
-            t.asked(false);
+            t.asked(2, 0);
         }
-        t.asked(true);
+        t.asked(1, 1);
         assert!(t.made_rate() < 0.15);
-        assert_eq!(t.want(100, 0.3, 0.0, 0.2), 0);
+        assert_eq!(t.want(100, 0.1, 0.2, 0.0, 0.2), 0);
+        // One that gives nothing or one token: drafts asked long come back short, so they are
+        // worth what short drafts are (the rates and costs of the starter model drafting for
+        // its 8-expert copy in bench/spec.sh's stories: every token it gave was confirmed,
+        // yet a draft of 16 priced as if it came whole made generation 6 % slower).
+        let mut u = SpecState::new(16, 0, 0.99);
+        for _ in 0..30 {
+            u.asked(16, 0);
+            u.asked(16, 1);
+            u.adapt(1, 1);
+        }
+        assert!((u.made_rate() - 1.0 / 3.0).abs() < 0.05, "{}", u.made_rate());
+        assert_eq!(u.want(100, 0.34, 0.22, 0.05, 0.22), 0);
+        let mut v = SpecState::new(16, 0, 0.99);
+        assert_eq!(v.want(100, 0.34, 0.22, 0.05, 0.22), 8, "a source that gives what is asked: long drafts");
         assert_eq!(t.probe(0, 0.0), 0, "no room, no probe");
+    }
+
+    #[test]
+    fn before_a_fit_a_short_prompts_first_step_tells_the_cost_of_a_token() {
+        // A CPU: a 30-token prompt took 10 ms + 29 x 8 ms, a one-token step 10 ms.
+        let mut c = StepCost::default();
+        c.observe(30, 0.010 + 29.0 * 0.008);
+        assert!((c.draft_cost(1) - PRIOR_MARGINAL).abs() < 1e-9, "no one-token step yet");
+        c.observe(1, 0.012); // the first one-token step: not counted
+        c.observe(1, 0.010);
+        assert!(c.fit().is_none());
+        let (base, per_token) = c.estimate().unwrap();
+        assert!((per_token - 0.008).abs() < 1e-6 && (base - 0.002).abs() < 1e-6, "{base} {per_token}");
+        assert!((c.draft_cost(1) - 0.8).abs() < 1e-6, "{}", c.draft_cost(1));
+        // Other work is weighed against the one-token step.
+        assert!((c.in_tokens(0.005, 1).unwrap() - 0.5).abs() < 1e-6);
+        // A GPU or a cluster: the prompt cost about one step; a drafted token costs little.
+        let mut c = StepCost::default();
+        for (n, secs) in [(1, 0.020), (1, 0.020), (3, 0.5), (24, 0.023)] {
+            c.observe(n, secs); // a 3-token first step (a one-off over 2 tokens) is not believed
+        }
+        assert!(c.draft_cost(1) < 0.01, "{}", c.draft_cost(1));
+        // Once steps of two sizes recur, the fit decides.
+        let mut c = StepCost::default();
+        c.observe(30, 0.010 + 29.0 * 0.008);
+        for n in [1, 1, 2, 2, 1, 2] {
+            c.observe(n, 0.010 + (n - 1) as f64 * 0.004);
+        }
+        assert!((c.draft_cost(1) - 0.4).abs() < 1e-6, "{}", c.draft_cost(1));
     }
 
     #[test]

@@ -26,10 +26,17 @@ pub fn spawn(mut cmd: Command, key: &str) -> (Child, String, Vec<String>, mpsc::
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("start hearth");
     let (tx, rx) = mpsc::channel();
+    // HEARTH_BENCH_LOG=FILE: every child's output is also appended there (with HEARTH_LOG,
+    // the engine's decisions, say).
+    let log = std::env::var_os("HEARTH_BENCH_LOG").map(|f| std::sync::Arc::new(std::sync::Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(f).expect("open HEARTH_BENCH_LOG"))));
     for r in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
-        let tx = tx.clone();
+        let (tx, log) = (tx.clone(), log.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(r).lines().map_while(Result::ok) {
+                if let Some(log) = &log {
+                    use std::io::Write;
+                    let _ = writeln!(log.lock().unwrap(), "{line}");
+                }
                 let _ = tx.send(line);
             }
         });
