@@ -5,6 +5,8 @@
 # workload, and 8 concurrent streams; then a draft model (the starter model drafting for an
 # 8-expert target made from it, which answers the same: --model-draft) on the edit and two chat
 # workloads. RUNS=N (default 3), CLUSTER_TOKENS=N (default 400), ONLY=ngram|draft|cluster.
+# HEARTH_BENCH_LOG=FILE appends the servers' output there; with
+# HEARTH_LOG='hearth::runner=debug,hearth_engine=trace' that shows each step's draft decision.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p hearth --bin hearth --example spec_bench
