@@ -117,6 +117,9 @@ impl StepCost {
     /// Updates [`first_per_token`](Self::first_per_token) from the first steps seen, once a
     /// one-token step (not a first one) tells the base.
     fn first_from_prompts(&mut self) {
+        if self.firsts.is_empty() {
+            return;
+        }
         let Some(one) = self.recent.get(1).and_then(|q| q.iter().copied().reduce(f64::min)) else { return };
         for (n, secs) in self.firsts.drain(..) {
             let per_token = ((secs - one) / (n - 1) as f64).max(0.0);
