@@ -141,6 +141,9 @@ def server(tmp_path_factory, model_path) -> Server:
     store = home / "models"
     env = {k: v for k, v in os.environ.items() if k not in _SERVER_ENV_DROP}
     env["HEARTH_MODELS"] = str(store)
+    # HEARTH_E2E_LOG: the servers' HEARTH_LOG (their logs are in each test's temporary folder).
+    if os.environ.get("HEARTH_E2E_LOG"):
+        env["HEARTH_LOG"] = os.environ["HEARTH_E2E_LOG"]
     added = subprocess.run(
         [str(hearth), "add", str(model_path), "--name", MODEL, "--no-progress"],
         env=env, capture_output=True, text=True, timeout=120,

@@ -3,7 +3,7 @@ scripts/test.sh), pointed at `hearth serve` with ANTHROPIC_BASE_URL: a whole too
 
 Claude Code sends what it always sends (`/v1/messages?beta=true`, streamed, its ~2,000-token
 system prompt as blocks with `cache_control`, `thinking`, `context_management`, `metadata`,
-`max_tokens` 32000, `x-api-key`); the model calls its Read tool, Claude Code reads the file and
+`max_tokens`, 32000 unless CLAUDE_CODE_MAX_OUTPUT_TOKENS says less as here, `x-api-key`); the model calls its Read tool, Claude Code reads the file and
 sends the result back, and hearth answers that turn too. The test model is tiny: what it says
 after the result is not checked (it tends to call Read again), only that the loop works and no
 request fails.
@@ -56,6 +56,9 @@ def test_a_claude_code_session_calls_a_tool_and_gets_its_result_answered(claude,
         "DISABLE_AUTOUPDATER": "1",
         "DISABLE_ERROR_REPORTING": "1",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        # Its `max_tokens` (32000 by default): a greedy tiny model running on in a string would
+        # otherwise take many minutes to reach it on 2 cores.
+        "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "1024",
         "NO_PROXY": "127.0.0.1,localhost",
     }
     run = subprocess.run(

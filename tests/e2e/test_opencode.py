@@ -2,15 +2,21 @@
 `hearth serve` as an OpenAI-compatible provider: a tool-using `opencode run` session.
 
 opencode sends what it always sends: chat completions, streamed with
-`stream_options.include_usage`, `max_tokens` 32000, its ~7,000-token system prompt and 10
-function tools with `tool_choice: "auto"`, and a second request at the same time (the session's
-title, no tools). The model calls opencode's `read` tool, opencode reads the file and sends the
-result back as a `tool` message, and hearth answers that request too.
+`stream_options.include_usage`, `max_tokens` (the model's output limit from opencode's config),
+its ~7,000-token system prompt and function tools with `tool_choice: "auto"`, and a second
+request at the same time (the session's title, no tools). The model calls opencode's `read`
+tool, opencode reads the file and sends the result back as a `tool` message, and hearth answers
+that request too.
 
-The test model is tiny and never finishes the task on its own (greedy, it reads the file again
-and again), so the session is stopped once the loop has gone round: a tool call, opencode's
-result, and the next step answered. What is checked is opencode's own event stream
-(`--format json`): the calls, their results, the steps that answered them, no error.
+The test model is tiny and greedy, and what it does depends on the whole prompt, which holds the
+working directory and the date. Given opencode's 10 tools, on some paths it called `read`, then
+`write`, then `todowrite` with a list that never ended (opencode's default `max_tokens` is
+32000: 2,198 tokens in 190 s and counting). So opencode's config leaves it the three read-only
+tools (`read`, `glob`, `grep`, whose arguments are short) and an output limit of 512 tokens.
+The session is stopped once the loop has gone round (greedy, it calls the tools again and
+again): a tool call, opencode's result, and the next step answered. What is checked is
+opencode's own event stream (`--format json`): the calls, their results, the steps that
+answered them, no error.
 
 HEARTH_OPENCODE is the `opencode` launcher; without it the test is skipped (scripts/test.sh
 always sets it).
@@ -57,12 +63,20 @@ def test_an_opencode_session_calls_a_tool_and_gets_its_result_answered(opencode,
                 "npm": "@ai-sdk/openai-compatible",
                 "name": "hearth",
                 "options": {"baseURL": f"{url}/v1", "apiKey": "hearth-test"},
-                "models": {"opencode-greedy": {"name": "opencode-greedy", "tool_call": True}},
+                "models": {
+                    "opencode-greedy": {
+                        "name": "opencode-greedy",
+                        "tool_call": True,
+                        "limit": {"context": 16384, "output": 512},
+                    }
+                },
             }
         },
         "model": "hearth/opencode-greedy",
         "autoupdate": False,
         "share": "disabled",
+        # Only the read-only tools (see the module's text).
+        "tools": {t: False for t in ("bash", "edit", "write", "task", "todowrite", "webfetch", "skill")},
     }))
     home = tmp_path / "home"
     env = {
