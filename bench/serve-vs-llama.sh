@@ -9,6 +9,11 @@
 #
 #   bench/serve-vs-llama.sh [ROUNDS] [PROMPT_TOKENS]     # defaults: 5 rounds, 32 tokens
 #
+# REQS=N (default 1): each server's figure in a round is the median of N measurements in a row
+# (at 1 stream one 128-token request takes about a second, and a second on this VM varies by
+# 10-20 %). The servers' order alternates from round to round, and each round's hearth /
+# llama-server ratio is printed with their median (paired rounds: slow minutes of the machine
+# fall on both).
 # HEARTH_BEFORE=path/to/an/older/hearth adds that binary as a third server (before/after).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,16 +44,18 @@ resume() { kill -CONT "$1"; pkill -CONT -P "$1" 2>/dev/null || true; }
 # Each round its own prompts (--seed), the same for every server: no prompt cache holds them.
 measure() {
   $hearth bench --url "$1" --seed "$((round * 1000))" --model smollm2 --api openai-chat --temperature 0.7 --prompt-tokens "$prompt_tokens" \
-    --gen-tokens 128 --concurrency 1,8 --runs 1 --json 2>>"$out/bench.log"
+    --gen-tokens 128 --concurrency 1,8 --runs "${REQS:-1}" --json 2>>"$out/bench.log"
 }
 : > "$out/results.jsonl"
 servers="hearth:$h_pid:18571 llama-server:$l_pid:18572 ${b_pid:+hearth-before:$b_pid:18573}"
 for s in $servers; do pause "$(echo "$s" | cut -d: -f2)"; done
 for round in $(seq "$rounds"); do
-  for s in $servers; do
+  order=$servers
+  [ $((round % 2)) = 0 ] && order=$(echo "$servers" | tr ' ' '\n' | tac | tr '\n' ' ')
+  for s in $order; do
     IFS=: read -r name pid port <<<"$s"
     resume "$pid"
-    measure "http://127.0.0.1:$port" | python3 -c 'import json,sys; [print(json.dumps(dict(l, server=sys.argv[1]))) for l in json.load(sys.stdin)]' "$name" >> "$out/results.jsonl"
+    measure "http://127.0.0.1:$port" | python3 -c 'import json,sys; [print(json.dumps(dict(l, server=sys.argv[1], round=int(sys.argv[2])))) for l in json.load(sys.stdin)]' "$name" "$round" >> "$out/results.jsonl"
     pause "$pid"
   done
   echo "round $round done" >&2
@@ -67,6 +74,14 @@ for c in sorted({r["concurrency"] for r in rows}):
     for n in names:
         v = [r["aggregate_tok_s"] for r in rows if r["server"] == n and r["concurrency"] == c]
         print(f"| {n} | {c} | {fmt(v)} | {statistics.median(v):.1f} | {statistics.median(v) / base:.2f} |")
+print()
+print("paired rounds: hearth / llama-server in each round, and their median")
+for c in sorted({r["concurrency"] for r in rows}):
+    for n in names[:-1]:
+        by = lambda s: {r["round"]: r["aggregate_tok_s"] for r in rows if r["server"] == s and r["concurrency"] == c}
+        mine, base = by(n), by("llama-server")
+        ratios = [mine[k] / base[k] for k in sorted(mine) if k in base]
+        print(f"{n} | {c} | {', '.join(f'{x:.2f}' for x in ratios)} | median {statistics.median(ratios):.2f}")
 print()
 print("medians | streams | TTFT p50 ms | gen tok/s per stream | aggregate tok/s")
 for server in names:
