@@ -167,3 +167,23 @@ fn a_draft_model_through_serve_and_run_gives_the_same_answer() {
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
     assert!(text(&refused.stderr).contains("cannot draft for") && text(&refused.stderr).contains("token 500"), "{}", text(&refused.stderr));
 }
+
+#[test]
+fn a_synthetic_mtp_model_answers_like_the_model_it_was_made_from() {
+    let _turn = common::one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let mtp = dir.path().join("mtp.gguf");
+    hearth_testkit::synthetic::mtp_from_dense(&model_path(), &mtp).unwrap();
+    let run = |m: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args(["run", m.to_str().unwrap(), EDIT, "--temp", "0", "-n", "48", "-t", "2"])
+            .env("HEARTH_HOST", "127.0.0.1:1")
+            .output()
+            .unwrap()
+    };
+    let (a, b) = (run(&model_path()), run(&mtp));
+    assert!(b.status.success(), "{}", text(&b.stderr));
+    assert!(text(&a.stdout).len() > 40, "{}", text(&a.stdout));
+    assert_eq!(text(&a.stdout), text(&b.stdout));
+    if std::env::var_os("HEARTH_KEEP_MTP").is_some() { std::fs::copy(&mtp, "/tmp/mtp.gguf").unwrap(); eprintln!("{}", text(&b.stdout)); }
+}

@@ -121,3 +121,125 @@ pub fn moe_from_dense(dense: &Path, out: &Path, n_expert: u32) -> Result<(), Str
     w.write_to_path(out).map_err(|e| e.to_string())?;
     Ok(())
 }
+
+/// A model with a multi-token-prediction (MTP) head, made from a dense llama-architecture
+/// model (the starter model): a `glm4moe` model (GLM-4.5's architecture, whose MTP head
+/// llama.cpp runs) whose trunk is the dense model's layers, so its greedy answers are the
+/// dense model's, plus one `nextn` block after them.
+///
+/// The trunk maps one to one: GLM-4.5's layer is llama's with the pre-FFN norm named
+/// `post_attention_norm`; its rotary embedding pairs dimension i with i + d/2 (NEOX) where the
+/// llama GGUF converter interleaved the pairs, so the rows of each head of `attn_q` and
+/// `attn_k` are put back in the checkpoint's order (rows are whole quantized blocks, so no
+/// requantization). All trunk layers are dense (`leading_dense_block_count`).
+///
+/// The MTP block was never trained: its `eh_proj` passes the token's embedding through and
+/// its attention and feed-forward add nothing (zero output projections), so it predicts from
+/// the embedding of the latest token alone, through the tied output head, which mostly says
+/// that token again. Its drafts are right where the text repeats a token, enough to test that
+/// MTP drafting gives exactly the output without it, not to measure a speed-up.
+pub fn mtp_from_dense(dense: &Path, out: &Path) -> Result<(), String> {
+    use hearth_gguf::{GgufWriter, TensorData, Value as GValue};
+    let src = GgufWriter::from_file(dense).map_err(|e| e.to_string())?;
+    if src.get("general.architecture").and_then(|v| v.as_str()) != Some("llama") {
+        return Err("mtp_from_dense needs a llama-architecture model".into());
+    }
+    let key = |k: &str| src.get(&format!("llama.{k}")).and_then(GValue::as_u64).ok_or(format!("the model has no llama.{k}"));
+    let (n_embd, n_ff, n_layer, n_head) = (key("embedding_length")?, key("feed_forward_length")?, key("block_count")?, key("attention.head_count")?);
+    let n_head_kv = key("attention.head_count_kv").unwrap_or(n_head);
+    let head_dim = n_embd / n_head;
+    let mut w = GgufWriter::new();
+    for (k, v) in src.metadata() {
+        match k.strip_prefix("llama.") {
+            Some(rest) => w.set(format!("glm4moe.{rest}"), v.clone()),
+            None => w.set(k.clone(), v.clone()),
+        };
+    }
+    w.set("general.architecture", "glm4moe");
+    w.set("general.name", "synthetic MTP model from a dense model");
+    w.set("glm4moe.block_count", (n_layer + 1) as u32);
+    w.set("glm4moe.nextn_predict_layers", 1u32);
+    w.set("glm4moe.leading_dense_block_count", n_layer as u32);
+    w.set("glm4moe.expert_count", 1u32);
+    w.set("glm4moe.expert_used_count", 1u32);
+    w.set("glm4moe.expert_shared_count", 1u32);
+    w.set("glm4moe.expert_feed_forward_length", n_ff as u32);
+    w.set("glm4moe.rope.dimension_count", head_dim as u32);
+    // Rows of a head from the converter's interleaved order back to halves: row h*d/2 + i
+    // of the checkpoint is row 2i + h of the llama GGUF.
+    let unpermute = |t: &hearth_gguf::TensorSpec, heads: u64| -> Result<Vec<u8>, String> {
+        let TensorData::Bytes(bytes) = &t.data else { return Err(format!("{}: no data", t.name)) };
+        let rows = heads * head_dim;
+        if t.dims.len() != 2 || t.dims[1] != rows || bytes.len() as u64 % rows != 0 {
+            return Err(format!("{}: unexpected shape {:?}", t.name, t.dims));
+        }
+        let row = (bytes.len() as u64 / rows) as usize;
+        let half = (head_dim / 2) as usize;
+        let mut outb = vec![0u8; bytes.len()];
+        for hd in 0..heads as usize {
+            let base = hd * head_dim as usize;
+            for h in 0..2 {
+                for i in 0..half {
+                    let (to, from) = (base + h * half + i, base + 2 * i + h);
+                    outb[to * row..(to + 1) * row].copy_from_slice(&bytes[from * row..(from + 1) * row]);
+                }
+            }
+        }
+        Ok(outb)
+    };
+    let last = n_layer - 1;
+    let mut mtp = Vec::new();
+    for t in src.tensors() {
+        let Some((layer, kind)) = t.name.strip_prefix("blk.").and_then(|r| r.split_once('.')) else {
+            w.push_tensor(t.clone());
+            continue;
+        };
+        let mut t = t.clone();
+        match kind {
+            "attn_q.weight" => t.data = TensorData::Bytes(unpermute(&t, n_head)?),
+            "attn_k.weight" => t.data = TensorData::Bytes(unpermute(&t, n_head_kv)?),
+            "ffn_norm.weight" => t.name = format!("blk.{layer}.post_attention_norm.weight"),
+            _ => {}
+        }
+        if layer.parse::<u64>().ok() == Some(last) {
+            mtp.push(t.clone());
+        }
+        w.push_tensor(t);
+    }
+    // The MTP block: the last layer's tensors, its output projections zero, the feed-forward
+    // as one routed and one shared expert.
+    let n = n_layer;
+    for t in mtp {
+        let kind = t.name.split_once('.').and_then(|(_, r)| r.split_once('.')).map(|(_, k)| k.to_string()).unwrap_or_default();
+        let zero = |t: &hearth_gguf::TensorSpec| TensorData::Zeros(t.data.len());
+        match kind.as_str() {
+            "attn_output.weight" => {
+                w.tensor(format!("blk.{n}.{kind}"), t.dims.clone(), t.ggml_type, zero(&t));
+            }
+            "ffn_gate.weight" | "ffn_up.weight" | "ffn_down.weight" => {
+                let ffn = kind.trim_end_matches(".weight");
+                let data = if ffn == "ffn_down" { zero(&t) } else { t.data.clone() };
+                let mut dims = t.dims.clone();
+                dims.push(1);
+                w.tensor(format!("blk.{n}.{ffn}_exps.weight"), dims, t.ggml_type, data.clone());
+                w.tensor(format!("blk.{n}.{ffn}_shexp.weight"), t.dims.clone(), t.ggml_type, data);
+            }
+            _ => {
+                w.tensor(format!("blk.{n}.{kind}"), t.dims.clone(), t.ggml_type, t.data.clone());
+            }
+        }
+    }
+    let f32s = |v: Vec<f32>| TensorData::Bytes(v.into_iter().flat_map(f32::to_le_bytes).collect());
+    w.tensor(format!("blk.{n}.ffn_gate_inp.weight"), vec![n_embd, 1], 0, TensorData::Zeros(n_embd * 4));
+    w.tensor(format!("blk.{n}.exp_probs_b.bias"), vec![1], 0, TensorData::Zeros(4));
+    w.tensor(format!("blk.{n}.nextn.enorm.weight"), vec![n_embd], 0, f32s(vec![1.0; n_embd as usize]));
+    w.tensor(format!("blk.{n}.nextn.hnorm.weight"), vec![n_embd], 0, f32s(vec![1.0; n_embd as usize]));
+    // eh_proj: [2 n_embd] -> [n_embd], the embedding half passed through (rows: outputs).
+    let mut eh = vec![0f32; (2 * n_embd * n_embd) as usize];
+    for i in 0..n_embd as usize {
+        eh[i * 2 * n_embd as usize + i] = 1.0;
+    }
+    w.tensor(format!("blk.{n}.nextn.eh_proj.weight"), vec![2 * n_embd, n_embd], 0, f32s(eh));
+    w.write_to_path(out).map_err(|e| e.to_string())?;
+    Ok(())
+}
