@@ -1,4 +1,5 @@
-//! Builds `cpp/chat_shim.cpp`, hearth's bridge to llama.cpp's chat code, against the llama.cpp
+//! Builds `cpp/chat_shim.cpp`, hearth's bridge to llama.cpp's chat code, and
+//! `cpp/mtp_shim.cpp`, its bridge to a model's multi-token-prediction layers, against the llama.cpp
 //! that `llama-cpp-sys-2` built: its headers are found through the CMake cache of that build
 //! (the sys crate tells its dependents where its CMake package lives, `DEP_LLAMA_GGML_CMAKE_DIR`).
 
@@ -6,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-changed=cpp/chat_shim.cpp");
+    println!("cargo:rerun-if-changed=cpp/mtp_shim.cpp");
     println!("cargo:rerun-if-env-changed=DEP_LLAMA_GGML_CMAKE_DIR");
     let cmake_dir = PathBuf::from(
         std::env::var("DEP_LLAMA_GGML_CMAKE_DIR").expect("llama-cpp-sys-2 tells where its build is (DEP_LLAMA_GGML_CMAKE_DIR)"),
@@ -18,8 +20,11 @@ fn main() {
         .cpp(true)
         .std("c++17")
         .file("cpp/chat_shim.cpp")
+        .file("cpp/mtp_shim.cpp")
         .include(out.join("include"))
         .include(src.join("include"))
+        // llama-ext.h: the staging API of the MTP hidden states.
+        .include(src.join("src"))
         .include(src.join("ggml/include"))
         .include(src.join("common"))
         .include(src.join("vendor"))

@@ -117,8 +117,9 @@ pub struct BenchArgs {
     /// cache holds them from an earlier run)
     #[arg(long, default_value_t = 1000)]
     pub seed: u64,
-    /// Compare hearth without and with speculative decoding (ngram): two servers started here
-    #[arg(long, value_name = "ngram")]
+    /// Compare hearth without and with speculative decoding (ngram, draft, mtp): two servers
+    /// started here
+    #[arg(long, value_name = "ngram|draft|mtp")]
     pub spec: Option<hearth_protocol::Spec>,
     /// The draft model of `--spec draft` (-md)
     #[arg(long = "model-draft", value_name = "MODEL")]

@@ -168,22 +168,72 @@ fn a_draft_model_through_serve_and_run_gives_the_same_answer() {
     assert!(text(&refused.stderr).contains("cannot draft for") && text(&refused.stderr).contains("token 500"), "{}", text(&refused.stderr));
 }
 
+/// Words the answer repeats: where the synthetic MTP head (it guesses the latest token again)
+/// is right.
+const REPEAT: &str = "Repeat after me ten times: hello hello hello hello hello";
+
 #[test]
-fn a_synthetic_mtp_model_answers_like_the_model_it_was_made_from() {
+fn drafts_from_a_models_mtp_layers_give_the_same_answer() {
     let _turn = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let mtp = dir.path().join("mtp.gguf");
     hearth_testkit::synthetic::mtp_from_dense(&model_path(), &mtp).unwrap();
-    let run = |m: &std::path::Path| {
-        Command::new(env!("CARGO_BIN_EXE_hearth"))
-            .args(["run", m.to_str().unwrap(), EDIT, "--temp", "0", "-n", "48", "-t", "2"])
-            .env("HEARTH_HOST", "127.0.0.1:1")
-            .output()
-            .unwrap()
+    let run = |m: &std::path::Path, prompt: &str, extra: &[&str]| {
+        let mut args = vec!["run", m.to_str().unwrap(), prompt, "--temp", "0", "-n", "48", "-t", "2", "-v"];
+        args.extend(extra);
+        Command::new(env!("CARGO_BIN_EXE_hearth")).args(&args).env("HEARTH_HOST", "127.0.0.1:1").output().unwrap()
     };
-    let (a, b) = (run(&model_path()), run(&mtp));
-    assert!(b.status.success(), "{}", text(&b.stderr));
-    assert!(text(&a.stdout).len() > 40, "{}", text(&a.stdout));
-    assert_eq!(text(&a.stdout), text(&b.stdout));
-    if std::env::var_os("HEARTH_KEEP_MTP").is_some() { std::fs::copy(&mtp, "/tmp/mtp.gguf").unwrap(); eprintln!("{}", text(&b.stdout)); }
+    // The synthetic model is the starter model with an MTP block on top: the same answers.
+    let (plain, synthetic) = (run(&model_path(), EDIT, &[]), run(&mtp, EDIT, &[]));
+    assert!(synthetic.status.success(), "{}", text(&synthetic.stderr));
+    assert!(text(&plain.stdout).len() > 40, "{}", text(&plain.stdout));
+    assert_eq!(text(&plain.stdout), text(&synthetic.stdout));
+    // hearth run --spec mtp: the same answer, drafted by the MTP block, some drafts confirmed.
+    for prompt in [EDIT, REPEAT] {
+        let (a, b) = (run(&mtp, prompt, &[]), run(&mtp, prompt, &["--spec", "mtp", "--draft-p-min", "0"]));
+        assert!(b.status.success(), "{}", text(&b.stderr));
+        assert_eq!(text(&a.stdout), text(&b.stdout), "{prompt}");
+        assert!(text(&b.stderr).contains("draft:"), "{}", text(&b.stderr));
+    }
+    let b = run(&mtp, REPEAT, &["--spec", "mtp", "--draft-p-min", "0"]);
+    let line = text(&b.stderr).lines().find(|l| l.starts_with("draft:")).unwrap().to_string();
+    assert!(!line.contains(" 0 accepted") && !line.contains(" 0 drafted"), "{line}");
+    // A model without MTP layers: refused, saying what to use instead.
+    let bad = run(&model_path(), "hi", &["--spec", "mtp"]);
+    assert!(!bad.status.success());
+    assert!(text(&bad.stderr).contains("no multi-token-prediction layers") && text(&bad.stderr).contains("--spec ngram"), "{}", text(&bad.stderr));
+
+    // Served (`--spec mtp`, two slots): two requests at once, each answered as alone, and
+    // the drafts counted.
+    let s = Server::start_with(&["--spec", "mtp", "--parallel", "2", "--draft-p-min", "0"], &[("mtp", mtp.clone()), ("smollm2", model_path())]);
+    let ask = |prompt: &str| json!({"model": "mtp", "temperature": 0, "max_tokens": 48, "messages": [{"role": "user", "content": prompt}]});
+    // (The repeat first: a new server starts from a good opinion of drafts; the edit's are
+    // refused, and on a CPU the cost model then drafts little.)
+    let alone: Vec<Value> = [REPEAT, EDIT].iter().map(|p| s.post("/v1/chat/completions", ask(p)).1).collect();
+    let together: Vec<Value> = std::thread::scope(|sc| {
+        let hs: Vec<_> = [REPEAT, EDIT].iter().map(|p| sc.spawn(|| s.post("/v1/chat/completions", ask(p)).1)).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (a, t) in alone.iter().zip(&together) {
+        assert_eq!(a["choices"][0]["message"]["content"], t["choices"][0]["message"]["content"], "{a} {t}");
+    }
+    let plain_served = {
+        let p = Server::start_with(&[], &[("mtp", mtp.clone())]);
+        let plain = p.post("/v1/chat/completions", ask(REPEAT)).1;
+        // A model that stores `"spec": "mtp"` drafts with its MTP layers on a plain server.
+        let (code, v) = p.post("/api/create", json!({"model": "mtp-drafted", "from": "mtp", "stream": false, "parameters": {"spec": "mtp", "draft_p_min": 0}}));
+        assert_eq!(code, 200, "{v}");
+        let (code, v) = p.post("/v1/chat/completions", json!({"model": "mtp-drafted", "temperature": 0, "max_tokens": 48, "messages": [{"role": "user", "content": REPEAT}]}));
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["choices"][0]["message"]["content"], plain["choices"][0]["message"]["content"]);
+        assert!(v["timings"]["draft_n"].as_u64().unwrap() > 0, "{v}");
+        assert_eq!(plain["timings"]["draft_n"], 0);
+        plain
+    };
+    assert_eq!(alone[0]["choices"][0]["message"]["content"], plain_served["choices"][0]["message"]["content"]);
+    assert!(alone[0]["timings"]["draft_n"].as_u64().unwrap() > 0, "{}", alone[0]);
+    // The starter model has no MTP layers: its requests fail with the reason.
+    let (code, v) = s.post("/v1/chat/completions", json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}]}));
+    assert!(code >= 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("no multi-token-prediction layers"), "{v}");
 }

@@ -364,7 +364,8 @@ impl Engine {
         if opts.batch_size == 0 || opts.ubatch_size == 0 {
             return Err(EngineError::InvalidRequest("batch sizes must be at least 1".into()));
         }
-        let model = Arc::new(Model::load(&opts.model)?);
+        // Drafting from the model's MTP layers needs them loaded.
+        let model = Arc::new(Model::load(&ModelOptions { mtp: opts.model.mtp || opts.spec == Spec::Mtp, ..opts.model.clone() })?);
         let abort = Arc::new(AbortState {
             shutdown: AtomicBool::new(false),
             batch: Mutex::new(Vec::new()),
@@ -657,6 +658,8 @@ struct Worker {
     draft_every_step: bool,
     /// The draft model of [`Spec::Draft`].
     drafter: Option<crate::draft::Drafter>,
+    /// The model's MTP layers, for [`Spec::Mtp`]; freed before `ctx` (see Drop).
+    mtp: Option<crate::mtp::Mtp>,
 }
 
 impl Worker {
@@ -737,6 +740,17 @@ impl Worker {
             }
             _ => None,
         };
+        let mtp = match spec {
+            Spec::Mtp => match crate::mtp::Mtp::new(&model, ctx, cp, opts.draft_p_min) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    // SAFETY: as above.
+                    unsafe { sys::llama_free(ctx) };
+                    return Err(e);
+                }
+            },
+            _ => None,
+        };
         tracing::debug!(n_ctx_seq, n_batch, n_ubatch, parallel = opts.parallel, threads, %spec, "engine ready");
         Ok(Worker {
             ctx,
@@ -756,11 +770,12 @@ impl Worker {
             // A draft model is chosen to agree with the target (same family, smaller): its
             // sequences start from a confirm rate of 0.8, n-gram ones from 0.5; both follow
             // what is measured from then on.
-            confirm_prior: if spec == Spec::Draft { 0.8 } else { 0.5 },
+            confirm_prior: if matches!(spec, Spec::Draft | Spec::Mtp) { 0.8 } else { 0.5 },
             draft_max: opts.draft_max.min(n_batch.saturating_sub(1)),
             draft_min: opts.draft_min,
             draft_every_step: opts.draft_every_step,
             drafter,
+            mtp,
         })
     }
 
@@ -878,6 +893,9 @@ impl Worker {
                 }
                 self.slots[i].cache.truncate(keep);
             }
+            if let Some(m) = self.mtp.as_mut() {
+                m.truncate(seq, keep);
+            }
             let mut sampler = Sampler::new(&job.sampling, self.model.n_vocab(), self.n_ctx_seq, job.grammar.take());
             let window = if job.sampling.repeat_last_n < 0 { job.prompt.len() } else { job.sampling.repeat_last_n as usize };
             for &t in &job.prompt[job.prompt.len().saturating_sub(window)..] {
@@ -912,17 +930,26 @@ impl Worker {
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(a) = &slot.active else { continue };
             let Some(tok) = a.next else { continue };
-            if self.batch.len() >= budget {
+            if members.len() >= budget {
                 break;
             }
             let before = slot.cache.len();
-            let idx = self.batch.add(tok, before as i32, slot.seq, true);
             slot.cache.push(tok);
-            members.push(Member { slot: i, before, out: Some(idx), draft: Vec::new(), draft_at: 0 });
+            members.push(Member { slot: i, before, out: None, draft: Vec::new(), draft_at: 0 });
         }
         let generating = members.len();
         if self.spec != Spec::None && generating > 0 {
             self.add_drafts(&mut members);
+        }
+        // Each sequence's tokens together: its next token, then its draft (the MTP layers
+        // pair each token with the hidden state of the one before it in the batch).
+        for m in members.iter_mut() {
+            let slot = &self.slots[m.slot];
+            m.out = Some(self.batch.add(slot.cache[m.before], m.before as i32, slot.seq, true));
+            m.draft_at = self.batch.len() as i32;
+            for (k, &t) in m.draft.iter().enumerate() {
+                self.batch.add(t, (m.before + 1 + k) as i32, slot.seq, true);
+            }
         }
         // Then prompt chunks, in slot order, as much as the batch holds.
         for (i, slot) in self.slots.iter_mut().enumerate() {
@@ -967,6 +994,15 @@ impl Worker {
         if ret == 0 && self.spec != Spec::None {
             self.step_cost.observe(self.batch.len(), started.elapsed().as_secs_f64());
         }
+        if let Some(m) = self.mtp.as_mut() {
+            if ret == 0 {
+                m.process(&self.batch);
+            } else {
+                for member in &members {
+                    m.truncate(self.slots[member.slot].seq, member.before);
+                }
+            }
+        }
         if ret != 0 {
             // Undo what this step added: the KV of a failed or aborted decode is not trusted.
             for m in &members {
@@ -1010,14 +1046,18 @@ impl Worker {
         let (cost, switch) = (self.step_cost.draft_cost(members.len()), self.step_cost.switch_cost(members.len()));
         // A draft model's decode of one token, in the same unit: each drafted token costs one.
         let g = members.len();
-        let model_decode = match &self.drafter {
-            Some(d) => d.step_secs().and_then(|secs| self.step_cost.in_tokens(secs, g)).unwrap_or(DRAFT_MODEL_PRIOR),
-            None => 0.0,
+        let model_decode = match (&self.drafter, &self.mtp) {
+            (Some(d), _) => d.step_secs().and_then(|secs| self.step_cost.in_tokens(secs, g)).unwrap_or(DRAFT_MODEL_PRIOR),
+            (_, Some(m)) => m.step_secs().and_then(|secs| self.step_cost.in_tokens(secs, g)).unwrap_or(DRAFT_MODEL_PRIOR),
+            _ => 0.0,
         };
         let step_cost = &self.step_cost;
         let drafter = &mut self.drafter;
+        let mtp = &mut self.mtp;
+        // The batch will hold every generating sequence's next token, and the drafts.
+        let mut used = members.len();
         for m in members.iter_mut() {
-            let room = budget.saturating_sub(self.batch.len());
+            let room = budget.saturating_sub(used);
             if room == 0 {
                 break;
             }
@@ -1047,7 +1087,7 @@ impl Worker {
                 match self.spec {
                     // N-gram drafts are free: the first token of one keeps the rate measured.
                     Spec::Ngram if room > 0 => spec.shadow(ngram_draft(&slot.cache, 1).first().copied()),
-                    Spec::Draft => want = spec.probe(room, catch_up + cost + model_decode + switch),
+                    Spec::Draft | Spec::Mtp => want = spec.probe(room, catch_up + cost + model_decode + switch),
                     _ => {}
                 }
                 if want == 0 {
@@ -1057,16 +1097,14 @@ impl Worker {
             let draft = match self.spec {
                 Spec::Ngram => ngram_draft(&slot.cache, want),
                 Spec::Draft => drafter.as_mut().map(|d| d.draft(slot.seq as usize, &slot.cache, want)).unwrap_or_default(),
+                Spec::Mtp => mtp.as_mut().map(|d| d.draft(slot.seq, m.before, slot.cache[m.before], want)).unwrap_or_default(),
                 Spec::None => Vec::new(),
             };
             spec.asked(want, draft.len());
             if !spec.worth(draft.len()) {
                 continue;
             }
-            m.draft_at = self.batch.len() as i32;
-            for (k, &t) in draft.iter().enumerate() {
-                self.batch.add(t, (m.before + 1 + k) as i32, slot.seq, true);
-            }
+            used += draft.len();
             slot.cache.extend_from_slice(&draft);
             m.draft = draft;
         }
@@ -1103,6 +1141,10 @@ impl Worker {
         let slot = &mut self.slots[i];
         // SAFETY: valid memory and sequence; drops the cells of the unconfirmed draft.
         unsafe { sys::llama_memory_seq_rm(sys::llama_get_memory(self.ctx), slot.seq, slot.cache.len() as i32, -1) };
+        if let Some(m) = self.mtp.as_mut() {
+            m.accept(slot.seq, accepted);
+            m.truncate(slot.seq, slot.cache.len());
+        }
         if let Some(spec) = slot.active.as_mut().and_then(|a| a.spec.as_mut()) {
             spec.adapt(draft.len(), accepted);
         }
@@ -1289,6 +1331,8 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
+        // The MTP context was made against this one: it goes first.
+        self.mtp = None;
         // SAFETY: the context is ours and freed once, before the model (held by `model`).
         unsafe { sys::llama_free(self.ctx) }
     }

@@ -23,6 +23,7 @@ mod logprobs;
 mod model;
 pub mod devices;
 mod draft;
+mod mtp;
 pub mod rpc;
 mod sampling;
 pub mod spec;

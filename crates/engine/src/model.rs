@@ -35,6 +35,8 @@ pub struct ModelOptions {
     pub invalid: Option<String>,
     /// Load only the vocabulary (and check the architecture), not the weights.
     pub vocab_only: bool,
+    /// Load the model's multi-token-prediction layers too (for `--spec mtp`).
+    pub mtp: bool,
 }
 
 impl ModelOptions {
@@ -52,6 +54,7 @@ impl ModelOptions {
             tensor_overrides: Vec::new(),
             invalid: None,
             vocab_only: false,
+            mtp: false,
         }
     }
 }
@@ -135,6 +138,7 @@ impl Model {
             hearth_protocol::SplitMode::Row => sys::LLAMA_SPLIT_MODE_ROW,
         };
         params.vocab_only = opts.vocab_only;
+        params.load_mtp = opts.mtp;
         // Both lists are read by llama.cpp during the load only; they end with a null entry.
         let mut devices: Vec<sys::ggml_backend_dev_t> = Vec::new();
         if !opts.devices.is_empty() {

@@ -56,6 +56,10 @@ pub enum Spec {
     /// A draft model (`--model-draft`): a smaller model with the same vocabulary guesses the
     /// next tokens; good wherever the small model agrees with the big one.
     Draft,
+    /// The model's own multi-token-prediction (MTP, "NextN") layers, where it carries them
+    /// (GLM-4.5 and later, DeepSeek V3, Qwen3.5, ...): trained with the model to guess the
+    /// token after next from its last hidden state, at the cost of one layer per drafted token.
+    Mtp,
 }
 
 impl std::str::FromStr for Spec {
@@ -65,7 +69,8 @@ impl std::str::FromStr for Spec {
             "none" | "off" => Ok(Spec::None),
             "ngram" => Ok(Spec::Ngram),
             "draft" => Ok(Spec::Draft),
-            _ => Err(format!("{s:?} is not a draft source (none, ngram, draft)")),
+            "mtp" => Ok(Spec::Mtp),
+            _ => Err(format!("{s:?} is not a draft source (none, ngram, draft, mtp)")),
         }
     }
 }
@@ -76,6 +81,7 @@ impl std::fmt::Display for Spec {
             Spec::None => "none",
             Spec::Ngram => "ngram",
             Spec::Draft => "draft",
+            Spec::Mtp => "mtp",
         })
     }
 }
@@ -240,10 +246,11 @@ pub struct LoadSettings {
     /// Raw llama.cpp RPC servers to offload to, comma-separated host:port (no token, no tunnel)
     #[cfg_attr(feature = "clap", arg(long, value_delimiter = ',', value_name = "HOST:PORT"))]
     pub rpc: Vec<String>,
-    /// Speculative decoding: none, ngram (drafts copied from the prompt and the text so far)
-    /// or draft (a draft model, --model-draft); drafts are verified in one pass, the output
-    /// does not change [default: draft with --model-draft, else none]
-    #[cfg_attr(feature = "clap", arg(long = "spec", default_value = "none", value_name = "none|ngram|draft"))]
+    /// Speculative decoding: none, ngram (drafts copied from the prompt and the text so far),
+    /// draft (a draft model, --model-draft) or mtp (the model's own multi-token-prediction
+    /// layers); drafts are verified in one pass, the output does not change [default: draft
+    /// with --model-draft, else none]
+    #[cfg_attr(feature = "clap", arg(long = "spec", default_value = "none", value_name = "none|ngram|draft|mtp"))]
     pub spec: Spec,
     /// A draft model for speculative decoding (-md): a store name or a GGUF path, with the
     /// model's vocabulary; loaded beside it, on this machine
@@ -346,7 +353,7 @@ mod tests {
         for f in [FlashAttn::On, FlashAttn::Off, FlashAttn::Auto] {
             assert_eq!(f.to_string().parse::<FlashAttn>(), Ok(f));
         }
-        for k in [Spec::None, Spec::Ngram, Spec::Draft] {
+        for k in [Spec::None, Spec::Ngram, Spec::Draft, Spec::Mtp] {
             assert_eq!(k.to_string().parse::<Spec>(), Ok(k));
         }
         for m in [SplitMode::None, SplitMode::Layer, SplitMode::Row] {

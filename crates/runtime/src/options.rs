@@ -91,7 +91,7 @@ impl Options {
 }
 
 /// Applies the load-time parameters of a model's stored `params` over the server's flags:
-/// speculative decoding's `spec` (`none`, `ngram`, `draft`), `draft_max`, `draft_min`,
+/// speculative decoding's `spec` (`none`, `ngram`, `draft`, `mtp`), `draft_max`, `draft_min`,
 /// `draft_model` (a store name: `draft_file` is its file, found by [`Model::resolve`]) and
 /// `draft_p_min`; Ollama's
 /// `num_gpu` (layers offloaded, `-ngl`) and `main_gpu`; `cpu_moe` and `n_cpu_moe`.
@@ -101,7 +101,7 @@ pub fn apply_load_params(params: &Value, draft_file: Option<&std::path::Path>, l
         x.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| invalid(k, format!("expected a count, got {x}")))
     };
     if let Some(x) = params.get("spec").filter(|x| !x.is_null()) {
-        load.spec = x.as_str().ok_or_else(|| invalid("spec", format!("expected \"none\", \"ngram\" or \"draft\", got {x}")))?.parse::<Spec>().map_err(|e| invalid("spec", e))?;
+        load.spec = x.as_str().ok_or_else(|| invalid("spec", format!("expected \"none\", \"ngram\", \"draft\" or \"mtp\", got {x}")))?.parse::<Spec>().map_err(|e| invalid("spec", e))?;
     }
     if let Some(x) = params.get("draft_max").filter(|x| !x.is_null()) {
         load.draft_max = count("draft_max", x)?;

@@ -133,11 +133,12 @@ pub fn moe_from_dense(dense: &Path, out: &Path, n_expert: u32) -> Result<(), Str
 /// `attn_k` are put back in the checkpoint's order (rows are whole quantized blocks, so no
 /// requantization). All trunk layers are dense (`leading_dense_block_count`).
 ///
-/// The MTP block was never trained: its `eh_proj` passes the token's embedding through and
-/// its attention and feed-forward add nothing (zero output projections), so it predicts from
-/// the embedding of the latest token alone, through the tied output head, which mostly says
-/// that token again. Its drafts are right where the text repeats a token, enough to test that
-/// MTP drafting gives exactly the output without it, not to measure a speed-up.
+/// The MTP block was never trained: its `eh_proj` passes the target's hidden state through
+/// (not the token's embedding), its `hnorm` undoes the output norm's weights that the block's
+/// head norm applies again, and its attention and feed-forward add nothing (zero output
+/// projections), so it predicts what the target predicted one position earlier: the latest
+/// token, again. Its drafts are right where the text repeats a token, enough to test that MTP
+/// drafting gives exactly the output without it, not to measure a speed-up.
 pub fn mtp_from_dense(dense: &Path, out: &Path) -> Result<(), String> {
     use hearth_gguf::{GgufWriter, TensorData, Value as GValue};
     let src = GgufWriter::from_file(dense).map_err(|e| e.to_string())?;
@@ -233,11 +234,15 @@ pub fn mtp_from_dense(dense: &Path, out: &Path) -> Result<(), String> {
     w.tensor(format!("blk.{n}.ffn_gate_inp.weight"), vec![n_embd, 1], 0, TensorData::Zeros(n_embd * 4));
     w.tensor(format!("blk.{n}.exp_probs_b.bias"), vec![1], 0, TensorData::Zeros(4));
     w.tensor(format!("blk.{n}.nextn.enorm.weight"), vec![n_embd], 0, f32s(vec![1.0; n_embd as usize]));
-    w.tensor(format!("blk.{n}.nextn.hnorm.weight"), vec![n_embd], 0, f32s(vec![1.0; n_embd as usize]));
-    // eh_proj: [2 n_embd] -> [n_embd], the embedding half passed through (rows: outputs).
+    let out_norm = src.tensors().iter().find(|t| t.name == "output_norm.weight").ok_or("the model has no output_norm")?;
+    let (TensorData::Bytes(b), 0) = (&out_norm.data, out_norm.ggml_type) else { return Err("output_norm.weight is not F32".into()) };
+    let inverse = b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).map(|w| if w.abs() > 1e-6 { 1.0 / w } else { 0.0 }).collect();
+    w.tensor(format!("blk.{n}.nextn.hnorm.weight"), vec![n_embd], 0, f32s(inverse));
+    // eh_proj: [2 n_embd] -> [n_embd] (rows: outputs), the hidden-state half (after the
+    // embedding's) passed through.
     let mut eh = vec![0f32; (2 * n_embd * n_embd) as usize];
     for i in 0..n_embd as usize {
-        eh[i * 2 * n_embd as usize + i] = 1.0;
+        eh[i * 2 * n_embd as usize + n_embd as usize + i] = 1.0;
     }
     w.tensor(format!("blk.{n}.nextn.eh_proj.weight"), vec![2 * n_embd, n_embd], 0, f32s(eh));
     w.write_to_path(out).map_err(|e| e.to_string())?;
