@@ -73,9 +73,10 @@ extern "C" void hearth_mtp_reset(hearth_mtp * m, int32_t seq) {
     }
 }
 
-// After the target decoded these `n` tokens (its batch, in its order): the same tokens
-// through the MTP block. Returns llama_process's status (0: done).
-extern "C" int32_t hearth_mtp_process(hearth_mtp * m, const llama_token * tokens, const llama_pos * pos, const llama_seq_id * seq, int32_t n) {
+// After the target decoded a batch: `n` of its tokens (whole sequences, in the batch's order;
+// `rows[k]` is the batch index of entry k) through the MTP block. Returns llama_process's
+// status (0: done).
+extern "C" int32_t hearth_mtp_process(hearth_mtp * m, const llama_token * tokens, const llama_pos * pos, const llama_seq_id * seq, const int32_t * rows, int32_t n) {
     if (!m || n <= 0) {
         return 0;
     }
@@ -93,7 +94,7 @@ extern "C" int32_t hearth_mtp_process(hearth_mtp * m, const llama_token * tokens
             }
             const bool first = k == 0 || seq[k - 1] != s;
             const int32_t idx = m->batch.add(tokens[k], pos[k], s, false);
-            const float * h = first ? m->pending[s].data() : h_tgt + (size_t) (k - 1) * row;
+            const float * h = first ? m->pending[s].data() : h_tgt + (size_t) (rows[k] - 1) * row;
             m->batch.set_embd(idx, {h, 1, row});
         }
         const int32_t rc = llama_process(m->dft, LLAMA_PROCESS_TYPE_DECODE, m->batch.get());
@@ -106,9 +107,9 @@ extern "C" int32_t hearth_mtp_process(hearth_mtp * m, const llama_token * tokens
             while (e < n && seq[e] == s) {
                 ++e;
             }
-            m->rows[s].assign(h_tgt + (size_t) k * row, h_tgt + (size_t) e * row);
+            m->rows[s].assign(h_tgt + (size_t) rows[k] * row, h_tgt + (size_t) (rows[e - 1] + 1) * row);
             m->n_rows[s] = e - k;
-            std::memcpy(m->pending[s].data(), h_tgt + (size_t) (e - 1) * row, row * sizeof(float));
+            std::memcpy(m->pending[s].data(), h_tgt + (size_t) rows[e - 1] * row, row * sizeof(float));
             k = e;
         }
         return 0;

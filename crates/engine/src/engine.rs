@@ -894,7 +894,7 @@ impl Worker {
                 self.slots[i].cache.truncate(keep);
             }
             if let Some(m) = self.mtp.as_mut() {
-                m.truncate(seq, keep);
+                m.start(seq, keep);
             }
             let mut sampler = Sampler::new(&job.sampling, self.model.n_vocab(), self.n_ctx_seq, job.grammar.take());
             let window = if job.sampling.repeat_last_n < 0 { job.prompt.len() } else { job.sampling.repeat_last_n as usize };
@@ -1064,6 +1064,9 @@ impl Worker {
             let slot = &mut self.slots[m.slot];
             let Some(a) = slot.active.as_mut() else { continue };
             let Some(spec) = a.spec.as_mut() else { continue };
+            if mtp.as_ref().is_some_and(|m| !m.on(slot.seq)) {
+                continue;
+            }
             // Never draft past the token limit or the context: the last token sampled needs
             // a cell of its own.
             let left = a.job.max_tokens.map_or(usize::MAX, |max| max.saturating_sub(a.generated) as usize);
@@ -1091,6 +1094,9 @@ impl Worker {
                     _ => {}
                 }
                 if want == 0 {
+                    if let Some(m) = mtp.as_mut() {
+                        m.drafted(slot.seq, false);
+                    }
                     continue;
                 }
             }
@@ -1101,7 +1107,11 @@ impl Worker {
                 Spec::None => Vec::new(),
             };
             spec.asked(want, draft.len());
-            if !spec.worth(draft.len()) {
+            let worth = spec.worth(draft.len());
+            if let Some(m) = mtp.as_mut() {
+                m.drafted(slot.seq, worth);
+            }
+            if !worth {
                 continue;
             }
             used += draft.len();

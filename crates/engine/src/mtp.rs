@@ -13,10 +13,15 @@ extern "C" {
     fn hearth_mtp_new(tgt: *mut sys::llama_context, dft: *mut sys::llama_context, n_seq: i32) -> *mut c_void;
     fn hearth_mtp_free(m: *mut c_void);
     fn hearth_mtp_reset(m: *mut c_void, seq: i32);
-    fn hearth_mtp_process(m: *mut c_void, tokens: *const i32, pos: *const i32, seq: *const i32, n: i32) -> i32;
+    fn hearth_mtp_process(m: *mut c_void, tokens: *const i32, pos: *const i32, seq: *const i32, rows: *const i32, n: i32) -> i32;
     fn hearth_mtp_draft(m: *mut c_void, seq: i32, pos0: i32, id_last: i32, want: i32, p_min: f32, out: *mut i32) -> i32;
     fn hearth_mtp_accept(m: *mut c_void, seq: i32, n: i32);
 }
+
+/// Steps a sequence goes without an MTP draft before its MTP layers stop following it (for the
+/// rest of its request): they cost a decode per batch even while the cost model has stopped
+/// drafting.
+const IDLE_OFF: u32 = 16;
 
 pub(crate) struct Mtp {
     // Freed in Drop: the driver, then the MTP context. The target model outlives both (the
@@ -24,7 +29,13 @@ pub(crate) struct Mtp {
     driver: *mut c_void,
     ctx: *mut sys::llama_context,
     p_min: f32,
-    seqs: Vec<i32>,
+    // The batch entries passed on: token, position, sequence, batch index.
+    entries: (Vec<i32>, Vec<i32>, Vec<i32>, Vec<i32>),
+    /// Per sequence: steps since its last MTP draft, and whether the MTP layers still follow
+    /// it, and up to which position its MTP cache holds its tokens.
+    idle: Vec<u32>,
+    off: Vec<bool>,
+    upto: Vec<usize>,
     /// How long drafting one token takes (a moving average), once timed.
     step_secs: Option<f64>,
     /// The MTP context could not follow a batch: no more drafts from it.
@@ -63,7 +74,18 @@ impl Mtp {
             return Err(EngineError::Context("cannot start drafting from the model's MTP layers".into()));
         }
         tracing::info!(layers, "drafting from the model's MTP layers");
-        Ok(Mtp { driver, ctx, p_min, seqs: Vec::new(), step_secs: None, broken: false })
+        let n = params.n_seq_max as usize;
+        Ok(Mtp {
+            driver,
+            ctx,
+            p_min,
+            entries: Default::default(),
+            idle: vec![0; n],
+            off: vec![false; n],
+            upto: vec![usize::MAX; n],
+            step_secs: None,
+            broken: false,
+        })
     }
 
     /// How long drafting one token takes, once timed.
@@ -71,22 +93,75 @@ impl Mtp {
         self.step_secs
     }
 
-    /// After the target decoded `batch`: the same tokens through the MTP block, which keeps
-    /// its cache in step with the target's.
+    /// Whether the MTP layers follow sequence `seq` (and so may draft for it).
+    pub(crate) fn on(&self, seq: i32) -> bool {
+        !self.broken && !self.off.get(seq as usize).copied().unwrap_or(true)
+    }
+
+    /// A step of `seq` with an MTP draft or without: after [`IDLE_OFF`] steps without, the
+    /// MTP layers stop following it until its next request.
+    pub(crate) fn drafted(&mut self, seq: i32, made: bool) {
+        let s = seq as usize;
+        if s >= self.idle.len() {
+            return;
+        }
+        self.idle[s] = if made { 0 } else { self.idle[s] + 1 };
+        if self.idle[s] >= IDLE_OFF && !self.off[s] {
+            tracing::debug!(seq, "no MTP drafts for a while: the MTP layers stop following this sequence");
+            self.off[s] = true;
+        }
+    }
+
+    /// A new request in `seq`, whose cache keeps its first `keep` tokens.
+    pub(crate) fn start(&mut self, seq: i32, keep: usize) {
+        let s = seq as usize;
+        if s >= self.idle.len() {
+            return;
+        }
+        // Where the MTP layers stopped following the last request, its cache ends.
+        self.truncate(seq, keep.min(self.upto[s]));
+        self.idle[s] = 0;
+        self.off[s] = false;
+        self.upto[s] = usize::MAX;
+    }
+
+    /// After the target decoded `batch`: the same tokens of the sequences it follows through
+    /// the MTP block, which keeps its cache in step with the target's.
     pub(crate) fn process(&mut self, batch: &Batch) {
         if self.broken {
             return;
         }
-        let n = batch.len();
-        self.seqs.clear();
-        // SAFETY: the batch holds n valid entries with one sequence id each.
+        let (tokens, pos, seqs, rows) = &mut self.entries;
+        tokens.clear();
+        pos.clear();
+        seqs.clear();
+        rows.clear();
+        // SAFETY: the batch holds len() valid entries with one sequence id each.
         unsafe {
-            for i in 0..n {
-                self.seqs.push(*(*batch.raw.seq_id.add(i)));
+            for i in 0..batch.len() {
+                let seq = *(*batch.raw.seq_id.add(i));
+                let p = *batch.raw.pos.add(i);
+                match self.off.get(seq as usize) {
+                    Some(false) => {}
+                    Some(true) => {
+                        // Its MTP cache holds the positions before the first one skipped.
+                        let u = &mut self.upto[seq as usize];
+                        *u = (*u).min(p.max(0) as usize);
+                        continue;
+                    }
+                    None => continue,
+                }
+                tokens.push(*batch.raw.token.add(i));
+                pos.push(p);
+                seqs.push(seq);
+                rows.push(i as i32);
             }
         }
-        // SAFETY: valid driver; the arrays hold n entries.
-        let rc = unsafe { hearth_mtp_process(self.driver, batch.raw.token, batch.raw.pos, self.seqs.as_ptr(), n as i32) };
+        if tokens.is_empty() {
+            return;
+        }
+        // SAFETY: valid driver; the arrays hold as many entries as passed.
+        let rc = unsafe { hearth_mtp_process(self.driver, tokens.as_ptr(), pos.as_ptr(), seqs.as_ptr(), rows.as_ptr(), tokens.len() as i32) };
         if rc != 0 {
             tracing::warn!(rc, "the MTP layers could not follow the batch; no more MTP drafts");
             self.broken = true;
