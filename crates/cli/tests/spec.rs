@@ -1,6 +1,7 @@
 //! Speculative decoding through the real binary and the real model: `hearth serve --spec
 //! ngram`, a model's stored `spec` and `draft_model` parameters, `hearth run --spec`,
-//! `hearth bench --spec`.
+//! `hearth bench --spec`, a draft model, and the MTP layers of a synthetic model made from the
+//! starter model (`--spec mtp`).
 
 mod common;
 
