@@ -36,7 +36,7 @@ pub(crate) struct Drafter {
 impl Drafter {
     /// Loads the draft model at `path` for `target` and makes its context like the target's
     /// (`params`: the target context's parameters).
-    pub(crate) fn new(target: &Model, path: &Path, mmap: bool, mut params: sys::llama_context_params, p_min: f32) -> Result<Drafter, EngineError> {
+    pub(crate) fn new(target: &Model, path: &Path, mmap: bool, params: sys::llama_context_params, p_min: f32) -> Result<Drafter, EngineError> {
         let mut mo = ModelOptions::new(path);
         mo.mmap = mmap;
         // This machine's GPUs, or none: RPC devices the target registered are not for it.
@@ -47,17 +47,8 @@ impl Drafter {
             other => other,
         })?);
         check_vocab(target, &model)?;
-        params.abort_callback = None;
-        params.abort_callback_data = std::ptr::null_mut();
-        crate::log::clear_last_error();
-        // SAFETY: the model outlives the context (freed first in Drop).
-        let ctx = unsafe { sys::llama_init_from_model(model.as_ptr(), params) };
-        if ctx.is_null() {
-            return Err(EngineError::Context(format!(
-                "cannot create the draft model's context: {}",
-                crate::log::take_last_error().unwrap_or_else(|| "out of memory?".into())
-            )));
-        }
+        // Freed first in Drop, before `model`.
+        let ctx = side_context(&model, params, "the draft model's context")?;
         // SAFETY: plain queries on the new context.
         let (n_batch, n_ctx_seq) = unsafe { (sys::llama_n_batch(ctx) as usize, sys::llama_n_ctx_seq(ctx) as usize) };
         tracing::info!(draft = %path.display(), "draft model loaded");
@@ -174,6 +165,24 @@ impl Drafter {
         }
         ret == 0
     }
+}
+
+/// A context of `model` beside the engine's (a draft model's, the MTP layers'), made with
+/// `params` but without the engine's abort callback; `what` names it in the error. The caller
+/// frees it before the model goes.
+pub(crate) fn side_context(model: &Model, mut params: sys::llama_context_params, what: &str) -> Result<*mut sys::llama_context, EngineError> {
+    params.abort_callback = None;
+    params.abort_callback_data = std::ptr::null_mut();
+    crate::log::clear_last_error();
+    // SAFETY: a valid model; the caller keeps it alive while the context lives.
+    let ctx = unsafe { sys::llama_init_from_model(model.as_ptr(), params) };
+    if ctx.is_null() {
+        return Err(EngineError::Context(format!(
+            "cannot create {what}: {}",
+            crate::log::take_last_error().unwrap_or_else(|| "out of memory?".into())
+        )));
+    }
+    Ok(ctx)
 }
 
 impl Drop for Drafter {

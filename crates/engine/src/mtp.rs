@@ -55,17 +55,8 @@ impl Mtp {
         params.ctx_type = sys::LLAMA_CONTEXT_TYPE_MTP;
         params.ctx_other = target;
         params.n_rs_seq = 0;
-        params.abort_callback = None;
-        params.abort_callback_data = std::ptr::null_mut();
-        crate::log::clear_last_error();
-        // SAFETY: the model outlives the context (freed first in Drop; the Worker holds the model).
-        let ctx = unsafe { sys::llama_init_from_model(model.as_ptr(), params) };
-        if ctx.is_null() {
-            return Err(EngineError::Context(format!(
-                "cannot create the context of the model's MTP layers: {}",
-                crate::log::take_last_error().unwrap_or_else(|| "out of memory?".into())
-            )));
-        }
+        // Freed in Drop; the Worker holds the model longer.
+        let ctx = crate::draft::side_context(model, params, "the context of the model's MTP layers")?;
         // SAFETY: both contexts are valid; the driver holds no ownership of them.
         let driver = unsafe { hearth_mtp_new(target, ctx, params.n_seq_max as i32) };
         if driver.is_null() {
