@@ -12,7 +12,10 @@
 //!   with each feed-forward as 8 equal experts (the same answers, more work per token).
 //!
 //! Runs alternate the two servers; medians of `RUNS` (default 3). `ONLY=ngram|draft|cluster`
-//! runs one part.
+//! runs one part. `SPEC_MODEL=FILE.gguf` runs the n-gram and cluster parts on another model
+//! than the starter model (what a verification pass costs depends on the model's kernels: on
+//! a CPU, llama.cpp's repacked Q4_0/Q4_K/IQ4_NL matrix kernels make a batch of tokens far
+//! cheaper per token than Q4_1's dot products).
 
 mod common;
 
@@ -22,6 +25,9 @@ use hearth_cluster::DelayProxy;
 use serde_json::{json, Value};
 
 use common::{add, hearth, post, serve_with, starter_model, tunnel_totals, worker, TOKEN};
+
+/// The name of the model of the n-gram and cluster parts in the bench's store.
+const MODEL: &str = "target";
 
 /// A Python module of about 1,500 tokens: small functions with docstrings.
 fn source_file() -> String {
@@ -55,12 +61,12 @@ fn chat(url: &str, body: Value) -> (f64, f64, f64, f64) {
 /// cache held, and the two servers must answer alike).
 fn edit_request(run: usize, max_tokens: u32) -> Value {
     let prompt = format!("Run {run}. Rename the function mul_2 to times_2 and return the whole file, nothing else:\n\n{}", source_file());
-    json!({"model": "smollm2", "temperature": 0, "max_tokens": max_tokens, "messages": [{"role": "user", "content": prompt}]})
+    json!({"model": MODEL, "temperature": 0, "max_tokens": max_tokens, "messages": [{"role": "user", "content": prompt}]})
 }
 
 fn story_request(run: usize) -> Value {
     let topics = ["a lighthouse keeper", "a lost map", "a winter market", "a clockmaker", "a river journey"];
-    json!({"model": "smollm2", "temperature": 0.7, "seed": run, "max_tokens": 128,
+    json!({"model": MODEL, "temperature": 0.7, "seed": run, "max_tokens": 128,
         "messages": [{"role": "user", "content": format!("Write a short story about {}.", topics[run % topics.len()])}]})
 }
 
@@ -70,6 +76,9 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
+    let model = std::env::var_os("SPEC_MODEL").map(std::path::PathBuf::from).unwrap_or_else(starter_model);
+    let model_file = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    add(&model, MODEL, &store);
     add(&starter_model(), "smollm2", &store);
     let one = ["--parallel", "1", "--ctx-size", "4096"];
     let only = std::env::var("ONLY").unwrap_or_default();
@@ -81,7 +90,7 @@ fn main() {
             chat(url, edit_request(1000, 64));
         }
 
-        println!("## Speculative decoding (n-gram), starter model (SmolLM2-135M Q4_1), 2 threads, medians of {runs} runs\n");
+        println!("## Speculative decoding (n-gram), {model_file}, 2 threads, medians of {runs} runs\n");
         println!("| workload | without: tok/s | with: tok/s | ratio | tokens per pass | drafted / accepted | tokens without / with |");
         println!("|---|---|---|---|---|---|---|");
         let row = |name: &str, request: &dyn Fn(usize) -> Value, plain: &str, spec: &str| {
@@ -114,7 +123,7 @@ fn main() {
         let (_p8, p8) = serve_with(&store, &eight, "");
         let (_s8, s8) = serve_with(&store, &[&eight[..], &["--spec", "ngram"]].concat(), "");
         let out = std::process::Command::new(hearth())
-            .args(["bench", "--url", &p8, "--url", &s8, "--model", "smollm2", "--api", "openai-chat", "--temperature", "0.7"])
+            .args(["bench", "--url", &p8, "--url", &s8, "--model", MODEL, "--api", "openai-chat", "--temperature", "0.7"])
             .args(["--prompt-tokens", "32", "--gen-tokens", "128", "--concurrency", "8", "--runs", &runs.to_string(), "--json"])
             .output()
             .unwrap();
@@ -139,7 +148,7 @@ fn main() {
     let p2 = rt.block_on(DelayProxy::start(a2.parse().unwrap(), Duration::from_millis(5))).unwrap();
     let workers = format!("{},{}", p1.local_addr(), p2.local_addr());
     let over = ["--parallel", "1", "--ctx-size", "4096", "--workers", &workers, "--cluster-token", TOKEN, "--gpu-layers", "99", "--tensor-split", "1,1"];
-    println!("\n## The edit workload over 2 loopback workers, +5 ms one way, {cluster_tokens} tokens\n");
+    println!("\n## The edit workload over 2 loopback workers, +5 ms one way, {cluster_tokens} tokens, {model_file}\n");
     println!("| | tok/s | ggml RPC round trips per token |");
     println!("|---|---|---|");
     let mut results = Vec::new();

@@ -964,6 +964,11 @@ impl AnswerReader {
             return Vec::new();
         }
         self.text.push_str(text);
+        if matches!(self.parser, Parser::Plain) {
+            // All of it is content: no need to read the whole answer again at each token.
+            self.last.content.push_str(text);
+            return vec![Delta::Content(text.to_string())];
+        }
         match self.parse(true) {
             Ok(mut m) => {
                 if self.late_ids && m.tool_calls.last().is_some_and(|c| c.id.is_empty()) {
@@ -1031,6 +1036,19 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn plain_answers_stream_piece_by_piece() {
+        let mut r = AnswerReader::new(Parser::Plain);
+        let mut deltas = Vec::new();
+        for piece in ["Hel", "", "lo ", "wörld"] {
+            deltas.extend(r.push(piece));
+        }
+        assert_eq!(deltas, ["Hel", "lo ", "wörld"].map(|t| Delta::Content(t.into())));
+        let (d, m) = r.finish("!", false);
+        assert_eq!(d, [Delta::Content("!".into())]);
+        assert_eq!(m, AssistantMessage { content: "Hello wörld!".into(), ..Default::default() });
     }
 
     #[test]

@@ -591,21 +591,29 @@ struct Member {
 pub(crate) struct Batch {
     pub(crate) raw: sys::llama_batch,
     capacity: usize,
+    /// Tokens whose logits are asked for.
+    outputs: usize,
 }
 
 impl Batch {
     pub(crate) fn new(capacity: usize) -> Batch {
         // SAFETY: allocates arrays for `capacity` tokens with one sequence id each.
         let raw = unsafe { sys::llama_batch_init(capacity as i32, 0, 1) };
-        Batch { raw, capacity }
+        Batch { raw, capacity, outputs: 0 }
     }
 
     pub(crate) fn clear(&mut self) {
         self.raw.n_tokens = 0;
+        self.outputs = 0;
     }
 
     pub(crate) fn len(&self) -> usize {
         self.raw.n_tokens as usize
+    }
+
+    /// How many of the tokens ask for their logits.
+    pub(crate) fn outputs(&self) -> usize {
+        self.outputs
     }
 
     /// Adds a token; returns its index in the batch.
@@ -621,6 +629,7 @@ impl Batch {
             *self.raw.logits.add(i) = i8::from(output);
         }
         self.raw.n_tokens += 1;
+        self.outputs += usize::from(output);
         i as i32
     }
 }
@@ -992,7 +1001,7 @@ impl Worker {
             flags.clear();
         }
         if ret == 0 && self.spec != Spec::None {
-            self.step_cost.observe(self.batch.len(), started.elapsed().as_secs_f64());
+            self.step_cost.observe(self.batch.len(), self.batch.outputs(), started.elapsed().as_secs_f64());
         }
         if let Some(m) = self.mtp.as_mut() {
             if ret == 0 {
