@@ -538,9 +538,10 @@ fn the_config_file_names_the_workers_and_the_token() {
 }
 
 /// MTP drafts with the model split over two workers: the MTP context runs against the split
-/// model; the answer is the one of a single process.
+/// model, its block and the output head on this machine; the answer is the one of a single
+/// process, in fewer round trips per token.
 #[test]
-fn mtp_drafts_over_two_workers_give_the_same_answer() {
+fn mtp_drafts_over_two_workers_give_the_same_answer_in_fewer_round_trips() {
     let _turn = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let mtp = dir.path().join("mtp.gguf");
@@ -571,9 +572,11 @@ fn mtp_drafts_over_two_workers_give_the_same_answer() {
         results.push((v, per_token));
     }
     let ((split, plain_trips), (drafted, mtp_trips)) = (&results[0], &results[1]);
-    // Not asserted: the MTP block and the output head sit on a worker, so its decodes cost
-    // round trips too (4.0 per token against 2.3 without, measured on this short answer).
+    // This machine has no GPU: the MTP block and the output head are kept here, so drafting
+    // costs no round trip and a verified draft takes the round trips of one token (before,
+    // with the block on the last worker: 4.0 per token against 2.3 without).
     eprintln!("round trips per token: {mtp_trips:.2} with MTP drafts, {plain_trips:.2} without; {}", drafted["timings"]);
+    assert!(mtp_trips < plain_trips, "round trips per token: {mtp_trips:.2} with MTP drafts, {plain_trips:.2} without");
     assert_eq!(split["choices"][0]["message"]["content"], plain["choices"][0]["message"]["content"]);
     assert_eq!(drafted["choices"][0]["message"]["content"], plain["choices"][0]["message"]["content"]);
     assert!(drafted["timings"]["draft_n_accepted"].as_u64().unwrap() > 0, "{}", drafted["timings"]);

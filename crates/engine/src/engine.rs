@@ -365,7 +365,15 @@ impl Engine {
             return Err(EngineError::InvalidRequest("batch sizes must be at least 1".into()));
         }
         // Drafting from the model's MTP layers needs them loaded.
-        let model = Arc::new(Model::load(&ModelOptions { mtp: opts.model.mtp || opts.spec == Spec::Mtp, ..opts.model.clone() })?);
+        let mut model_opts = ModelOptions { mtp: opts.model.mtp || opts.spec == Spec::Mtp, ..opts.model.clone() };
+        // Over workers the block drafts here, not a round trip away.
+        if opts.spec == Spec::Mtp {
+            model_opts.last_units_here = crate::model::mtp_units_here(&model_opts);
+            if model_opts.last_units_here > 0 {
+                tracing::info!(units = model_opts.last_units_here, "keeping the MTP block and the output head on this machine");
+            }
+        }
+        let model = Arc::new(Model::load(&model_opts)?);
         let abort = Arc::new(AbortState {
             shutdown: AtomicBool::new(false),
             batch: Mutex::new(Vec::new()),

@@ -37,6 +37,11 @@ pub struct ModelOptions {
     pub vocab_only: bool,
     /// Load the model's multi-token-prediction layers too (for `--spec mtp`).
     pub mtp: bool,
+    /// Over RPC servers: this many of the last units (layers, then the output) go to this
+    /// machine's CPU, listed as the last device, instead of the last worker; taken from the
+    /// end of `tensor_split`, which must then hold each device's count (0: none). See
+    /// [`mtp_units_here`].
+    pub last_units_here: u32,
 }
 
 impl ModelOptions {
@@ -55,6 +60,7 @@ impl ModelOptions {
             invalid: None,
             vocab_only: false,
             mtp: false,
+            last_units_here: 0,
         }
     }
 }
@@ -141,7 +147,15 @@ impl Model {
         params.load_mtp = opts.mtp;
         // Both lists are read by llama.cpp during the load only; they end with a null entry.
         let mut devices: Vec<sys::ggml_backend_dev_t> = Vec::new();
-        if !opts.devices.is_empty() {
+        let mut tensor_split = opts.tensor_split.clone();
+        if opts.last_units_here > 0 {
+            // The workers' devices, then this machine's CPU for the last units.
+            devices.extend(&rpc_devices);
+            devices.push(crate::devices::by_name("CPU")?);
+            devices.push(std::ptr::null_mut());
+            params.devices = devices.as_mut_ptr();
+            tensor_split = units_to_last(&opts.tensor_split, rpc_devices.len(), opts.last_units_here);
+        } else if !opts.devices.is_empty() {
             devices.extend(&rpc_devices);
             if !(opts.devices.len() == 1 && opts.devices[0].eq_ignore_ascii_case("none")) {
                 for name in &opts.devices {
@@ -169,14 +183,14 @@ impl Model {
         // SAFETY: plain query.
         let max_devices = unsafe { sys::llama_max_devices() };
         let mut split = vec![0f32; max_devices.max(1)];
-        if !opts.tensor_split.is_empty() {
-            if opts.tensor_split.len() > max_devices {
+        if !tensor_split.is_empty() {
+            if tensor_split.len() > max_devices {
                 return Err(EngineError::InvalidRequest(format!(
                     "--tensor-split has {} values but at most {max_devices} devices are supported",
-                    opts.tensor_split.len()
+                    tensor_split.len()
                 )));
             }
-            split[..opts.tensor_split.len()].copy_from_slice(&opts.tensor_split);
+            split[..tensor_split.len()].copy_from_slice(&tensor_split);
             params.tensor_split = split.as_ptr();
         }
         crate::log::clear_last_error();
@@ -390,6 +404,55 @@ impl Drop for Model {
     }
 }
 
+/// How many of the model's last units (`load_tensors`' layers, the output being the last)
+/// `--spec mtp` keeps on this machine over workers ([`ModelOptions::last_units_here`]): its
+/// multi-token-prediction layers and the output head they share, so that drafting costs no
+/// round trip (llama.cpp runs a layer's norms on that layer's device, so pinning the weights
+/// alone would still send every norm of the block to a worker and back). Only with RPC
+/// servers, a split by counts, and no GPU of this machine among the devices: llama.cpp lists
+/// this machine's GPUs after the workers', so with one the last layers are here already. 0
+/// otherwise, and for a model without the block.
+pub(crate) fn mtp_units_here(opts: &ModelOptions) -> u32 {
+    if opts.rpc_servers.is_empty() || opts.tensor_split.iter().all(|&x| x == 0.0) {
+        return 0;
+    }
+    let gpus: Vec<String> = crate::devices::list().into_iter().filter(|d| d.is_gpu()).map(|d| d.name).collect();
+    let local_gpu = match opts.devices.as_slice() {
+        [] => !gpus.is_empty(),
+        [only] if only.eq_ignore_ascii_case("none") => false,
+        names => names.iter().any(|n| gpus.iter().any(|g| g.eq_ignore_ascii_case(n))),
+    };
+    if local_gpu {
+        return 0;
+    }
+    // `Model::load` reports a file it cannot read.
+    let Ok(g) = hearth_gguf::Gguf::open_lean(&opts.path) else { return 0 };
+    let nextn = hearth_gguf::plan::mtp_layers(&g);
+    if nextn == 0 {
+        return 0;
+    }
+    let units = nextn + 1;
+    // The split must offload them (counts covering at least the block and the output).
+    if opts.tensor_split.iter().sum::<f32>() < units as f32 || opts.gpu_layers.is_some_and(|n| n < units as i32) {
+        return 0;
+    }
+    units
+}
+
+/// `split` (units per device, for the first `n_dev` devices) with its last `units` moved to
+/// one more device after them.
+fn units_to_last(split: &[f32], n_dev: usize, units: u32) -> Vec<f32> {
+    let mut out: Vec<f32> = (0..n_dev).map(|i| split.get(i).copied().unwrap_or(0.0)).collect();
+    let mut left = units as f32;
+    for x in out.iter_mut().rev() {
+        let take = x.min(left);
+        *x -= take;
+        left -= take;
+    }
+    out.push(units as f32);
+    out
+}
+
 /// Rejects a missing, unreadable, non-GGUF or truncated file with a precise message before
 /// llama.cpp sees it.
 fn check_file(path: &Path) -> Result<(), EngineError> {
@@ -454,4 +517,21 @@ fn regex_check(re: &str) -> Result<(), EngineError> {
     regex::Regex::new(re)
         .map(|_| ())
         .map_err(|e| EngineError::InvalidRequest(format!("--override-tensor: {re:?} is not a valid regular expression ({e})")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::units_to_last;
+
+    #[test]
+    fn the_last_units_move_to_one_more_device() {
+        // Two workers with 16 and 16 units; the block and the output (2) come here.
+        assert_eq!(units_to_last(&[16.0, 16.0], 2, 2), vec![16.0, 14.0, 2.0]);
+        // A last worker with fewer units than move: the one before gives the rest.
+        assert_eq!(units_to_last(&[30.0, 1.0], 2, 2), vec![29.0, 0.0, 2.0]);
+        // Devices without a count (a worker with two devices, the split naming one) count 0;
+        // a longer split is cut to the devices.
+        assert_eq!(units_to_last(&[10.0], 2, 3), vec![7.0, 0.0, 3.0]);
+        assert_eq!(units_to_last(&[4.0, 4.0, 9.0], 2, 1), vec![4.0, 3.0, 1.0]);
+    }
 }

@@ -199,13 +199,27 @@ struct Units {
     tied_copy: u64,
     /// Per layer: bytes of its tensors kept in RAM by the split's `cpu_tensors`.
     pinned: Vec<u64>,
+    /// Bytes of the output tensors kept in RAM by `cpu_tensors`.
+    output_pinned: u64,
+    /// The output head itself (`output.weight`, or `token_embd.weight` when tied) is kept in
+    /// RAM: the logits are computed on the host, whichever device llama.cpp names for them.
+    head_on_host: bool,
     /// Per layer: bytes of its expert tensors not already pinned (0 for a dense model).
     experts: Vec<u64>,
 }
 
 fn units(shards: &[Gguf], split: &Split) -> Units {
     let n_layer = shards.first().and_then(|g| g.arch_u64("block_count")).unwrap_or(0) as usize;
-    let mut u = Units { input: 0, layers: vec![0; n_layer], output: 0, tied_copy: 0, pinned: vec![0; n_layer], experts: vec![0; n_layer] };
+    let mut u = Units {
+        input: 0,
+        layers: vec![0; n_layer],
+        output: 0,
+        tied_copy: 0,
+        pinned: vec![0; n_layer],
+        output_pinned: 0,
+        head_on_host: false,
+        experts: vec![0; n_layer],
+    };
     let pinned: Vec<regex::Regex> = split.cpu_tensors.iter().filter_map(|p| regex::Regex::new(p).ok()).collect();
     let experts = regex::Regex::new(EXPERTS_REGEX).expect("a valid pattern");
     let mut has_output = false;
@@ -225,6 +239,10 @@ fn units(shards: &[Gguf], split: &Split) -> Units {
             _ if t.name.starts_with("output") => {
                 has_output |= t.name == "output.weight";
                 u.output += bytes;
+                if pinned.iter().any(|r| r.is_match(&t.name)) {
+                    u.output_pinned += bytes;
+                    u.head_on_host |= t.name == "output.weight";
+                }
             }
             _ => {
                 if t.name == "token_embd.weight" {
@@ -235,7 +253,13 @@ fn units(shards: &[Gguf], split: &Split) -> Units {
         }
     }
     if !has_output {
-        u.tied_copy = token_embd;
+        // Pinned, the copy is the input's own tensor (llama.cpp reuses a duplicate in the
+        // same buffer type): no second copy anywhere.
+        if pinned.iter().any(|r| r.is_match("token_embd.weight")) {
+            u.head_on_host = true;
+        } else {
+            u.tied_copy = token_embd;
+        }
     }
     u
 }
@@ -266,6 +290,31 @@ pub fn assign_like_llama(n_units: u32, gpu_layers: u32, splits: &[f32]) -> Vec<u
             1 + cum.iter().position(|&c| c > x).unwrap_or(n_dev - 1).min(n_dev - 1)
         })
         .collect()
+}
+
+/// How many multi-token-prediction ("NextN") layers the model has: the last ones of its
+/// `block_count`.
+pub fn mtp_layers(first: &Gguf) -> u32 {
+    let n_layer = first.arch_u64("block_count").unwrap_or(0);
+    first.arch_u64("nextn_predict_layers").unwrap_or(0).min(n_layer) as u32
+}
+
+/// The tensors `--spec mtp` keeps on this machine when the model's last layers would
+/// otherwise sit on a worker (a cluster, no GPU here; the engine lists this machine's CPU as
+/// the device of those units): the MTP layers and the output head they share
+/// (`output.weight` and `output_norm.weight`, or `token_embd.weight` where the output is tied
+/// to it). The block then drafts without a round trip, and the model's own logits come from
+/// here too: a worker sends back the last hidden state instead of the logits. As regexes for
+/// [`Split::cpu_tensors`], so the plan counts them in RAM; none for a model without the block.
+pub fn mtp_on_host(first: &Gguf) -> Vec<String> {
+    let n_layer = first.arch_u64("block_count").unwrap_or(0);
+    let nextn = u64::from(mtp_layers(first));
+    if nextn == 0 {
+        return Vec::new();
+    }
+    let layers: Vec<String> = (n_layer - nextn..n_layer).map(|i| i.to_string()).collect();
+    // `token_embd.weight` is the input's too, which is on the host anyway.
+    vec![format!("^blk\\.({})\\.", layers.join("|")), "^(output|output_norm|token_embd)\\.weight$".to_string()]
 }
 
 /// Plans `shards` with `plan` over `devices` (the host first). With an automatic split the
@@ -455,9 +504,17 @@ fn evaluate(first: &Gguf, plan: &ContextPlan, devices: &[Device], u: &Units, kv_
             dp.n_layers += 1;
             dp.weights += u.layers[i] - in_ram;
             dp.kv_cache += kv_layer;
+        } else if d != 0 && u.head_on_host {
+            // The head is computed on the host; the device keeps only what is not pinned.
+            out[0].output = true;
+            out[0].weights += u.output_pinned;
+            out[d].weights += u.output - u.output_pinned;
         } else {
+            let held = if d == 0 { 0 } else { u.output_pinned };
+            out[0].weights += held;
+            let dp = &mut out[d];
             dp.output = true;
-            dp.weights += u.output + if d == 0 { 0 } else { u.tied_copy };
+            dp.weights += u.output - held + if d == 0 { 0 } else { u.tied_copy };
         }
     }
     // With every layer offloaded over two or more devices llama.cpp pipelines micro-batches:
@@ -584,6 +641,37 @@ mod tests {
         assert!(p.fits, "{}", p.table());
         assert!(p.devices[1].output && p.devices[2].n_layers == 0 && !p.devices[2].output, "{}", p.table());
         assert_eq!(p.tensor_split.last(), Some(&0.0));
+    }
+
+    #[test]
+    fn with_mtp_over_workers_the_block_and_the_head_stay_on_the_host() {
+        assert!(mtp_on_host(&model(false)).is_empty(), "no block, nothing kept");
+        for tied in [false, true] {
+            let mut w = crate::fit::tests::llama_header(8);
+            w.set("llama.nextn_predict_layers", 1u32);
+            w.tensor("token_embd.weight", vec![512u64, 1024], 0, TensorData::Zeros(2 << 20));
+            for i in 0..8 {
+                w.tensor(&format!("blk.{i}.ffn_up.weight"), vec![256u64, 1024], 0, TensorData::Zeros(1 << 20));
+            }
+            w.tensor("output_norm.weight", vec![64u64], 0, TensorData::Zeros(256));
+            if !tied {
+                w.tensor("output.weight", vec![512u64, 1024], 0, TensorData::Zeros(2 << 20));
+            }
+            let bytes = w.to_bytes().unwrap();
+            let g = Gguf::read(&bytes[..], Some(bytes.len() as u64)).unwrap();
+            let pins = mtp_on_host(&g);
+            assert_eq!(pins[0], "^blk\\.(7)\\.");
+            let split = Split { gpu_layers: Some(9), cpu_tensors: pins, ..Split::default() };
+            let p = place(std::slice::from_ref(&g), &PLAN, &[dev("cpu", 100), dev("w1", 100)], &split);
+            // llama.cpp's assignment is the same (every layer and the output named for the
+            // worker); the block's weights and the head are in RAM, the logits computed here.
+            assert_eq!((p.gpu_layers, p.devices[1].n_layers), (9, 8));
+            assert!(p.devices[0].output && !p.devices[1].output, "tied {tied}");
+            assert_eq!(p.devices[1].weights, 7 << 20, "tied {tied}: no copy of the embedding either");
+            let head = if tied { 0 } else { 2 << 20 };
+            assert_eq!(p.devices[0].weights, (2 << 20) + (1 << 20) + 256 + head, "tied {tied}");
+            assert_eq!(p.devices[0].compute, compute_parts(&g, &PLAN).with_output().max(compute_parts(&g, &PLAN).input));
+        }
     }
 
     #[test]

@@ -320,7 +320,13 @@ impl Scheduler {
         let placed = match self.config.cluster.as_ref().filter(|c| !c.workers.is_empty()) {
             Some(cluster) => {
                 let digests: Vec<String> = model.manifest.model_layers().map(|l| l.digest.clone()).collect();
-                Some(cluster.place(name, &digests, &shards, &plan, self.config.memory_budget, &plan_devices(&gpus), &split(&load)).await?)
+                let mut split = split(&load);
+                // With MTP drafts and no GPU here, the engine keeps the block and the output
+                // head on this machine (`hearth_engine`'s `mtp_units_here`): count them in RAM.
+                if load.spec() == hearth_protocol::Spec::Mtp && gpus.is_empty() {
+                    split.cpu_tensors.extend(shards.first().map(hearth_gguf::plan::mtp_on_host).unwrap_or_default());
+                }
+                Some(cluster.place(name, &digests, &shards, &plan, self.config.memory_budget, &plan_devices(&gpus), &split).await?)
             }
             None => None,
         };
