@@ -565,7 +565,15 @@ mod tests {
 
     /// A llama-like model: 8 layers of 1 MiB each, a 2 MiB embedding, tied output.
     fn model(tied: bool) -> Gguf {
+        model_with_mtp(tied, 0)
+    }
+
+    /// The same, the last `nextn` of its layers marked as multi-token-prediction layers.
+    fn model_with_mtp(tied: bool, nextn: u32) -> Gguf {
         let mut w = crate::fit::tests::llama_header(8);
+        if nextn > 0 {
+            w.set("llama.nextn_predict_layers", nextn);
+        }
         w.tensor("token_embd.weight", vec![512u64, 1024], 0, TensorData::Zeros(2 << 20));
         for i in 0..8 {
             w.tensor(&format!("blk.{i}.ffn_up.weight"), vec![256u64, 1024], 0, TensorData::Zeros(1 << 20));
@@ -647,18 +655,7 @@ mod tests {
     fn with_mtp_over_workers_the_block_and_the_head_stay_on_the_host() {
         assert!(mtp_on_host(&model(false)).is_empty(), "no block, nothing kept");
         for tied in [false, true] {
-            let mut w = crate::fit::tests::llama_header(8);
-            w.set("llama.nextn_predict_layers", 1u32);
-            w.tensor("token_embd.weight", vec![512u64, 1024], 0, TensorData::Zeros(2 << 20));
-            for i in 0..8 {
-                w.tensor(&format!("blk.{i}.ffn_up.weight"), vec![256u64, 1024], 0, TensorData::Zeros(1 << 20));
-            }
-            w.tensor("output_norm.weight", vec![64u64], 0, TensorData::Zeros(256));
-            if !tied {
-                w.tensor("output.weight", vec![512u64, 1024], 0, TensorData::Zeros(2 << 20));
-            }
-            let bytes = w.to_bytes().unwrap();
-            let g = Gguf::read(&bytes[..], Some(bytes.len() as u64)).unwrap();
+            let g = model_with_mtp(tied, 1);
             let pins = mtp_on_host(&g);
             assert_eq!(pins[0], "^blk\\.(7)\\.");
             let split = Split { gpu_layers: Some(9), cpu_tensors: pins, ..Split::default() };
