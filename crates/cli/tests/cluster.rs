@@ -547,10 +547,15 @@ fn mtp_drafts_over_two_workers_give_the_same_answer_in_fewer_round_trips() {
     let mtp = dir.path().join("mtp.gguf");
     hearth_testkit::synthetic::mtp_from_dense(&common::model_path(), &mtp).unwrap();
     let ws = workers(2);
-    let list = ws.iter().map(|w| w.addr.clone()).collect::<Vec<_>>().join(",");
+    // A network slower than loopback, as between machines: without it a verified token costs
+    // nearly a step on this CPU, and whether a draft pays is a toss-up from one run to the next.
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let delay = std::time::Duration::from_millis(5);
+    let proxies: Vec<_> = ws.iter().map(|w| rt.block_on(hearth_cluster::DelayProxy::start(w.addr.parse().unwrap(), delay)).unwrap()).collect();
+    let list = proxies.iter().map(|p| p.local_addr().to_string()).collect::<Vec<_>>().join(",");
     // The synthetic model's untrained MTP block guesses the latest token again: right where
-    // the answer repeats a word.
-    let repeat = "Repeat after me ten times: hello hello hello hello hello";
+    // the answer repeats a word (this one, 48 times "hello").
+    let repeat = "Repeat after me twenty times: hello hello hello hello hello hello hello hello hello hello";
     let ask = |s: &Server| {
         let (code, v) = s.post("/v1/chat/completions", json!({"model": "mtp", "temperature": 0, "max_tokens": 48, "messages": [{"role": "user", "content": repeat}]}));
         assert_eq!(code, 200, "{v}");
@@ -565,6 +570,8 @@ fn mtp_drafts_over_two_workers_give_the_same_answer_in_fewer_round_trips() {
     let mut results = Vec::new();
     for extra in [&[][..], &["--spec", "mtp", "--draft-p-min", "0"][..]] {
         let s = Server::start_with(&[&cluster[..], extra].concat(), &[("mtp", mtp.clone())]);
+        // Twice: the first run also asks the workers the sizes of tensors of each new batch
+        // shape (ggml RPC caches them), the second is the steady state.
         ask(&s);
         let before = trips(&s);
         let v = ask(&s);
@@ -573,10 +580,11 @@ fn mtp_drafts_over_two_workers_give_the_same_answer_in_fewer_round_trips() {
     }
     let ((split, plain_trips), (drafted, mtp_trips)) = (&results[0], &results[1]);
     // This machine has no GPU: the MTP block and the output head are kept here, so drafting
-    // costs no round trip and a verified draft takes the round trips of one token (before,
-    // with the block on the last worker: 4.0 per token against 2.3 without).
+    // costs no round trip and a verified draft takes the round trips of one token (measured:
+    // 0.33 per token against 2.00 without; with the block on the last worker it was 4.0
+    // against 2.3 on a shorter answer).
     eprintln!("round trips per token: {mtp_trips:.2} with MTP drafts, {plain_trips:.2} without; {}", drafted["timings"]);
-    assert!(mtp_trips < plain_trips, "round trips per token: {mtp_trips:.2} with MTP drafts, {plain_trips:.2} without");
+    assert!(*mtp_trips < 0.7 * plain_trips, "round trips per token: {mtp_trips:.2} with MTP drafts, {plain_trips:.2} without; {}", drafted["timings"]);
     assert_eq!(split["choices"][0]["message"]["content"], plain["choices"][0]["message"]["content"]);
     assert_eq!(drafted["choices"][0]["message"]["content"], plain["choices"][0]["message"]["content"]);
     assert!(drafted["timings"]["draft_n_accepted"].as_u64().unwrap() > 0, "{}", drafted["timings"]);
