@@ -151,8 +151,12 @@ impl Drafter {
         let started = std::time::Instant::now();
         // SAFETY: valid context; the batch holds n_tokens valid entries.
         let ret = unsafe { sys::llama_decode(self.ctx, self.batch.raw) };
-        // A few tokens cost about what one does; more are timed per token.
+        // A few tokens cost about what one does; more are timed per token. (The draft's next
+        // token is sampled from these logits right after: waiting for them here, as a GPU
+        // backend computes after llama_decode returns, times the whole decode at no cost.)
         if ret == 0 {
+            // SAFETY: valid context.
+            unsafe { sys::llama_synchronize(self.ctx) };
             let secs = started.elapsed().as_secs_f64();
             let n = self.batch.len();
             let (avg, secs) = if n <= 4 { (&mut self.step_secs, secs) } else { (&mut self.token_secs, secs / n as f64) };

@@ -1009,6 +1009,11 @@ impl Worker {
             flags.clear();
         }
         if ret == 0 && self.spec != Spec::None {
+            // A GPU backend (and ggml RPC, past the first worker) computes after llama_decode
+            // returns: the step ends when its outputs are there. Sampling waits for them next
+            // anyway, so waiting here costs nothing and times the whole step.
+            // SAFETY: valid context.
+            unsafe { sys::llama_synchronize(self.ctx) };
             self.step_cost.observe(self.batch.len(), self.batch.outputs(), started.elapsed().as_secs_f64());
         }
         if let Some(m) = self.mtp.as_mut() {
