@@ -1105,7 +1105,7 @@ impl Worker {
             let mut want = if self.draft_every_step {
                 (self.draft_max as usize).min(room)
             } else {
-                spec.want(room, cost, model_decode, switch, catch_up)
+                spec.want(room, g, cost, model_decode, switch, catch_up)
             };
             tracing::trace!(seq = slot.seq, cost, model_decode, catch_up, switch, rate = spec.confirm_rate(), made = spec.made_rate(), want, fit = ?step_cost.fit(), "draft");
             if want == 0 {

@@ -305,17 +305,23 @@ impl SpecState {
     /// chance p1 pn^(k-1) (the first token's rate, [`confirm_rate`](Self::confirm_rate), then
     /// [`next_rate`](Self::next_rate)), written p^k below for short, so a draft asked of k
     /// tokens adds (cp) + (cp)^2 + ... + (cp)^k tokens for
-    /// c + ... + c^k tokens in the step and c + ... + c^(k-1) decodes: the k of 1, 2, 4, 8, 16
-    /// (powers of two: a few step sizes recur, and llama.cpp's graphs for them, and ggml
-    /// RPC's answers about their tensors, are reused) that gains most, if anything. While not
-    /// drafting, shadow drafts ([`shadow`](Self::shadow)) or probes ([`probe`](Self::probe))
-    /// keep p up to date.
-    pub fn want(&mut self, room: usize, cost: f64, decode: f64, switch: f64, ask: f64) -> usize {
+    /// c + ... + c^k tokens in the step and c + ... + c^(k-1) decodes: of the k of 1, 2, 4, 8,
+    /// 16 (powers of two: a few step sizes recur, and llama.cpp's graphs for them, and ggml
+    /// RPC's answers about their tensors, are reused), the one that makes the step of
+    /// `generating` sequences give the most tokens per second, if any does: the step gives
+    /// g + gain tokens in the time of g + cost (costs count in the tokens the step gives
+    /// without drafts), so the k with the highest (g + gain) / (g + cost). (The most tokens
+    /// gained per step, gain - cost, drafts longer than pays: a token that a long draft adds
+    /// at a confirm chance of 0.3 and a cost of 0.25 gains, yet where drafts make a step give
+    /// twice as many tokens, its time was worth 0.5.) While not drafting, shadow drafts
+    /// ([`shadow`](Self::shadow)) or probes ([`probe`](Self::probe)) keep p up to date.
+    pub fn want(&mut self, room: usize, generating: usize, cost: f64, decode: f64, switch: f64, ask: f64) -> usize {
         let p1 = f64::from(self.confirm_rate()).clamp(1e-3, 0.999);
         let pn = f64::from(self.next_rate()).clamp(1e-3, 0.999);
         let c = f64::from(self.made_rate()).clamp(1e-3, 1.0);
         let most = self.max.min(room);
-        let (mut best, mut k_best) = (0.0, 0);
+        let g = generating.max(1) as f64;
+        let (mut best, mut k_best) = (1.0, 0);
         let (mut gain, mut tokens, mut decodes) = (0.0, 0.0, 0.0);
         for k in 1..=most {
             let exists = c.powi(k as i32);
@@ -328,7 +334,7 @@ impl SpecState {
                 // Costs are estimates: a draft must be worth a little more than its estimate,
                 // so that one that would win a few percent at best (a CPU, where a token in a
                 // step costs nearly a step) is not a bet that loses as often.
-                let value = gain - COST_MARGIN * (cost * tokens + decode * decodes + switch * c + ask);
+                let value = (g + gain) / (g + COST_MARGIN * (cost * tokens + decode * decodes + switch * c + ask));
                 if value > best {
                     (best, k_best) = (value, k);
                 }
@@ -427,19 +433,25 @@ mod tests {
     fn the_draft_length_weighs_the_confirm_rate_against_the_cost() {
         let mut s = SpecState::new(16, 0, 0.5);
         assert!((s.confirm_rate() - 0.5).abs() < 1e-6);
-        // p = 0.5: worth 2 tokens at a cost of 0.2 (0.25 > 0.2 > 0.125), none at 0.6; drafts
-        // are powers of two.
-        assert_eq!(s.want(100, 0.2, 0.0, 0.0, 0.0), 2);
-        assert_eq!(s.want(100, 0.6, 0.0, 0.0, 0.0), 0);
-        assert_eq!(s.want(1, 0.01, 0.0, 0.0, 0.0), 1, "bounded by the room in the batch");
+        // p = 0.5: worth one token at a cost of 0.2 (1.5 tokens in the time of 1.22 steps, with
+        // the margin; two: 1.75 in 1.44), none at 0.6; drafts are powers of two.
+        assert_eq!(s.want(100, 1, 0.2, 0.0, 0.0, 0.0), 1);
+        // Surer drafts: longer ones. At p = 0.9 eight tokens give 6.1 in the time of 2.8 steps,
+        // sixteen 8.3 in 4.5: eight, where the most tokens gained per step (3.8 against 3.4)
+        // would have been sixteen. A step of many sequences gives many tokens anyway: there
+        // the tokens gained count.
+        assert_eq!(SpecState::new(16, 0, 0.9).want(100, 1, 0.2, 0.0, 0.0, 0.0), 8);
+        assert_eq!(SpecState::new(16, 0, 0.9).want(100, 32, 0.2, 0.0, 0.0, 0.0), 16);
+        assert_eq!(s.want(100, 1, 0.6, 0.0, 0.0, 0.0), 0);
+        assert_eq!(s.want(1, 1, 0.01, 0.0, 0.0, 0.0), 1, "bounded by the room in the batch");
         // A costly change of the step's size: no draft of two at p = 0.5 (gain 0.75, cost 0.4 + 0.5).
-        assert_eq!(s.want(100, 0.2, 0.0, 0.5, 0.0), 0);
+        assert_eq!(s.want(100, 1, 0.2, 0.0, 0.5, 0.0), 0);
         // Drafts confirmed whole: longer drafts.
         for _ in 0..20 {
             s.adapt(8, 8);
         }
         assert!(s.confirm_rate() > 0.95);
-        assert!(s.want(100, 0.2, 0.0, 0.0, 0.0) >= 16);
+        assert!(s.want(100, 1, 0.2, 0.0, 0.0, 0.0) >= 16);
         // Shadow drafts are counted like drafts of one token.
         let mut t = SpecState::new(16, 0, 0.5);
         for _ in 0..30 {
@@ -454,7 +466,7 @@ mod tests {
             s.adapt(4, 0);
         }
         assert!(s.confirm_rate() < 0.1);
-        assert_eq!(s.want(100, 0.2, 0.0, 0.0, 0.0), 0);
+        assert_eq!(s.want(100, 1, 0.2, 0.0, 0.0, 0.0), 0);
         assert!(!SpecState::new(8, 3, 0.5).worth(2) && SpecState::new(8, 3, 0.5).worth(3) && !s.worth(0));
     }
 
@@ -470,7 +482,7 @@ mod tests {
         assert!(s.confirm_rate() > 0.99);
         // Before a draft is verified, the later tokens are taken to be as sure as the first:
         // a draft of 16 at 0.6 a token and a costly change of the step's size.
-        assert_eq!(s.want(100, 0.6, 0.0, 4.0, 0.0), 16);
+        assert_eq!(s.want(100, 1, 0.6, 0.0, 4.0, 0.0), 16);
         // Drafts of 16 verified: the first token confirmed, then 4 more (0.8 each; 0.82 with
         // the prior).
         for _ in 0..10 {
@@ -478,14 +490,14 @@ mod tests {
         }
         assert!(s.confirm_rate() > 0.99, "the first tokens were confirmed");
         assert!((s.next_rate() - 0.82).abs() < 0.02, "{}", s.next_rate());
-        assert_eq!(s.want(100, 0.6, 0.0, 4.0, 0.0), 0);
+        assert_eq!(s.want(100, 1, 0.6, 0.0, 4.0, 0.0), 0);
         // Shadows alone do not bring long drafts back at once; what drafts told fades over a
         // few hundred steps, and then they are tried again.
         for _ in 0..20 {
             s.shadow(Some(7));
             s.sampled(7);
         }
-        assert_eq!(s.want(100, 0.6, 0.0, 4.0, 0.0), 0);
+        assert_eq!(s.want(100, 1, 0.6, 0.0, 4.0, 0.0), 0);
         for _ in 0..300 {
             s.shadow(Some(7));
             s.sampled(7);
@@ -495,7 +507,7 @@ mod tests {
             s.shadow(Some(7));
             s.sampled(7);
         }
-        assert_eq!(s.want(100, 0.6, 0.0, 4.0, 0.0), 16);
+        assert_eq!(s.want(100, 1, 0.6, 0.0, 4.0, 0.0), 16);
     }
 
     #[test]
@@ -505,31 +517,31 @@ mod tests {
         for _ in 0..20 {
             s.adapt(8, 8);
         }
-        assert_eq!(s.want(100, 0.2, 0.0, 0.0, 0.0), 16);
+        assert_eq!(s.want(100, 1, 0.2, 0.0, 0.0, 0.0), 16);
         // A draft model as slow as the target (each drafted token costs 0.2 in the step and a
         // decode of 1.0): none, and one token every PROBE_EVERY steps to keep measuring.
         let mut probes = 0;
         for _ in 0..3 * PROBE_EVERY {
-            assert_eq!(s.want(100, 0.2, 1.0, 0.0, 1.0), 0);
+            assert_eq!(s.want(100, 1, 0.2, 1.0, 0.0, 1.0), 0);
             probes += s.probe(100, 1.2);
         }
         assert_eq!(probes, 3);
         // Not where a probe costs more than a twentieth of the steps it is spread over (a
         // draft model catching up with everything generated since it was last asked).
         for _ in 0..3 * PROBE_EVERY {
-            assert_eq!(s.want(100, 0.2, 1.0, 0.0, 5.0), 0);
+            assert_eq!(s.want(100, 1, 0.2, 1.0, 0.0, 5.0), 0);
             assert_eq!(s.probe(100, 6.2), 0);
         }
         // A draft model that comes back empty most of the time (it is unsure at the first
         // token): asking it costs its catch-up each time, and a draft is worth less.
         let mut t = SpecState::new(16, 0, 0.6);
-        assert_eq!(t.want(100, 0.1, 0.2, 0.0, 0.2), 2);
+        assert_eq!(t.want(100, 1, 0.1, 0.2, 0.0, 0.2), 1);
         for _ in 0..30 {
             t.asked(2, 0);
         }
         t.asked(1, 1);
         assert!(t.made_rate() < 0.15);
-        assert_eq!(t.want(100, 0.1, 0.2, 0.0, 0.2), 0);
+        assert_eq!(t.want(100, 1, 0.1, 0.2, 0.0, 0.2), 0);
         // One that gives nothing or one token: drafts asked long come back short, so they are
         // worth what short drafts are (the rates and costs of the starter model drafting for
         // its 8-expert copy in bench/spec.sh's stories: every token it gave was confirmed,
@@ -541,9 +553,9 @@ mod tests {
             u.adapt(1, 1);
         }
         assert!((u.made_rate() - 1.0 / 3.0).abs() < 0.05, "{}", u.made_rate());
-        assert_eq!(u.want(100, 0.34, 0.22, 0.05, 0.22), 0);
+        assert_eq!(u.want(100, 1, 0.34, 0.22, 0.05, 0.22), 0);
         let mut v = SpecState::new(16, 0, 0.99);
-        assert_eq!(v.want(100, 0.34, 0.22, 0.05, 0.22), 8, "a source that gives what is asked: long drafts");
+        assert_eq!(v.want(100, 1, 0.34, 0.22, 0.05, 0.22), 4, "a source that gives what is asked: drafts");
         assert_eq!(t.probe(0, 0.0), 0, "no room, no probe");
     }
 
