@@ -430,6 +430,7 @@ pub fn normalize(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
         ("-cmoe", "--cpu-moe"),
         ("-ncmoe", "--n-cpu-moe"),
         ("-md", "--model-draft"),
+        ("-kvu", "--kv-unified"),
     ];
     args.into_iter()
         .map(|a| {
@@ -453,9 +454,10 @@ mod tests {
 
     #[test]
     fn llama_cpp_short_flags_are_accepted() {
-        let args = normalize(["hearth", "run", "m.gguf", "-ngl", "99", "-fa=on", "-c", "512"].map(OsString::from));
+        let args = normalize(["hearth", "run", "m.gguf", "-ngl", "99", "-fa=on", "-c", "512", "-kvu"].map(OsString::from));
         let cli = Cli::try_parse_from(args).unwrap();
         let Command::Run(run) = cli.command else { panic!("run") };
+        assert!(run.load.kv_unified);
         assert_eq!(run.load.gpu_layers, Some(99));
         assert_eq!(run.load.flash_attn, hearth_protocol::FlashAttn::On);
         assert_eq!(run.load.ctx_size, Some(512));

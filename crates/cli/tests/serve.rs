@@ -39,6 +39,29 @@ fn eight_concurrent_clients_on_four_sequences_all_get_the_right_answer() {
     }
 }
 
+/// `--kv-unified` (`-kvu`): one KV cache for the sequences; drafting sequences of different
+/// lengths and a plain one in the same steps, each kept apart.
+#[test]
+fn with_one_kv_cache_concurrent_drafting_sequences_stay_apart() {
+    let _turn = common::one_at_a_time();
+    let s = Server::start(&["--parallel", "3", "-c", "256", "-kvu", "--spec", "ngram"]);
+    let ask = |p: &str, n: u32| json!({"model": "smollm2", "temperature": 0, "max_tokens": n, "messages": [{"role": "user", "content": p}]});
+    let url = s.url.clone();
+    let handles: Vec<_> = [("How do I boil an egg?", 48), ("How do I boil an egg?", 32), ("What is 2 + 2?", 24)]
+        .into_iter()
+        .map(|(p, n)| {
+            let (url, body) = (url.clone(), ask(p, n));
+            std::thread::spawn(move || ureq::post(&format!("{url}/v1/chat/completions")).timeout(Duration::from_secs(300)).send_json(body).unwrap().into_json::<Value>().unwrap())
+        })
+        .collect();
+    let v: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let text = |i: usize| v[i]["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    // The same prompt, the same answer, however far each went; the repeating answer drafted.
+    assert!(text(0).starts_with("Boil an egg") && text(0).starts_with(&text(1)) && text(1).len() > 40, "{v:?}");
+    assert!(v[0]["timings"]["draft_n_accepted"].as_u64().unwrap() > 0, "{}", v[0]["timings"]);
+    assert!(text(2).contains('4'), "{}", text(2));
+}
+
 #[test]
 fn the_bounded_queue_answers_503_with_retry_after() {
     let _turn = common::one_at_a_time();

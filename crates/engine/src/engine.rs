@@ -70,6 +70,9 @@ pub struct EngineOptions {
     /// Threads for prompt processing; `None` = same as `threads`.
     pub threads_batch: Option<usize>,
     pub flash_attn: FlashAttn,
+    /// One KV cache for all sequences (llama.cpp's `kv_unified`), each still held to
+    /// `ctx_size / parallel` tokens; else one per sequence. (One sequence: always one.)
+    pub kv_unified: bool,
     pub cache_type_k: CacheType,
     pub cache_type_v: CacheType,
     /// Speculative decoding's draft source, and the most and fewest tokens per draft.
@@ -97,6 +100,7 @@ impl EngineOptions {
             threads: None,
             threads_batch: None,
             flash_attn: FlashAttn::Auto,
+            kv_unified: false,
             cache_type_k: CacheType::F16,
             cache_type_v: CacheType::F16,
             spec: Spec::None,
@@ -134,6 +138,7 @@ impl EngineOptions {
             threads: settings.threads,
             threads_batch: settings.threads_batch,
             flash_attn: settings.flash_attn,
+            kv_unified: settings.kv_unified,
             cache_type_k: settings.cache_type_k,
             cache_type_v: settings.cache_type_v,
             spec: settings.spec(),
@@ -701,9 +706,9 @@ impl Worker {
         cp.type_k = ggml_type(opts.cache_type_k);
         cp.type_v = ggml_type(opts.cache_type_v);
         cp.no_perf = false;
-        // One KV stream per sequence: each gets ctx_size / parallel cells, and a long
-        // sequence cannot starve the others.
-        cp.kv_unified = opts.parallel == 1;
+        // By default one KV stream per sequence: each gets ctx_size / parallel cells, and a long
+        // sequence cannot starve the others. Unified, the engine holds each sequence to as many.
+        cp.kv_unified = opts.parallel == 1 || opts.kv_unified;
         cp.abort_callback = Some(abort_callback);
         cp.abort_callback_data = Arc::as_ptr(&abort) as *mut c_void;
         crate::log::clear_last_error();
@@ -720,7 +725,8 @@ impl Worker {
         // SAFETY: plain queries on the new context.
         let (n_ctx_seq, n_batch, n_ubatch, pooling) = unsafe {
             (
-                sys::llama_n_ctx_seq(ctx),
+                // (llama.cpp's context per sequence is the whole cache when it is unified.)
+                sys::llama_n_ctx(ctx) / opts.parallel.max(1),
                 sys::llama_n_batch(ctx),
                 sys::llama_n_ubatch(ctx),
                 sys::llama_pooling_type(ctx),

@@ -72,6 +72,36 @@ fn four_prompts_batched_give_the_same_text_as_each_alone() {
 }
 
 #[test]
+fn one_kv_cache_for_all_sequences_keeps_them_apart_each_within_its_own_context() {
+    let mut o = hearth_engine::EngineOptions::new(hearth_engine::ModelOptions::new(common::model_path()));
+    (o.parallel, o.ctx_size, o.threads, o.kv_unified) = (4, 4 * 256, Some(2), true);
+    let e = hearth_engine::Engine::start(o).unwrap();
+    // Each sequence is held to its share of the cache, as with a cache per sequence.
+    assert_eq!(e.n_ctx_seq(), 256);
+    // Requests of different lengths at once (sequences end while others go on, one joins
+    // later), two prompts twice: the same prompt gives the same tokens whatever sequence,
+    // cells and neighbours it gets. (Against a sequence alone, a shared cache changes the
+    // batch's attention, and so the last bits of the logits: this tiny model's greedy answers
+    // to most prompts flip with such changes, as with flash attention on or off.)
+    let (sum, egg) = (chat_prompt("What is 2 + 2?"), chat_prompt("How do I boil an egg?"));
+    let gens: Vec<_> = [(&sum, 24), (&egg, 8), (&sum, 6)].into_iter().map(|(p, n)| e.generate(greedy(p, n)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let late = e.generate(greedy(&egg, 24)).unwrap();
+    let outs: Vec<Output> = gens.into_iter().chain([late]).map(|g| g.collect().unwrap()).collect();
+    assert!(outs[0].text.contains('4'), "{}", outs[0].text);
+    assert!(outs[1].text.starts_with("Boil an egg"), "{}", outs[1].text);
+    assert_eq!((outs[1].tokens.len(), outs[2].tokens.len()), (8, 6));
+    assert_eq!(outs[2].tokens, outs[0].tokens[..6]);
+    assert_eq!(outs[1].tokens, outs[3].tokens[..8]);
+    // Filling its own context ends a sequence at its share, not at the whole cache.
+    let out = run(&e, GenerateRequest { max_tokens: None, ..greedy(&chat_prompt("Write a very long story about a dragon."), 0) });
+    assert_eq!(out.reason, FinishReason::Length);
+    assert_eq!(out.timings.prompt_tokens as usize + out.tokens.len(), 256);
+    let long = "word ".repeat(300);
+    assert!(matches!(e.generate(greedy(&long, 4)), Err(EngineError::PromptTooLong { .. })));
+}
+
+#[test]
 fn a_request_joins_a_running_batch() {
     let e = engine(2, 512);
     let story = chat_prompt("Write a very long story about a dragon.");

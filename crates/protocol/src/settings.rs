@@ -231,6 +231,14 @@ pub struct LoadSettings {
     /// Flash attention (-fa): on, off or auto
     #[cfg_attr(feature = "clap", arg(long = "flash-attn", default_value = "auto", value_name = "on|off|auto"))]
     pub flash_attn: FlashAttn,
+    /// One KV cache shared by the parallel sequences (-kvu), each still held to --ctx-size
+    /// tokens, instead of one per sequence. A step's tokens then go through the model in one
+    /// pass however sequences come, go and draft (with a cache per sequence, llama.cpp splits a
+    /// step whose sequences are not numbered without gaps, or hold different numbers of
+    /// tokens, as drafts make them, into a pass per group); but attention reads every
+    /// sequence's cells (on a CPU, slower with long prompts at many streams)
+    #[cfg_attr(feature = "clap", arg(long = "kv-unified"))]
+    pub kv_unified: bool,
     /// KV cache type for K (-ctk): f16, q8_0, q4_0, ...
     #[cfg_attr(feature = "clap", arg(long = "cache-type-k", default_value = "f16", value_name = "TYPE"))]
     pub cache_type_k: CacheType,
@@ -326,6 +334,7 @@ impl Default for LoadSettings {
             cpu_moe: false,
             n_cpu_moe: 0,
             flash_attn: FlashAttn::Auto,
+            kv_unified: false,
             cache_type_k: CacheType::F16,
             cache_type_v: CacheType::F16,
             no_mmap: false,

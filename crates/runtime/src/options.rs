@@ -80,7 +80,7 @@ impl Options {
                     }
                 }
                 "num_batch" | "num_gpu" | "num_thread" | "use_mmap" | "main_gpu" | "num_keep" | "use_mlock" | "low_vram" | "numa" | "spec"
-                | "draft_max" | "draft_min" | "draft_model" | "draft_p_min" | "cpu_moe" | "n_cpu_moe" => {
+                | "draft_max" | "draft_min" | "draft_model" | "draft_p_min" | "cpu_moe" | "n_cpu_moe" | "kv_unified" => {
                     tracing::debug!("option {k} is set per server (hearth serve flags); ignored for this request")
                 }
                 other => tracing::debug!("unknown option {other} ignored"),
@@ -94,7 +94,7 @@ impl Options {
 /// speculative decoding's `spec` (`none`, `ngram`, `draft`, `mtp`), `draft_max`, `draft_min`,
 /// `draft_model` (a store name: `draft_file` is its file, found by [`Model::resolve`]) and
 /// `draft_p_min`; Ollama's
-/// `num_gpu` (layers offloaded, `-ngl`) and `main_gpu`; `cpu_moe` and `n_cpu_moe`.
+/// `num_gpu` (layers offloaded, `-ngl`) and `main_gpu`; `cpu_moe` and `n_cpu_moe`; `kv_unified`.
 pub fn apply_load_params(params: &Value, draft_file: Option<&std::path::Path>, load: &mut LoadSettings) -> Result<(), RuntimeError> {
     let invalid = |field: &str, why: String| RuntimeError::Invalid { field: format!("params.{field}"), why };
     let count = |k: &str, x: &Value| -> Result<u32, RuntimeError> {
@@ -129,6 +129,9 @@ pub fn apply_load_params(params: &Value, draft_file: Option<&std::path::Path>, l
             .as_f64()
             .filter(|p| (0.0..=1.0).contains(p))
             .ok_or_else(|| invalid("draft_p_min", format!("expected a probability from 0 to 1, got {x}")))? as f32;
+    }
+    if let Some(x) = params.get("kv_unified").filter(|x| !x.is_null()) {
+        load.kv_unified = x.as_bool().ok_or_else(|| invalid("kv_unified", format!("expected true or false, got {x}")))?;
     }
     if let Some(x) = params.get("num_gpu").filter(|x| !x.is_null()) {
         // Ollama's -1: as many as fit (the planner's choice).
@@ -195,5 +198,14 @@ mod tests {
         }
         let e = apply_load_params(&json!({"draft_model": 7}), None, &mut LoadSettings::default()).unwrap_err();
         assert!(e.to_string().contains("expected the name of a model in the store"), "{e}");
+    }
+
+    #[test]
+    fn a_stored_kv_unified_is_true_or_false() {
+        let mut load = LoadSettings::default();
+        apply_load_params(&json!({"kv_unified": true}), None, &mut load).unwrap();
+        assert!(load.kv_unified);
+        let e = apply_load_params(&json!({"kv_unified": "yes"}), None, &mut load).unwrap_err();
+        assert!(e.to_string().contains("params.kv_unified") && e.to_string().contains("expected true or false"), "{e}");
     }
 }
