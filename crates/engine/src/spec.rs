@@ -106,18 +106,21 @@ impl StepCost {
             }
             return;
         }
-        if switched {
-            if let Some((base, per_token)) = self.fit() {
-                let extra = (secs - base - per_token * tokens as f64).max(0.0);
-                self.switch = 0.8 * self.switch + 0.2 * extra;
-            }
-        }
         if !std::mem::replace(&mut self.seen[tokens], true) {
             if tokens >= PROMPT_MIN_TOKENS && self.firsts.len() < KEPT {
                 self.firsts.push((tokens, secs));
             }
             self.first_from_prompts();
             return;
+        }
+        // (Not from a size's first step: that one also pays one-offs, llama.cpp allocating
+        // its graph, ggml RPC asking the workers the sizes of its tensors; counted, they
+        // priced every later draft out, and drafts that are not made never measure again.)
+        if switched {
+            if let Some((base, per_token)) = self.fit() {
+                let extra = (secs - base - per_token * tokens as f64).max(0.0);
+                self.switch = 0.8 * self.switch + 0.2 * extra;
+            }
         }
         let q = &mut self.recent[tokens];
         if q.len() == KEPT {
@@ -557,6 +560,26 @@ mod tests {
         let mut v = SpecState::new(16, 0, 0.99);
         assert_eq!(v.want(100, 1, 0.34, 0.22, 0.05, 0.22), 4, "a source that gives what is asked: drafts");
         assert_eq!(t.probe(0, 0.0), 0, "no room, no probe");
+    }
+
+    #[test]
+    fn a_sizes_first_step_does_not_price_a_change_of_size() {
+        // Steps of 1 and 2 tokens alternating, 10 ms + 5 ms a token: changes of size cost
+        // nothing beyond the fit.
+        let mut c = StepCost::default();
+        for _ in 0..4 {
+            c.observe(1, 1, 0.015);
+            c.observe(2, 2, 0.020);
+        }
+        assert!(c.switch_cost(1).abs() < 1e-9, "{}", c.switch_cost(1));
+        // A step of a new size, with 100 ms of one-offs (over ggml RPC, the workers asked the
+        // sizes of its tensors): not counted.
+        c.observe(3, 3, 0.125);
+        assert!(c.switch_cost(1).abs() < 1e-9, "{}", c.switch_cost(1));
+        // The same size again as slow: a lasting cost of changing size, counted.
+        c.observe(1, 1, 0.015);
+        c.observe(3, 3, 0.125);
+        assert!(c.switch_cost(1) > 0.1, "{}", c.switch_cost(1));
     }
 
     #[test]
