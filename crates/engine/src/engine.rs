@@ -669,6 +669,13 @@ struct Worker {
     n_ubatch: u32,
     clock: u64,
     pooling: sys::llama_pooling_type,
+    /// Whether a step pads the gaps between its generating sequences' ids (see
+    /// [`Worker::fillers`]): with a KV cache per sequence, not with MTP layers (which read
+    /// every token of the batch), nor where a filler could not be taken back (recurrent state).
+    fill_gaps: bool,
+    /// Whether the KV cache is one per sequence: a step then takes a pass of its own for
+    /// the drafted tokens (see [`StepCost::pass_cost`]).
+    per_seq_kv: bool,
     /// Draft source; [`Spec::None`] also where the memory cannot drop a sequence's tail.
     spec: Spec,
     /// What steps cost, for deciding how long drafts should be.
@@ -788,6 +795,8 @@ impl Worker {
             n_ubatch,
             clock: 0,
             pooling,
+            per_seq_kv: !cp.kv_unified,
+            fill_gaps: !cp.kv_unified && rollback && spec != Spec::Mtp,
             spec,
             step_cost: StepCost::default(),
             // A draft model is chosen to agree with the target (same family, smaller): its
@@ -965,8 +974,19 @@ impl Worker {
             self.add_drafts(&mut members);
         }
         // Each sequence's tokens together: its next token, then its draft (the MTP layers
-        // pair each token with the hidden state of the one before it in the batch).
+        // pair each token with the hidden state of the one before it in the batch); and
+        // between two sequences, a filler for each idle one whose id lies between theirs.
+        let mut fillers: Vec<(i32, usize)> = Vec::new();
+        let mut prev: Option<i32> = None;
+        // Fillers only where the batch and a pass have room beside the sequences' tokens.
+        let tokens: usize = members.iter().map(|m| 1 + m.draft.len()).sum();
+        let mut spare = (self.n_batch.min(self.n_ubatch) as usize).saturating_sub(tokens);
         for m in members.iter_mut() {
+            let seq = self.slots[m.slot].seq;
+            if let Some(prev) = prev.filter(|_| self.fill_gaps) {
+                self.fillers(prev + 1..seq, &mut fillers, &mut spare);
+            }
+            prev = Some(seq);
             let slot = &self.slots[m.slot];
             m.out = Some(self.batch.add(slot.cache[m.before], m.before as i32, slot.seq, true));
             m.draft_at = self.batch.len() as i32;
@@ -1014,13 +1034,17 @@ impl Worker {
         if let Ok(mut flags) = self.abort.batch.lock() {
             flags.clear();
         }
+        for &(seq, pos) in &fillers {
+            // SAFETY: valid memory and sequence; drops the filler's cell (nothing after it).
+            unsafe { sys::llama_memory_seq_rm(self.memory(), seq, pos as i32, -1) };
+        }
         if ret == 0 && self.spec != Spec::None {
             // A GPU backend (and ggml RPC, past the first worker) computes after llama_decode
             // returns: the step ends when its outputs are there. Sampling waits for them next
             // anyway, so waiting here costs nothing and times the whole step.
             // SAFETY: valid context.
             unsafe { sys::llama_synchronize(self.ctx) };
-            self.step_cost.observe(self.batch.len(), self.batch.outputs(), started.elapsed().as_secs_f64());
+            self.step_cost.observe(self.batch.len() - fillers.len(), self.batch.outputs(), started.elapsed().as_secs_f64());
         }
         if let Some(m) = self.mtp.as_mut() {
             if ret == 0 {
@@ -1064,6 +1088,34 @@ impl Worker {
         }
     }
 
+    /// Adds to the batch a token without output for each idle sequence numbered in `seqs`
+    /// (their KV cell is dropped after the step), at most `spare`, and lists them in
+    /// `fillers`.
+    ///
+    /// With a KV cache per sequence, llama.cpp puts in one pass only sequences numbered
+    /// without gaps (`split_equal`, sequential): when the request of sequence 3 of 8 has
+    /// ended, every step of the 7 others took two passes, reading the weights twice (the
+    /// starter model, 8 streams: 82 ms against 55 for all 8). A filler closes the gap for
+    /// the cost of one more token in the pass. A sequence whose cache is full, or one taking
+    /// in its prompt (its tokens come later in the batch), gets none.
+    fn fillers(&mut self, seqs: std::ops::Range<i32>, fillers: &mut Vec<(i32, usize)>, spare: &mut usize) {
+        for seq in seqs {
+            if *spare == 0 {
+                return;
+            }
+            let Some(slot) = self.slots.iter().find(|s| s.seq == seq) else { continue };
+            if slot.active.is_some() || slot.cache.len() + 1 >= self.n_ctx_seq as usize {
+                continue;
+            }
+            let pos = slot.cache.len();
+            // Any token does: its output is not asked for, and its cell is dropped.
+            let token = slot.cache.last().copied().unwrap_or(0);
+            self.batch.add(token, pos as i32, seq, false);
+            fillers.push((seq, pos));
+            *spare -= 1;
+        }
+    }
+
     /// Adds a draft after the next token of generating sequences, as long as each is worth
     /// what it costs: the more sequences the step already holds, the more a drafted token
     /// costs them all (see [`StepCost::draft_cost`]), so a batch that keeps the hardware busy
@@ -1072,6 +1124,9 @@ impl Worker {
         let budget = self.n_batch.min(self.n_ubatch) as usize;
         let n_ctx_seq = self.n_ctx_seq as usize;
         let (cost, switch) = (self.step_cost.draft_cost(members.len()), self.step_cost.switch_cost(members.len()));
+        // With a KV cache per sequence, llama.cpp puts in a pass as many tokens of each
+        // sequence: a draft's tokens beyond the first go in a pass of their own.
+        let pass = if self.per_seq_kv { self.step_cost.pass_cost(members.len()) } else { 0.0 };
         // A draft model's decode of one token, in the same unit: each drafted token costs one.
         let g = members.len();
         let model_decode = match (&self.drafter, &self.mtp) {
@@ -1111,14 +1166,14 @@ impl Worker {
             let mut want = if self.draft_every_step {
                 (self.draft_max as usize).min(room)
             } else {
-                spec.want(room, g, cost, model_decode, switch, catch_up)
+                spec.want(room, g, cost, model_decode, switch, catch_up + pass)
             };
             tracing::trace!(seq = slot.seq, cost, model_decode, catch_up, switch, rate = spec.confirm_rate(), made = spec.made_rate(), want, fit = ?step_cost.fit(), "draft");
             if want == 0 {
                 match self.spec {
                     // N-gram drafts are free: the first token of one keeps the rate measured.
                     Spec::Ngram if room > 0 => spec.shadow(ngram_draft(&slot.cache, 1).first().copied()),
-                    Spec::Draft | Spec::Mtp => want = spec.probe(room, catch_up + cost + model_decode + switch),
+                    Spec::Draft | Spec::Mtp => want = spec.probe(room, catch_up + pass + cost + model_decode + switch),
                     _ => {}
                 }
                 if want == 0 {

@@ -72,6 +72,38 @@ fn four_prompts_batched_give_the_same_text_as_each_alone() {
 }
 
 #[test]
+fn a_sequence_ending_between_others_leaves_their_answers_and_its_cache_as_they_were() {
+    // With a KV cache per sequence, the steps after sequence 1 has ended hold sequences 0, 2
+    // and 3: the engine puts a token of sequence 1 in the gap and drops its cell after each
+    // step (llama.cpp would split the step in two passes). Neither the others' answers nor
+    // sequence 1's cache may show it: a cell left behind would make the next step's filler,
+    // at the same position, a decode error for every sequence.
+    let lens = [40, 4, 40, 40];
+    let alone: Vec<Output> = {
+        let e = engine(1, 512);
+        PROMPTS.iter().zip(lens).map(|(p, n)| run(&e, greedy(&chat_prompt(p), n))).collect()
+    };
+    let e = engine(4, 512);
+    let gens: Vec<_> = PROMPTS.iter().zip(lens).map(|(p, n)| e.generate(greedy(&chat_prompt(p), n)).unwrap()).collect();
+    let together: Vec<Output> = gens.into_iter().map(|g| g.collect().unwrap()).collect();
+    for (a, t) in alone.iter().zip(&together) {
+        assert_eq!(a.tokens, t.tokens);
+        assert_eq!(t.reason, FinishReason::Length);
+    }
+    // Sequence 1's prompt and answer are still its cache: asked again, all but the prompt's
+    // last token is reused, and the answer is the same.
+    let again = run(&e, greedy(&chat_prompt(PROMPTS[1]), 4));
+    assert_eq!(again.timings.cached_tokens, again.timings.prompt_tokens - 1);
+    assert_eq!(again.tokens, alone[1].tokens);
+    // And a sequence joining later in the gap's place goes on as alone.
+    let gens: Vec<_> = [(PROMPTS[0], 40), (PROMPTS[3], 4), (PROMPTS[2], 40)].iter().map(|(p, n)| e.generate(greedy(&chat_prompt(p), *n)).unwrap()).collect();
+    let outs: Vec<Output> = gens.into_iter().map(|g| g.collect().unwrap()).collect();
+    assert_eq!(outs[0].tokens, alone[0].tokens);
+    assert_eq!(outs[1].tokens, alone[3].tokens[..4]);
+    assert_eq!(outs[2].tokens, alone[2].tokens);
+}
+
+#[test]
 fn one_kv_cache_for_all_sequences_keeps_them_apart_each_within_its_own_context() {
     let mut o = hearth_engine::EngineOptions::new(hearth_engine::ModelOptions::new(common::model_path()));
     (o.parallel, o.ctx_size, o.threads, o.kv_unified) = (4, 4 * 256, Some(2), true);
