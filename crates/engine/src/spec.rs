@@ -19,9 +19,9 @@ const NGRAM_MAX: usize = 64;
 /// Prompt lookup: the tokens that followed the earlier places in `history` whose tokens match
 /// the most of its last ones (up to [`NGRAM_MAX`], at least [`NGRAM_MIN`]), at most `max` of
 /// them, no more than the match is long, and only as far as all such places agree, then what
-/// followed the latest where they part. The longest match finds the place being copied where many end alike:
-/// the lines of a file's similar functions, where the latest place matching the last few
-/// tokens is the function copied just before, not the one being copied. Where places match
+/// followed the latest where they part. The longest match finds the place being copied where
+/// many end alike: the lines of a file's similar functions, where the latest place matching
+/// the last few tokens is the function copied just before, not the one being copied. Where places match
 /// equally, as in text written after a pattern, the draft stops at the first token where they
 /// part: that token is a guess (a function's number), and a draft running past it is wasted
 /// whenever the guess is.
@@ -158,7 +158,7 @@ impl StepCost {
         if self.firsts.is_empty() {
             return;
         }
-        let Some(one) = self.recent.get(1).and_then(|q| q.iter().copied().reduce(f64::min)) else { return };
+        let Some(one) = self.fastest(1) else { return };
         for (n, secs) in self.firsts.drain(..) {
             let per_token = ((secs - one) / (n - 1) as f64).max(0.0);
             self.first_per_token = Some(self.first_per_token.map_or(per_token, |p| p.min(per_token)));
@@ -174,7 +174,7 @@ impl StepCost {
     pub fn estimate(&self) -> Option<(f64, f64)> {
         self.fit().or_else(|| {
             let per_token = self.first_per_token?;
-            let one = self.recent.get(1).and_then(|q| q.iter().copied().reduce(f64::min))?;
+            let one = self.fastest(1)?;
             Some(((one - per_token).max(0.0), per_token))
         })
     }
@@ -222,6 +222,11 @@ impl StepCost {
         }
     }
 
+    /// The fastest recent step of `tokens` tokens (first steps of a size not counted).
+    fn fastest(&self, tokens: usize) -> Option<f64> {
+        self.recent.get(tokens).and_then(|q| q.iter().copied().reduce(f64::min))
+    }
+
     /// What one more pass costs in a step of `generating` sequences (one token each), in the
     /// same unit as [`draft_cost`](Self::draft_cost): the fastest recent one-token step
     /// against the fastest recent step of as many tokens as sequences. Nothing for one
@@ -235,9 +240,8 @@ impl StepCost {
         if generating <= 1 {
             return 0.0;
         }
-        let fastest = |n: usize| self.recent.get(n).and_then(|q| q.iter().copied().reduce(f64::min));
         let g = generating as f64;
-        match (fastest(1), fastest(generating)) {
+        match (self.fastest(1), self.fastest(generating)) {
             (Some(one), Some(all)) if all > 0.0 => g * one / all,
             _ => g * 0.5,
         }
