@@ -178,6 +178,13 @@ async fn openai_generation() {
     body["top_logprobs"] = json!(2);
     insta::assert_snapshot!("openai_chat_whole_logprobs", s.post("/v1/chat/completions", body).await);
     insta::assert_snapshot!("openai_completion_length", s.post("/v1/completions", json!({"model": "tiny", "prompt": "hi", "max_tokens": 3})).await);
+    // Streamed tokens with their logprobs, a chat's and a completion's frames.
+    let mut body = chat("hi", true);
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(2);
+    insta::assert_snapshot!("openai_chat_stream_logprobs", s.post("/v1/chat/completions", body).await);
+    let body = json!({"model": "tiny", "prompt": "hi", "max_tokens": 3, "stream": true, "logprobs": 2});
+    insta::assert_snapshot!("openai_completion_stream_logprobs", s.post("/v1/completions", body).await);
     insta::assert_snapshot!("openai_embeddings", s.post("/v1/embeddings", json!({"model": "tiny", "input": "a"})).await);
     s.stop().await;
 }
