@@ -467,14 +467,6 @@ async fn run(s: Shared, c: Common, prompt: Prompt, mut chat: ChatOptions) -> Res
     }
     let include_usage = c.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let chunk_object = if is_chat { "chat.completion.chunk" } else { "text_completion" };
-    // A token's frame, written from borrowed parts (no `Value` tree per token).
-    let token_frame = {
-        let (id, name) = (id.clone(), name.clone());
-        move |choice: TokenChoice<'_>| -> String {
-            let chunk = TokenChunk { id: &id, object: chunk_object, created, model: name.as_str(), choices: [choice] };
-            format!("data: {}\n\n", serde_json::to_string(&chunk).expect("frames serialize"))
-        }
-    };
     let frame = move |choices: Value, extra: Option<(&str, Value)>| -> String {
         let mut v = json!({"id": id, "object": chunk_object, "created": created, "model": name, "choices": choices});
         if let Some((k, x)) = extra {
@@ -482,11 +474,11 @@ async fn run(s: Shared, c: Common, prompt: Prompt, mut chat: ChatOptions) -> Res
         }
         format!("data: {}\n\n", serde_json::to_string(&v).expect("values serialize"))
     };
+    let delta = move |text: &str, lp: Value| -> Value { json!([{"index": 0, "text": text, "finish_reason": null, "logprobs": lp}]) };
     // The role comes first, in a frame of its own (as OpenAI sends it).
     let first = is_chat.then(|| frame(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null, "logprobs": null}]), None));
     let frames = futures_util::stream::unfold(Some((g, Vec::<Logprobs>::new())), move |state| {
         let frame = frame.clone();
-        let token_frame = token_frame.clone();
         async move {
             let (mut g, mut pending) = state?;
             loop {
@@ -500,11 +492,7 @@ async fn run(s: Shared, c: Common, prompt: Prompt, mut chat: ChatOptions) -> Res
                             let mut out = String::new();
                             for d in &deltas {
                                 let lp = if pending.is_empty() { Value::Null } else { logprobs_json(&std::mem::take(&mut pending), true) };
-                                let delta = match d {
-                                    Delta::Content(t) => TokenDelta::Content { content: t },
-                                    d => TokenDelta::Other(chat_delta(d)),
-                                };
-                                out.push_str(&token_frame(TokenChoice { index: 0, delta: Some(delta), text: None, finish_reason: None, logprobs: lp }));
+                                out.push_str(&frame(json!([{"index": 0, "delta": chat_delta(d), "finish_reason": null, "logprobs": lp}]), None));
                             }
                             out
                         } else {
@@ -512,7 +500,7 @@ async fn run(s: Shared, c: Common, prompt: Prompt, mut chat: ChatOptions) -> Res
                                 continue;
                             }
                             let lp = if pending.is_empty() { Value::Null } else { logprobs_json(&std::mem::take(&mut pending), false) };
-                            token_frame(TokenChoice { index: 0, delta: None, text: Some(&text), finish_reason: None, logprobs: lp })
+                            frame(delta(&text, lp), None)
                         }
                     }
                     Ok(Event::Done { reason, timings: t, message, .. }) => {
@@ -537,35 +525,6 @@ async fn run(s: Shared, c: Common, prompt: Prompt, mut chat: ChatOptions) -> Res
     });
     let frames = futures_util::StreamExt::chain(futures_util::stream::iter(first), frames);
     Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], crate::wire::stream_body(frames)).into_response())
-}
-
-/// A streamed token's frame: `{id, object, created, model, choices: [choice]}`.
-#[derive(serde::Serialize)]
-struct TokenChunk<'a> {
-    id: &'a str,
-    object: &'a str,
-    created: u64,
-    model: &'a str,
-    choices: [TokenChoice<'a>; 1],
-}
-
-/// A chat's `{index, delta, finish_reason, logprobs}` or a completion's `{index, text, ...}`.
-#[derive(serde::Serialize)]
-struct TokenChoice<'a> {
-    index: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    delta: Option<TokenDelta<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    text: Option<&'a str>,
-    finish_reason: Option<&'a str>,
-    logprobs: Value,
-}
-
-#[derive(serde::Serialize)]
-#[serde(untagged)]
-enum TokenDelta<'a> {
-    Content { content: &'a str },
-    Other(Value),
 }
 
 /// OpenAI's logprobs object: `{content: [{token, logprob, bytes, top_logprobs}]}` for chat,
