@@ -139,10 +139,41 @@ fn apply(cmd: clap::Command, file: &HashMap<&'static str, String>) -> clap::Comm
     cmd
 }
 
+/// What is wrong with the OpenMP wait setting this process runs llama.cpp under, if anything
+/// (`OMP_WAIT_POLICY`, `GOMP_SPINCOUNT`: libgomp's, read once when it loads, and inherited by
+/// runners). llama.cpp's CPU backend meets its threads at an OpenMP barrier after every op, so
+/// threads told to sleep there wait in the kernel hundreds of times a token: served generation
+/// of the starter model ran at a third of its speed on 2 cores (#15).
+pub fn openmp_wait_warning() -> Option<String> {
+    omp_wait_warning(std::env::var("OMP_WAIT_POLICY").ok().as_deref(), std::env::var("GOMP_SPINCOUNT").ok().as_deref())
+}
+
+fn omp_wait_warning(policy: Option<&str>, spincount: Option<&str>) -> Option<String> {
+    let what = if policy.is_some_and(|p| p.trim().eq_ignore_ascii_case("passive")) {
+        "OMP_WAIT_POLICY=passive"
+    } else if spincount.is_some_and(|s| s.trim() == "0") {
+        "GOMP_SPINCOUNT=0"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{what} is set: the engine's CPU threads will sleep at every op's barrier, which makes CPU \
+         generation several times slower; unset it unless other busy processes share these cores"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::{CommandFactory, FromArgMatches};
+
+    #[test]
+    fn an_openmp_setting_that_sleeps_at_barriers_is_named() {
+        assert!(omp_wait_warning(None, None).is_none());
+        assert!(omp_wait_warning(Some("active"), Some("300000")).is_none());
+        assert!(omp_wait_warning(Some("PASSIVE"), None).unwrap().starts_with("OMP_WAIT_POLICY=passive is set"));
+        assert!(omp_wait_warning(Some("active"), Some(" 0")).unwrap().starts_with("GOMP_SPINCOUNT=0 is set"));
+    }
 
     #[test]
     fn keys_become_variables() {

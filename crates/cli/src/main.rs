@@ -45,6 +45,12 @@ fn main() -> ExitCode {
     };
     // A worker logs its controllers' connections and loads by default.
     init_tracing(cli.verbose, matches!(cli.command, Command::Worker(_)));
+    // The commands that run llama.cpp here or in their runners.
+    if matches!(cli.command, Command::Run(_) | Command::Serve(_) | Command::Worker(_)) {
+        if let Some(w) = env::openmp_wait_warning() {
+            tracing::warn!("{w}");
+        }
+    }
     let result = match cli.command {
         Command::Run(args) => run::run(args, cli.verbose),
         Command::Pull(a) => match client::server() {

@@ -91,6 +91,26 @@ fn the_bounded_queue_answers_503_with_retry_after() {
     assert!(busy.iter().all(|b| b.1.is_some()), "503s carry Retry-After: {results:?}");
 }
 
+/// llama.cpp's CPU threads meet at an OpenMP barrier after every op: inherited settings that
+/// make them sleep there cost several times the speed, so the server names them when it starts.
+#[test]
+fn an_openmp_wait_policy_that_sleeps_at_barriers_is_warned_about() {
+    let _turn = common::one_at_a_time();
+    let warning = "OMP_WAIT_POLICY=passive is set";
+    let s = Server::start_exe(std::path::Path::new(env!("CARGO_BIN_EXE_hearth")), &[], &[("smollm2", model_path())], &[("OMP_WAIT_POLICY", "passive")]);
+    assert_eq!(s.post("/api/chat", chat("Hi", 2)).0, 200);
+    assert!(wait_until(Duration::from_secs(5), || s.log().contains(warning)), "no warning in: {}", s.log());
+    assert_eq!(s.post("/api/chat", chat("Hello", 2)).0, 200);
+    assert_eq!(s.log().matches(warning).count(), 1, "warned once: {}", s.log());
+    drop(s);
+    if std::env::var_os("OMP_WAIT_POLICY").is_some() || std::env::var_os("GOMP_SPINCOUNT").is_some() {
+        return; // this environment sets one itself
+    }
+    let quiet = Server::start(&[]);
+    assert_eq!(quiet.post("/api/chat", chat("Hi", 2)).0, 200);
+    assert!(!quiet.log().contains("OMP_WAIT_POLICY"), "{}", quiet.log());
+}
+
 #[test]
 fn keep_alive_expiry_shows_in_ps_and_unloads_the_runner() {
     let _turn = common::one_at_a_time();

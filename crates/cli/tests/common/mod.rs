@@ -1,7 +1,7 @@
 //! Shared by the CLI's integration tests: the real test models.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,6 +49,8 @@ pub struct Server {
     pub url: String,
     _dir: tempfile::TempDir,
     pub store: PathBuf,
+    /// What the server has written to stderr.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
@@ -90,19 +92,32 @@ impl Server {
             .unwrap();
         let mut err = BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
+        let mut seen = String::new();
         let url = loop {
             line.clear();
-            assert!(err.read_line(&mut line).unwrap() > 0, "the server exited before listening");
+            assert!(err.read_line(&mut line).unwrap() > 0, "the server exited before listening: {seen}");
+            seen.push_str(&line);
             if let Some(rest) = line.split("listening on ").nth(1) {
                 break rest.split_whitespace().next().unwrap().to_string();
             }
         };
-        // Keep draining stderr.
+        // Keep draining stderr, kept for `log`.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(seen));
+        let sink = log.clone();
         std::thread::spawn(move || {
-            let mut sink = String::new();
-            let _ = err.read_to_string(&mut sink);
+            // Bytes, not lines of UTF-8: one bad byte must not stop the draining.
+            let mut buf = Vec::new();
+            while err.read_until(b'\n', &mut buf).unwrap_or(0) > 0 {
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf));
+                buf.clear();
+            }
         });
-        Server { child, url, _dir: dir, store }
+        Server { child, url, _dir: dir, store, log }
+    }
+
+    /// The server's stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     pub fn post(&self, path: &str, body: Value) -> (u16, Value) {
